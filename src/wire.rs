@@ -1,0 +1,316 @@
+//! The data server's HTTP API as both sides see it: paths, headers and JSON bodies.
+//!
+//! Control messages are JSON; version data is the raw bytes of [`crate::format`]. The client
+//! library, the data server and the CLI all compile against this one module, so a field renamed
+//! here is renamed everywhere or fails to build.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// Liveness probe; no token needed.
+pub const PATH_HEALTH: &str = "/v1/health";
+/// The retrieval step's check-in (GET with [`CheckinQuery`] as the query string).
+pub const PATH_CHECKIN: &str = "/v1/checkin";
+/// Prefix of `GET /v1/versions/{number}`.
+pub const PATH_VERSIONS: &str = "/v1/versions";
+/// The version that should be active now, for a client that is starting up.
+pub const PATH_CURRENT: &str = "/v1/versions/current";
+/// Prefix of every admin endpoint.
+pub const PATH_ADMIN: &str = "/v1/admin";
+
+/// Data-server clock when it answered, µs since the Unix epoch. Sent on every check-in answer,
+/// 304 included, so each round trip is also a clock sample.
+pub const HEADER_SERVER_TIME: &str = "x-lockstep-server-time-us";
+/// Number of the version in a version response.
+pub const HEADER_VERSION: &str = "x-lockstep-version";
+/// Checksum of the version in a version response, as 16 hex digits.
+pub const HEADER_CHECKSUM: &str = "x-lockstep-checksum";
+
+/// The synchronization table, as a check-in returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncTable {
+    /// When every client makes `staged_version` its active version (data-server clock, µs).
+    pub activation_time_us: i64,
+    /// Distance between activation times on the grid, µs.
+    pub interval_us: i64,
+    /// Least time between a rotation and the activation it schedules, µs.
+    pub min_window_us: i64,
+    /// The version clients download now and activate at `activation_time_us`.
+    pub staged_version: u64,
+    /// The version that should be active now.
+    pub active_version: u64,
+}
+
+/// A check-in's answer: the sync table and the data server's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    #[serde(flatten)]
+    pub sync: SyncTable,
+    /// Data-server clock when the answer was made, µs since the Unix epoch.
+    pub server_time_us: i64,
+    /// True when this very request performed the rotation.
+    pub rotated: bool,
+}
+
+impl SyncTable {
+    /// The ETag of a sync table: a client holding it gets 304 until a rotation changes it.
+    pub fn etag(&self) -> String {
+        format!(
+            "\"s{}-{}-{}-{}\"",
+            self.activation_time_us, self.staged_version, self.active_version, self.interval_us
+        )
+    }
+}
+
+/// The ETag of a version: versions are immutable, so the number and checksum identify them.
+pub fn version_etag(version: u64, checksum: u64) -> String {
+    format!("\"v{version}-{checksum:016x}\"")
+}
+
+/// What a client says about itself when it checks in, so the farm view can show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinQuery {
+    pub name: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub staged: u64,
+    #[serde(default)]
+    pub active: u64,
+    /// Estimated data-server clock minus local clock, µs.
+    #[serde(default)]
+    pub offset_us: i64,
+    /// Error bound of that estimate (half the best round trip), µs.
+    #[serde(default)]
+    pub error_us: i64,
+    /// 1 when the client missed an activation and is catching up.
+    #[serde(default)]
+    pub lagging: u8,
+}
+
+/// Bytes in JSON: a plain string when they are UTF-8, otherwise `{"b64": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Blob {
+    Text(String),
+    Base64 { b64: String },
+}
+
+impl Blob {
+    pub fn from_bytes(bytes: &[u8]) -> Blob {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Blob::Text(s.to_owned()),
+            Err(_) => Blob::Base64 {
+                b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    pub fn into_bytes(self) -> Result<Vec<u8>, String> {
+        match self {
+            Blob::Text(s) => Ok(s.into_bytes()),
+            Blob::Base64 { b64 } => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| format!("invalid base64: {e}")),
+        }
+    }
+
+    /// For people: the text, or the base64 form marked as such.
+    pub fn display(&self) -> String {
+        match self {
+            Blob::Text(s) => s.clone(),
+            Blob::Base64 { b64 } => format!("base64:{b64}"),
+        }
+    }
+}
+
+/// `POST /v1/admin/put`: set one key, now or at `at` (RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    pub key: Blob,
+    pub value: Blob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// `POST /v1/admin/delete`: remove one key, now or at `at` (RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    pub key: Blob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// One key and value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub key: Blob,
+    pub value: Blob,
+}
+
+/// `POST /v1/admin/import`: set many keys in one transaction; all or nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub entries: Vec<Entry>,
+}
+
+/// `POST /v1/admin/interval`: durations written like `500ms`, `30s`, `10m`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntervalRequest {
+    pub interval: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_window: Option<String>,
+}
+
+/// `POST /v1/admin/rollback`: stage a new version with the content of `version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub version: u64,
+}
+
+/// Answer to an admin write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// Production entries changed (or scheduled changes recorded).
+    pub changed: u64,
+    /// When the change is due to go live at the latest, µs, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_by_us: Option<i64>,
+    /// A version number, for writes that create one (rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub message: String,
+}
+
+/// One production entry, as `GET /v1/admin/keys` and `/v1/admin/key` return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub key: Blob,
+    pub value: Blob,
+    pub changed_by: String,
+    pub changed_at_us: i64,
+}
+
+/// A change waiting for its effective time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledChange {
+    pub id: i64,
+    pub effective_us: i64,
+    /// "put" or "delete".
+    pub op: String,
+    pub key: Blob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Blob>,
+    pub created_by: String,
+}
+
+/// One web server as the data server last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarmMember {
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    pub staged: u64,
+    pub active: u64,
+    pub offset_us: i64,
+    pub error_us: i64,
+    pub lagging: bool,
+    pub last_checkin_us: i64,
+}
+
+/// `GET /v1/admin/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub sync: SyncTable,
+    pub server_time_us: i64,
+    pub production_keys: u64,
+    pub pending_scheduled: u64,
+    pub versions: u64,
+    pub rotations: u64,
+    pub farm: Vec<FarmMember>,
+}
+
+/// One row of `GET /v1/admin/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub checksum: String,
+    pub size: u64,
+    pub entries: u64,
+    pub created_us: i64,
+    #[serde(default)]
+    pub staged_us: Option<i64>,
+    #[serde(default)]
+    pub activated_us: Option<i64>,
+    /// Why it was made: "initial", "rotation", "scheduled", "rollback of N".
+    pub reason: String,
+}
+
+/// `GET /v1/admin/diff?a=A&b=B`: what changes from A to B.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffResponse {
+    pub a: u64,
+    pub b: u64,
+    pub added: Vec<Entry>,
+    pub removed: Vec<Blob>,
+    pub changed: Vec<ChangedEntry>,
+}
+
+/// A key whose value differs between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedEntry {
+    pub key: Blob,
+    pub old: Blob,
+    pub new: Blob,
+}
+
+/// Every 4xx/5xx body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_round_trips_text_and_binary() {
+        for bytes in [&b"plain"[..], &[0xff, 0x00, 0x80][..]] {
+            let blob = Blob::from_bytes(bytes);
+            let json = serde_json::to_string(&blob).unwrap();
+            let back: Blob = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.into_bytes().unwrap(), bytes);
+        }
+        assert_eq!(
+            serde_json::to_string(&Blob::from_bytes(b"a")).unwrap(),
+            "\"a\""
+        );
+    }
+
+    #[test]
+    fn checkin_response_is_flat_json() {
+        let r = CheckinResponse {
+            sync: SyncTable {
+                activation_time_us: 10,
+                interval_us: 5,
+                min_window_us: 2,
+                staged_version: 3,
+                active_version: 2,
+            },
+            server_time_us: 9,
+            rotated: false,
+        };
+        let v: serde_json::Value = serde_json::to_value(r).unwrap();
+        assert_eq!(v["staged_version"], 3);
+        assert_eq!(serde_json::from_value::<CheckinResponse>(v).unwrap(), r);
+    }
+}
