@@ -1,1 +1,291 @@
-fn main(){}
+//! `lockstep`: the data server (`lockstep serve`) and its management CLI.
+
+mod api;
+mod cli;
+mod clock;
+mod rotation;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::{Cli, CliError};
+
+/// The data server's default address; the CLI and client library use the same default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+#[derive(Parser)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "Lockstep data server and management CLI"
+)]
+struct Args {
+    /// Data server URL for the management commands.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_SERVER",
+        default_value = "http://127.0.0.1:7420"
+    )]
+    server: String,
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// SQLite database file (created and migrated when needed).
+    #[arg(long, env = "LOCKSTEP_DB", default_value = "lockstep.db")]
+    db: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, env = "LOCKSTEP_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: String,
+    /// Time between activations, like 500ms, 30s or 10m. Default for a new database: 10m;
+    /// given for an existing one, it changes the interval from the next rotation on.
+    #[arg(long)]
+    interval: Option<String>,
+    /// Least time a rotation leaves clients to download before the activation it schedules.
+    /// Default: half the interval.
+    #[arg(long)]
+    min_window: Option<String>,
+    /// File holding the admin bearer token (or set LOCKSTEP_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// File holding the read token clients must send (or set LOCKSTEP_READ_TOKEN); without
+    /// one, reads are open.
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// Largest key, bytes.
+    #[arg(long, default_value_t = 1024)]
+    max_key_bytes: usize,
+    /// Largest value, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_value_bytes: usize,
+    /// Largest request body, bytes (imports).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the data server.
+    Serve(ServeArgs),
+    /// Set a key in production, now or at a time (RFC 3339).
+    Put {
+        key: String,
+        /// The value (or use --file).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from a file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// When the change takes effect, RFC 3339 (it goes live at the first activation at or
+        /// after it).
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Remove a key from production, now or at a time (RFC 3339).
+    Rm {
+        key: String,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Print a key's value in production, or in version N.
+    Get {
+        key: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List production keys and values, optionally only those starting with PREFIX.
+    Ls { prefix: Option<String> },
+    /// Import a JSON object or a CSV file of key,value lines into production.
+    Import { file: PathBuf },
+    /// Set the activation interval (from the next rotation on).
+    Interval {
+        duration: String,
+        #[arg(long)]
+        min_window: Option<String>,
+    },
+    /// The sync table and the farm.
+    Status,
+    /// Every version, newest first.
+    History,
+    /// What changes from version A to version B.
+    Diff { a: u64, b: u64 },
+    /// Stage a new version with the content of VERSION for the next activation.
+    Rollback { version: u64 },
+}
+
+fn read_token(file: &Option<PathBuf>, env: &str) -> Result<Option<Vec<u8>>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(format!("token file {} is empty", path.display()));
+        }
+        return Ok(Some(t.as_bytes().to_vec()));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .map(String::into_bytes))
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let admin_token = read_token(&args.admin_token_file, "LOCKSTEP_ADMIN_TOKEN")?.ok_or(
+        "no admin token: set LOCKSTEP_ADMIN_TOKEN or pass --admin-token-file (the CLI sends the same token)",
+    )?;
+    let read_token = read_token(&args.read_token_file, "LOCKSTEP_READ_TOKEN")?;
+    let interval = args
+        .interval
+        .as_deref()
+        .map(clock::parse_duration_us)
+        .transpose()
+        .map_err(|e| format!("bad --interval: {e}; write it like 500ms, 30s or 10m"))?;
+    let window = args
+        .min_window
+        .as_deref()
+        .map(clock::parse_duration_us)
+        .transpose()
+        .map_err(|e| format!("bad --min-window: {e}; write it like 500ms, 30s or 10m"))?;
+    let settings = store::SyncSettings {
+        interval_us: interval.unwrap_or(600_000_000),
+        min_window_us: window.unwrap_or(interval.unwrap_or(600_000_000) / 2),
+    };
+    clock::check_interval(settings.interval_us, settings.min_window_us)?;
+
+    let store = store::Store::open(&args.db, settings, clock::now_us())
+        .map_err(|e| format!("cannot open database {}: {e}", args.db.display()))?;
+    if interval.is_some() || window.is_some() {
+        let now = store.sync_table().map_err(|e| e.to_string())?;
+        if now.interval_us != settings.interval_us || now.min_window_us != settings.min_window_us {
+            store
+                .set_interval(settings.interval_us, settings.min_window_us)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let store = Arc::new(store);
+    let state = Arc::new(api::AppState {
+        store: store.clone(),
+        admin_token,
+        read_token,
+        limits: api::Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+            max_body_bytes: args.max_body_bytes,
+        },
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // The one line on stdout, so scripts and tests that pass port 0 learn the port.
+        println!("lockstep: listening on http://{addr}");
+        tracing::info!(%addr, db = %args.db.display(), "data server ready");
+
+        let flusher = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let s = store.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_farm()).await {
+                        tracing::warn!("farm flush failed: {e}");
+                    }
+                }
+            })
+        };
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| format!("server failed: {e}"))?;
+        flusher.abort();
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.flush_farm()).await;
+        tracing::info!("data server stopped");
+        Ok::<_, String>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn run_cli(args: Args) -> Result<(), CliError> {
+    let token = std::env::var("LOCKSTEP_ADMIN_TOKEN").ok();
+    let cli = Cli::new(args.server, token, args.json);
+    match args.command {
+        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Put {
+            key,
+            value,
+            file,
+            at,
+        } => {
+            let value = match (value, file) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?,
+                _ => return Err(CliError("give a VALUE or --file PATH".into())),
+            };
+            cli.put(key, value, at)
+        }
+        Command::Rm { key, at } => cli.rm(key, at),
+        Command::Get { key, version } => cli.get_key(key, version),
+        Command::Ls { prefix } => cli.ls(prefix),
+        Command::Import { file } => cli.import(&file),
+        Command::Interval {
+            duration,
+            min_window,
+        } => cli.interval(duration, min_window),
+        Command::Status => cli.status(),
+        Command::History => cli.history(),
+        Command::Diff { a, b } => cli.diff(a, b),
+        Command::Rollback { version } => cli.rollback(version),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match args.command {
+        Command::Serve(serve_args) => serve(serve_args),
+        _ => run_cli(args).map_err(|e| e.0),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("lockstep: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

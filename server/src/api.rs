@@ -1,0 +1,677 @@
+//! The data server's HTTP API (paths and bodies in [`lockstep::wire`]).
+//!
+//! Handlers only authenticate, parse, check limits and call the store on a blocking thread;
+//! every rule about versions and rotation lives in [`crate::store`]. Every error is a JSON
+//! [`ErrorBody`] whose message says what to change, and an error never changes the store.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lockstep::wire::{
+    self, Blob, CheckinQuery, CheckinResponse, DeleteRequest, ErrorBody, FarmMember, ImportRequest,
+    IntervalRequest, PutRequest, RollbackRequest, WriteResponse,
+};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::clock;
+use crate::store::{Change, Store, StoreError};
+
+/// Size limits on what admins may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub admin_token: Vec<u8>,
+    pub read_token: Option<Vec<u8>>,
+    pub limits: Limits,
+}
+
+type Shared = Arc<AppState>;
+
+/// An HTTP error with a message for the person or program that caused it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}", self.message);
+        } else {
+            tracing::debug!(status = %self.status, "{}", self.message);
+        }
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Db(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError::new(
+            r.status(),
+            format!("request body rejected: {}", r.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(format!("bad query string: {}", r.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs store work off the async workers: SQLite calls block, and fsync can take milliseconds.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+}
+
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    // ct_eq is constant-time for equal lengths; a length mismatch reveals only the length.
+    given.len() == expected.len() && bool::from(given.ct_eq(expected))
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    match bearer(headers) {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing admin token: send 'Authorization: Bearer <token>' (the CLI reads LOCKSTEP_ADMIN_TOKEN)",
+        )),
+        Some(t) if token_matches(t, &state.admin_token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin token is wrong: check LOCKSTEP_ADMIN_TOKEN against the server's",
+        )),
+    }
+}
+
+fn require_read(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = &state.read_token else {
+        return Ok(());
+    };
+    match bearer(headers) {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing read token: send 'Authorization: Bearer <token>'",
+        )),
+        Some(t) if token_matches(t, expected) || token_matches(t, &state.admin_token) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "read token is wrong")),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+fn parse_time(s: &str) -> ApiResult<i64> {
+    clock::parse_rfc3339_us(s).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad time '{s}': {e}; write RFC 3339, like 2026-11-27T00:00:00Z"
+        ))
+    })
+}
+
+fn parse_duration_us(what: &str, s: &str) -> ApiResult<i64> {
+    clock::parse_duration_us(s).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad {what} '{s}': {e}; write it like 500ms, 30s or 10m"
+        ))
+    })
+}
+
+fn check_key(limits: &Limits, key: &[u8]) -> ApiResult<()> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key is empty"));
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "key is {} bytes; the limit is {} (--max-key-bytes)",
+                key.len(),
+                limits.max_key_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_value(limits: &Limits, value: &[u8]) -> ApiResult<()> {
+    if value.len() > limits.max_value_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "value is {} bytes; the limit is {} (--max-value-bytes)",
+                value.len(),
+                limits.max_value_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn blob(what: &str, b: Blob) -> ApiResult<Vec<u8>> {
+    b.into_bytes()
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+fn server_time_header(now_us: i64) -> (header::HeaderName, HeaderValue) {
+    (
+        header::HeaderName::from_static(wire::HEADER_SERVER_TIME),
+        HeaderValue::from(now_us),
+    )
+}
+
+pub fn router(state: Shared) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .route(wire::PATH_HEALTH, get(health))
+        .route(wire::PATH_CHECKIN, get(checkin))
+        .route(wire::PATH_CURRENT, get(current_version))
+        .route("/v1/versions/{number}", get(version))
+        .route("/v1/admin/put", post(admin_put))
+        .route("/v1/admin/delete", post(admin_delete))
+        .route("/v1/admin/import", post(admin_import))
+        .route("/v1/admin/interval", post(admin_interval))
+        .route("/v1/admin/rollback", post(admin_rollback))
+        .route("/v1/admin/status", get(admin_status))
+        .route("/v1/admin/history", get(admin_history))
+        .route("/v1/admin/diff", get(admin_diff))
+        .route("/v1/admin/keys", get(admin_keys))
+        .route("/v1/admin/key", get(admin_key))
+        .route("/v1/admin/scheduled", get(admin_scheduled))
+        .route("/v1/admin/rotations", get(admin_rotations))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    let now = clock::now_us();
+    (
+        [server_time_header(now)],
+        Json(serde_json::json!({ "status": "ok", "server_time_us": now })),
+    )
+        .into_response()
+}
+
+/// The retrieval step: rotate if due, remember the client, answer with the sync table and the
+/// server clock (304 when the client already holds this sync table).
+async fn checkin(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<CheckinQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    require_read(&state, &headers)?;
+    let Query(q) = query?;
+    let store = state.store.clone();
+    let by = if q.name.is_empty() {
+        "anonymous".to_owned()
+    } else {
+        q.name.clone()
+    };
+    let (sync, rotated) = blocking(move || store.rotate_if_due(clock::now_us(), &by)).await?;
+    let now = clock::now_us();
+    state.store.record_checkin(FarmMember {
+        name: q.name,
+        host: q.host,
+        pid: q.pid,
+        staged: q.staged,
+        active: q.active,
+        offset_us: q.offset_us,
+        error_us: q.error_us,
+        lagging: q.lagging != 0,
+        last_checkin_us: now,
+    });
+    let etag = sync.etag();
+    let etag_header = (
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("ascii etag"),
+    );
+    if !rotated && if_none_match(&headers, &etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [server_time_header(now), etag_header],
+        )
+            .into_response());
+    }
+    let body = CheckinResponse {
+        sync,
+        server_time_us: now,
+        rotated,
+    };
+    Ok(([server_time_header(now), etag_header], Json(body)).into_response())
+}
+
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*")
+}
+
+async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> ApiResult<Response> {
+    let store = state.store.clone();
+    let stored = blocking(move || store.version_bytes(number)).await?;
+    let etag = wire::version_etag(stored.version, stored.checksum);
+    let common = [
+        (
+            header::ETAG,
+            HeaderValue::from_str(&etag).expect("ascii etag"),
+        ),
+        (
+            header::HeaderName::from_static(wire::HEADER_VERSION),
+            HeaderValue::from(stored.version),
+        ),
+        (
+            header::HeaderName::from_static(wire::HEADER_CHECKSUM),
+            HeaderValue::from_str(&format!("{:016x}", stored.checksum)).expect("hex"),
+        ),
+        server_time_header(clock::now_us()),
+    ];
+    if if_none_match(headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    Ok((
+        common,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        Body::from(stored.bytes),
+    )
+        .into_response())
+}
+
+async fn version(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> ApiResult<Response> {
+    require_read(&state, &headers)?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("'{number}' is not a version number")))?;
+    serve_version(&state, &headers, number).await
+}
+
+/// Bootstrap: the version that should be active now (rotating first if a rotation is due).
+async fn current_version(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
+    require_read(&state, &headers)?;
+    let store = state.store.clone();
+    let (sync, _) = blocking(move || store.rotate_if_due(clock::now_us(), "bootstrap")).await?;
+    serve_version(&state, &headers, sync.active_version).await
+}
+
+fn write_response(changed: u64, live_by_us: Option<i64>, message: String) -> Json<WriteResponse> {
+    Json(WriteResponse {
+        changed,
+        live_by_us,
+        version: None,
+        message,
+    })
+}
+
+async fn apply_or_schedule(
+    state: &AppState,
+    change: Change,
+    at: Option<String>,
+) -> ApiResult<Json<WriteResponse>> {
+    let store = state.store.clone();
+    match at {
+        Some(at) => {
+            let effective = parse_time(&at)?;
+            let live =
+                blocking(move || store.schedule(&change, effective, "admin", clock::now_us()))
+                    .await?;
+            Ok(write_response(
+                1,
+                Some(live),
+                format!(
+                    "scheduled for {}; goes live at the activation at {}",
+                    clock::format_us(effective),
+                    clock::format_us(live)
+                ),
+            ))
+        }
+        None => {
+            let (changed, sync) = blocking(move || {
+                let changed = store.apply(&[change], "admin", clock::now_us())?;
+                Ok((changed, store.sync_table()?))
+            })
+            .await?;
+            let live = sync.activation_time_us + sync.interval_us;
+            Ok(write_response(
+                changed,
+                Some(live),
+                if changed == 0 {
+                    "production already had this; nothing changed".to_owned()
+                } else {
+                    format!(
+                        "production changed; live everywhere by {}",
+                        clock::format_us(live)
+                    )
+                },
+            ))
+        }
+    }
+}
+
+async fn admin_put(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WriteResponse>> {
+    require_admin(&state, &headers)?;
+    let req: PutRequest = parse_json(body)?;
+    let key = blob("key", req.key)?;
+    let value = blob("value", req.value)?;
+    check_key(&state.limits, &key)?;
+    check_value(&state.limits, &value)?;
+    apply_or_schedule(&state, Change::Put(key, value), req.at).await
+}
+
+async fn admin_delete(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WriteResponse>> {
+    require_admin(&state, &headers)?;
+    let req: DeleteRequest = parse_json(body)?;
+    let key = blob("key", req.key)?;
+    check_key(&state.limits, &key)?;
+    apply_or_schedule(&state, Change::Delete(key), req.at).await
+}
+
+async fn admin_import(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WriteResponse>> {
+    require_admin(&state, &headers)?;
+    let req: ImportRequest = parse_json(body)?;
+    let mut changes = Vec::with_capacity(req.entries.len());
+    for (i, e) in req.entries.into_iter().enumerate() {
+        let key = blob(&format!("entry {i}: key"), e.key)?;
+        let value = blob(&format!("entry {i}: value"), e.value)?;
+        check_key(&state.limits, &key)
+            .and_then(|_| check_value(&state.limits, &value))
+            .map_err(|e| ApiError::new(e.status, format!("entry {i}: {}", e.message)))?;
+        changes.push(Change::Put(key, value));
+    }
+    let n = changes.len();
+    let store = state.store.clone();
+    let changed = blocking(move || store.apply(&changes, "import", clock::now_us())).await?;
+    Ok(write_response(
+        changed,
+        None,
+        format!("imported {n} entries, {changed} changed production"),
+    ))
+}
+
+async fn admin_interval(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<wire::SyncTable>> {
+    require_admin(&state, &headers)?;
+    let req: IntervalRequest = parse_json(body)?;
+    let interval = parse_duration_us("interval", &req.interval)?;
+    let window = match &req.min_window {
+        Some(w) => parse_duration_us("min_window", w)?,
+        None => interval / 2,
+    };
+    clock::check_interval(interval, window).map_err(ApiError::bad_request)?;
+    let store = state.store.clone();
+    Ok(Json(
+        blocking(move || store.set_interval(interval, window)).await?,
+    ))
+}
+
+async fn admin_rollback(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WriteResponse>> {
+    require_admin(&state, &headers)?;
+    let req: RollbackRequest = parse_json(body)?;
+    let store = state.store.clone();
+    let (v, sync) = blocking(move || {
+        let v = store.rollback(req.version, "rollback", clock::now_us())?;
+        Ok((v, store.sync_table()?))
+    })
+    .await?;
+    Ok(Json(WriteResponse {
+        changed: 1,
+        live_by_us: Some(sync.activation_time_us),
+        version: Some(v),
+        message: format!(
+            "version {v} has the content of version {}; it goes live at {}",
+            req.version,
+            clock::format_us(sync.activation_time_us)
+        ),
+    }))
+}
+
+async fn admin_status(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.status(clock::now_us())).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn admin_history(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query?;
+    let store = state.store.clone();
+    let limit = q.limit.unwrap_or(100);
+    Ok(Json(blocking(move || store.history(limit)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    a: u64,
+    b: u64,
+}
+
+async fn admin_diff(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query?;
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.diff(q.a, q.b)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+}
+
+async fn admin_keys(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<KeysQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query?;
+    let store = state.store.clone();
+    let limit = q.limit.unwrap_or(10_000);
+    Ok(
+        Json(blocking(move || store.production_list(q.prefix.as_bytes(), limit)).await?)
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+    key_b64: Option<String>,
+    version: Option<u64>,
+}
+
+async fn admin_key(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query?;
+    let key = match (q.key, q.key_b64) {
+        (Some(k), None) => k.into_bytes(),
+        (None, Some(b)) => blob("key_b64", Blob::Base64 { b64: b })?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of key= or key_b64=",
+            ))
+        }
+    };
+    let store = state.store.clone();
+    let shown = Blob::from_bytes(&key).display();
+    let missing = |where_: String| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("key '{shown}' is not in {where_}"),
+        )
+    };
+    match q.version {
+        None => {
+            let k = key.clone();
+            match blocking(move || store.production_get(&k)).await? {
+                Some(info) => Ok(Json(info).into_response()),
+                None => Err(missing("production".into())),
+            }
+        }
+        Some(v) => {
+            let content = blocking(move || store.version_content(v)).await?;
+            match content.get(&key) {
+                Some(value) => Ok(Json(wire::Entry {
+                    key: Blob::from_bytes(&key),
+                    value: Blob::from_bytes(value),
+                })
+                .into_response()),
+                None => Err(missing(format!("version {v}"))),
+            }
+        }
+    }
+}
+
+async fn admin_scheduled(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.scheduled_pending()).await?).into_response())
+}
+
+async fn admin_rotations(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers)?;
+    let store = state.store.clone();
+    let rows = blocking(move || store.rotations()).await?;
+    let json: Vec<_> = rows
+        .into_iter()
+        .map(|(t, at, active, staged, by)| {
+            serde_json::json!({
+                "activation_time_us": t, "rotated_at_us": at,
+                "active_version": active, "staged_version": staged, "rotated_by": by
+            })
+        })
+        .collect();
+    Ok(Json(json).into_response())
+}

@@ -1,0 +1,363 @@
+//! The management commands: a thin client of the admin API.
+//!
+//! Output is for people by default and JSON with `--json`. Every failure ends the process
+//! with one line on stderr that says what to do, and a non-zero status.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use lockstep::wire::{
+    Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest, KeyInfo,
+    PutRequest, RollbackRequest, StatusResponse, SyncTable, VersionInfo, WriteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::clock::format_us;
+
+/// Largest admin answer we read (a `ls` of a big production can be large).
+const MAX_ANSWER_BYTES: u64 = 1 << 30;
+
+pub struct Cli {
+    agent: ureq::Agent,
+    server: String,
+    token: Option<String>,
+    pub json: bool,
+}
+
+/// A failure with the one line the user should read.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+impl Cli {
+    pub fn new(server: String, token: Option<String>, json: bool) -> Cli {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Cli {
+            agent,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+            json,
+        }
+    }
+
+    fn auth(&self) -> Result<String, CliError> {
+        match &self.token {
+            Some(t) if !t.is_empty() => Ok(format!("Bearer {t}")),
+            _ => Err(CliError(
+                "no admin token: set LOCKSTEP_ADMIN_TOKEN to the token the server was started with"
+                    .into(),
+            )),
+        }
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, CliError> {
+        let mut resp = result.map_err(|e| {
+            CliError(format!(
+                "cannot reach the data server at {} ({e}): start it with 'lockstep serve' or set --server / LOCKSTEP_SERVER",
+                self.server
+            ))
+        })?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(CliError(format!("server said {}: {msg}", status.as_u16())));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| CliError(format!("unexpected answer from the data server: {e}")))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, CliError> {
+        let mut req = self
+            .agent
+            .get(&format!("{}{path}", self.server))
+            .header("Authorization", &self.auth()?);
+        for (k, v) in query {
+            req = req.query(*k, v);
+        }
+        self.finish(req.call())
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+        let req = self
+            .agent
+            .post(&format!("{}{path}", self.server))
+            .header("Authorization", &self.auth()?);
+        self.finish(req.send_json(body))
+    }
+
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> CliResult {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            human(value);
+        }
+        Ok(())
+    }
+
+    fn print_write(&self, r: &WriteResponse) -> CliResult {
+        self.print(r, |r| println!("{}", r.message))
+    }
+
+    pub fn put(&self, key: String, value: Vec<u8>, at: Option<String>) -> CliResult {
+        let r: WriteResponse = self.post(
+            "/v1/admin/put",
+            &PutRequest {
+                key: Blob::Text(key),
+                value: Blob::from_bytes(&value),
+                at,
+            },
+        )?;
+        self.print_write(&r)
+    }
+
+    pub fn rm(&self, key: String, at: Option<String>) -> CliResult {
+        let r: WriteResponse = self.post(
+            "/v1/admin/delete",
+            &DeleteRequest {
+                key: Blob::Text(key),
+                at,
+            },
+        )?;
+        self.print_write(&r)
+    }
+
+    pub fn get_key(&self, key: String, version: Option<u64>) -> CliResult {
+        let mut q = vec![("key", key)];
+        if let Some(v) = version {
+            q.push(("version", v.to_string()));
+            let e: Entry = self.get("/v1/admin/key", &q)?;
+            return self.print(&e, |e| println!("{}", e.value.display()));
+        }
+        let info: KeyInfo = self.get("/v1/admin/key", &q)?;
+        self.print(&info, |i| println!("{}", i.value.display()))
+    }
+
+    pub fn ls(&self, prefix: Option<String>) -> CliResult {
+        let keys: Vec<KeyInfo> =
+            self.get("/v1/admin/keys", &[("prefix", prefix.unwrap_or_default())])?;
+        self.print(&keys, |keys| {
+            for k in keys {
+                println!("{}\t{}", k.key.display(), k.value.display());
+            }
+        })
+    }
+
+    pub fn import(&self, file: &Path) -> CliResult {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
+        let entries =
+            parse_import(&text).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
+        let r: WriteResponse = self.post("/v1/admin/import", &ImportRequest { entries })?;
+        self.print_write(&r)
+    }
+
+    pub fn interval(&self, interval: String, min_window: Option<String>) -> CliResult {
+        let s: SyncTable = self.post(
+            "/v1/admin/interval",
+            &IntervalRequest {
+                interval,
+                min_window,
+            },
+        )?;
+        self.print(&s, |s| {
+            println!(
+                "interval {}ms, minimum retrieval window {}ms, from the rotation after {}",
+                s.interval_us / 1000,
+                s.min_window_us / 1000,
+                format_us(s.activation_time_us)
+            )
+        })
+    }
+
+    pub fn status(&self) -> CliResult {
+        let s: StatusResponse = self.get("/v1/admin/status", &[])?;
+        self.print(&s, |s| {
+            println!("data server time   {}", format_us(s.server_time_us));
+            println!(
+                "next activation    {} (in {:.1}s)",
+                format_us(s.sync.activation_time_us),
+                (s.sync.activation_time_us - s.server_time_us) as f64 / 1e6
+            );
+            println!(
+                "interval           {}ms (minimum retrieval window {}ms)",
+                s.sync.interval_us / 1000,
+                s.sync.min_window_us / 1000
+            );
+            println!("active version     {}", s.sync.active_version);
+            println!("staged version     {}", s.sync.staged_version);
+            println!(
+                "production         {} keys, {} scheduled changes pending",
+                s.production_keys, s.pending_scheduled
+            );
+            println!(
+                "versions           {}, rotations {}",
+                s.versions, s.rotations
+            );
+            println!("farm               {} web servers", s.farm.len());
+            if !s.farm.is_empty() {
+                println!(
+                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12} {:>9} {:>8}  last check-in",
+                    "name", "host", "pid", "staged", "active", "offset ms", "±ms", "lagging"
+                );
+            }
+            for m in &s.farm {
+                println!(
+                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12.3} {:>9.3} {:>8}  {}",
+                    m.name,
+                    m.host,
+                    m.pid,
+                    m.staged,
+                    m.active,
+                    m.offset_us as f64 / 1e3,
+                    m.error_us as f64 / 1e3,
+                    if m.lagging { "yes" } else { "no" },
+                    format_us(m.last_checkin_us)
+                );
+            }
+        })
+    }
+
+    pub fn history(&self) -> CliResult {
+        let h: Vec<VersionInfo> = self.get("/v1/admin/history", &[])?;
+        self.print(&h, |h| {
+            println!(
+                "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} reason",
+                "version", "keys", "bytes", "created", "staged", "activated"
+            );
+            let t = |v: Option<i64>| v.map(format_us).unwrap_or_else(|| "-".into());
+            for v in h {
+                println!(
+                    "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} {}",
+                    v.version,
+                    v.entries,
+                    v.size,
+                    format_us(v.created_us),
+                    t(v.staged_us),
+                    t(v.activated_us),
+                    v.reason
+                );
+            }
+        })
+    }
+
+    pub fn diff(&self, a: u64, b: u64) -> CliResult {
+        let d: DiffResponse = self.get(
+            "/v1/admin/diff",
+            &[("a", a.to_string()), ("b", b.to_string())],
+        )?;
+        self.print(&d, |d| {
+            for e in &d.added {
+                println!("+ {}\t{}", e.key.display(), e.value.display());
+            }
+            for k in &d.removed {
+                println!("- {}", k.display());
+            }
+            for c in &d.changed {
+                println!(
+                    "~ {}\t{} -> {}",
+                    c.key.display(),
+                    c.old.display(),
+                    c.new.display()
+                );
+            }
+            if d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty() {
+                println!("versions {} and {} have the same content", d.a, d.b);
+            }
+        })
+    }
+
+    pub fn rollback(&self, version: u64) -> CliResult {
+        let r: WriteResponse = self.post("/v1/admin/rollback", &RollbackRequest { version })?;
+        self.print_write(&r)
+    }
+}
+
+/// An import file: a JSON object `{"key": "value", …}`, or CSV lines `key,value` (an optional
+/// `key,value` header line is skipped).
+pub fn parse_import(text: &str) -> Result<Vec<Entry>, String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON object of strings: {e}"))?;
+        return map
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                Ok(Entry {
+                    key: Blob::Text(k),
+                    value: Blob::Text(value),
+                })
+            })
+            .collect();
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    for (i, record) in reader.byte_records().enumerate() {
+        let record = record.map_err(|e| format!("CSV line {}: {e}", i + 1))?;
+        if record.len() != 2 {
+            return Err(format!(
+                "CSV line {}: expected 'key,value', found {} fields",
+                i + 1,
+                record.len()
+            ));
+        }
+        if i == 0 && &record[0] == b"key" && &record[1] == b"value" {
+            continue;
+        }
+        out.push(Entry {
+            key: Blob::from_bytes(&record[0]),
+            value: Blob::from_bytes(&record[1]),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_reads_json_and_csv() {
+        let j = parse_import(r#"{"a": "1", "b": 2}"#).unwrap();
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[1].value, Blob::Text("2".into()));
+        let c = parse_import("key,value\nprice:apple,1.25\n\"with,comma\",x\n").unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].key, Blob::Text("with,comma".into()));
+        assert!(parse_import("a,b,c\n").is_err());
+        assert!(parse_import("{not json").is_err());
+    }
+}
