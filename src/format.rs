@@ -39,6 +39,9 @@ pub const HEADER_LEN: usize = 64;
 /// Alignment the payload needs in memory (rkyv's archive alignment).
 pub const ALIGN: usize = 16;
 
+/// A version's content as the data server builds it: every key with its value, in key order.
+pub type Content = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A buffer with the alignment a version needs; downloads go straight into one.
 pub type VersionBuf = AlignedVec<ALIGN>;
 
@@ -149,7 +152,7 @@ pub fn verify_checksum(bytes: &[u8]) -> Result<Header, FormatError> {
 pub fn validate(bytes: &[u8]) -> Result<(Header, &ArchivedEntries), FormatError> {
     let header = verify_checksum(bytes)?;
     let payload = &bytes[HEADER_LEN..];
-    if (payload.as_ptr() as usize) % ALIGN != 0 {
+    if !(payload.as_ptr() as usize).is_multiple_of(ALIGN) {
         return Err(FormatError::Misaligned);
     }
     let entries = rkyv::access::<ArchivedEntries, rancor::Error>(payload)
@@ -174,11 +177,7 @@ pub unsafe fn entries_unchecked(bytes: &[u8]) -> &ArchivedEntries {
 }
 
 /// Encodes a version. Called once per version, by the data server at rotation.
-pub fn encode(
-    version: u64,
-    created_us: i64,
-    entries: &BTreeMap<Vec<u8>, Vec<u8>>,
-) -> Result<VersionBuf, FormatError> {
+pub fn encode(version: u64, created_us: i64, entries: &Content) -> Result<VersionBuf, FormatError> {
     let root = Entries {
         map: entries
             .iter()
@@ -206,7 +205,7 @@ pub fn encode(
     Ok(buf)
 }
 
-fn estimate_payload(entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+fn estimate_payload(entries: &Content) -> usize {
     entries
         .iter()
         .map(|(k, v)| k.len() + v.len() + 32)
@@ -223,9 +222,9 @@ pub fn aligned_copy(bytes: &[u8]) -> VersionBuf {
 
 /// Decodes a validated version into an ordered map; for tools (diff, get by version), not for
 /// the read path.
-pub fn decode(bytes: &[u8]) -> Result<(Header, BTreeMap<Vec<u8>, Vec<u8>>), FormatError> {
+pub fn decode(bytes: &[u8]) -> Result<(Header, Content), FormatError> {
     let aligned;
-    let bytes = if (bytes.as_ptr() as usize + HEADER_LEN) % ALIGN == 0 {
+    let bytes = if (bytes.as_ptr() as usize + HEADER_LEN).is_multiple_of(ALIGN) {
         bytes
     } else {
         aligned = aligned_copy(bytes);
@@ -248,7 +247,7 @@ pub fn lookup<'a>(entries: &'a ArchivedEntries, key: &[u8]) -> Option<&'a [u8]> 
 
 /// A digest of the content alone (not the version number or time), so the data server can tell
 /// that production has not changed and create no new version.
-pub fn content_digest(entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> String {
+pub fn content_digest(entries: &Content) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3Default::new();
     for (k, v) in entries {
         h.update(&(k.len() as u64).to_le_bytes());
@@ -263,8 +262,8 @@ pub fn content_digest(entries: &BTreeMap<Vec<u8>, Vec<u8>>) -> String {
 mod tests {
     use super::*;
 
-    fn sample() -> BTreeMap<Vec<u8>, Vec<u8>> {
-        let mut m = BTreeMap::new();
+    fn sample() -> Content {
+        let mut m = Content::new();
         m.insert(b"price:apple".to_vec(), b"1.25".to_vec());
         m.insert(b"price:pear".to_vec(), b"2.00".to_vec());
         m.insert(vec![0, 255, 7], vec![]);

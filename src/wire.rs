@@ -27,7 +27,7 @@ pub const HEADER_VERSION: &str = "x-lockstep-version";
 pub const HEADER_CHECKSUM: &str = "x-lockstep-checksum";
 
 /// The synchronization table, as a check-in returns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SyncTable {
     /// When every client makes `staged_version` its active version (data-server clock, µs).
     pub activation_time_us: i64,
@@ -252,6 +252,18 @@ pub struct VersionInfo {
     pub activated_us: Option<i64>,
     /// Why it was made: "initial", "rotation", "scheduled", "rollback of N".
     pub reason: String,
+}
+
+/// One row of the rotation log, `GET /v1/admin/rotations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationRecord {
+    /// The activation time whose passing triggered this rotation.
+    pub activation_time_us: i64,
+    pub rotated_at_us: i64,
+    pub active_version: u64,
+    pub staged_version: u64,
+    /// Name of the client whose check-in performed it (the patent's "first web server").
+    pub rotated_by: String,
 }
 
 /// `GET /v1/admin/diff?a=A&b=B`: what changes from A to B.

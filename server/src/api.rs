@@ -663,15 +663,5 @@ async fn admin_scheduled(State(state): State<Shared>, headers: HeaderMap) -> Api
 async fn admin_rotations(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
     require_admin(&state, &headers)?;
     let store = state.store.clone();
-    let rows = blocking(move || store.rotations()).await?;
-    let json: Vec<_> = rows
-        .into_iter()
-        .map(|(t, at, active, staged, by)| {
-            serde_json::json!({
-                "activation_time_us": t, "rotated_at_us": at,
-                "active_version": active, "staged_version": staged, "rotated_by": by
-            })
-        })
-        .collect();
-    Ok(Json(json).into_response())
+    Ok(Json(blocking(move || store.rotations()).await?).into_response())
 }

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use lockstep::format;
+use lockstep::format::{self, Content};
 use lockstep::wire::{
-    Blob, ChangedEntry, DiffResponse, Entry, FarmMember, KeyInfo, ScheduledChange, StatusResponse,
-    SyncTable, VersionInfo,
+    Blob, ChangedEntry, DiffResponse, Entry, FarmMember, KeyInfo, RotationRecord, ScheduledChange,
+    StatusResponse, SyncTable, VersionInfo,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -51,7 +51,7 @@ impl Change {
         }
     }
 
-    fn apply_to(&self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+    fn apply_to(&self, map: &mut Content) {
         match self {
             Change::Put(k, v) => {
                 map.insert(k.clone(), v.clone());
@@ -189,12 +189,12 @@ fn read_sync(conn: &Connection) -> Result<(SyncTable, i64)> {
     )?)
 }
 
-fn load_production(tx: &Connection) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+fn load_production(tx: &Connection) -> Result<Content> {
     let mut stmt = tx.prepare_cached("SELECT key, value FROM production")?;
     let rows = stmt.query_map([], |r| {
         Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
-    let mut map = BTreeMap::new();
+    let mut map = Content::new();
     for row in rows {
         let (k, v) = row?;
         map.insert(k, v);
@@ -226,7 +226,7 @@ fn bump_production_gen(tx: &Transaction) -> Result<()> {
 /// Encodes `content` as a new immutable version and stores it. Returns its number.
 fn insert_version(
     tx: &Transaction,
-    content: &BTreeMap<Vec<u8>, Vec<u8>>,
+    content: &Content,
     digest: &str,
     production_gen: i64,
     now_us: i64,
@@ -260,7 +260,7 @@ fn insert_version(
 }
 
 /// Reads, verifies and decodes a stored version inside a transaction.
-fn version_content_tx(conn: &Connection, version: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+fn version_content_tx(conn: &Connection, version: u64) -> Result<Content> {
     let bytes: Vec<u8> = conn
         .query_row(
             "SELECT bytes FROM versions WHERE number = ?1",
@@ -286,7 +286,7 @@ fn version_digest(conn: &Connection, version: u64) -> Result<(String, i64)> {
 fn restage(
     tx: &Transaction,
     sync: &SyncTable,
-    content: &BTreeMap<Vec<u8>, Vec<u8>>,
+    content: &Content,
     production_gen: i64,
     now_us: i64,
     reason: &str,
@@ -349,7 +349,7 @@ impl Store {
             let initialised: bool =
                 tx.query_row("SELECT COUNT(*) > 0 FROM sync", [], |r| r.get(0))?;
             if !initialised {
-                let empty = BTreeMap::new();
+                let empty = Content::new();
                 let digest = format::content_digest(&empty);
                 let v = insert_version(&tx, &empty, &digest, 0, now_us, "initial")?;
                 tx.execute(
@@ -668,7 +668,7 @@ impl Store {
     }
 
     /// The decoded content of a version, for tools.
-    pub fn version_content(&self, version: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    pub fn version_content(&self, version: u64) -> Result<Content> {
         let stored = self.version_bytes(version)?;
         let (_, map) = format::decode(&stored.bytes).map_err(|e| {
             StoreError::Corrupt(format!("stored version {version} is damaged: {e}"))
@@ -817,21 +817,21 @@ impl Store {
         })
     }
 
-    /// The rotation log: (activation time, rotated at, active, staged, by), oldest first.
-    pub fn rotations(&self) -> Result<Vec<(i64, i64, u64, u64, String)>> {
+    /// The rotation log, oldest first.
+    pub fn rotations(&self) -> Result<Vec<RotationRecord>> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT activation_us, rotated_at_us, active_version, staged_version, rotated_by
                  FROM rotations ORDER BY activation_us",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get::<_, i64>(3)? as u64,
-                    r.get(4)?,
-                ))
+                Ok(RotationRecord {
+                    activation_time_us: r.get(0)?,
+                    rotated_at_us: r.get(1)?,
+                    active_version: r.get::<_, i64>(2)? as u64,
+                    staged_version: r.get::<_, i64>(3)? as u64,
+                    rotated_by: r.get(4)?,
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

@@ -1,0 +1,617 @@
+//! The data server as a real child process: rotation, scheduling, durability, bad input,
+//! integrity. Each test talks HTTP to the real binary.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::*;
+use lockstep::format;
+use lockstep::wire::{self, CheckinResponse};
+
+/// `n` check-ins released together just after `at_us`, spread over the given servers.
+fn concurrent_checkins(
+    urls: &[String],
+    n: usize,
+    at_us: i64,
+) -> Vec<(u16, Option<CheckinResponse>)> {
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let url = format!("{}/v1/checkin?name=c{i}", urls[i % urls.len()]);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let agent = agent();
+                barrier.wait();
+                sleep_until_us(at_us + 2_000);
+                let mut r = agent.get(&url).call().expect("check-in");
+                let status = r.status().as_u16();
+                let body = r.body_mut().read_to_vec().unwrap();
+                (status, serde_json::from_slice(&body).ok())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn assert_exactly_one_rotation(results: &[(u16, Option<CheckinResponse>)], t: i64) {
+    for (status, body) in results {
+        assert_eq!(*status, 200, "a check-in failed: {body:?}");
+    }
+    let answers: Vec<&CheckinResponse> = results.iter().map(|(_, b)| b.as_ref().unwrap()).collect();
+    let rotated = answers.iter().filter(|a| a.rotated).count();
+    assert_eq!(rotated, 1, "expected exactly one check-in to rotate");
+    let tables: std::collections::BTreeSet<_> = answers.iter().map(|a| a.sync).collect();
+    assert_eq!(
+        tables.len(),
+        1,
+        "check-ins disagree on the sync table: {tables:?}"
+    );
+    assert!(answers[0].sync.activation_time_us > t);
+}
+
+#[test]
+fn exactly_one_rotation_under_64_concurrent_checkins() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
+    put(&s, "k", "v");
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    let before = rotation_count(&s);
+    let results = concurrent_checkins(std::slice::from_ref(&s.url), 64, t);
+    assert_exactly_one_rotation(&results, t);
+    assert_eq!(rotation_count(&s), before + 1);
+}
+
+#[test]
+fn exactly_one_rotation_with_two_server_processes_on_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let a = Server::start(&db, &["--interval", "1s"]);
+    let b = Server::start(&db, &[]);
+    put(&a, "k", "v");
+    let t = checkin(&a, "probe").sync.activation_time_us;
+    assert_eq!(checkin(&b, "probe").sync.activation_time_us, t);
+    let before = rotation_count(&a);
+    let results = concurrent_checkins(&[a.url.clone(), b.url.clone()], 64, t);
+    assert_exactly_one_rotation(&results, t);
+    assert_eq!(rotation_count(&a), before + 1);
+    assert_eq!(rotation_count(&b), before + 1);
+}
+
+#[test]
+fn grid_alignment_after_long_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "150ms"],
+    );
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    // Idle for many intervals: nobody checks in.
+    sleep_until_us(t + 1_530_000);
+    let r = checkin(&s, "late");
+    assert!(r.rotated);
+    let log = admin_get(&s, "/v1/admin/rotations");
+    let last = log.as_array().unwrap().last().unwrap();
+    let rotated_at = last["rotated_at_us"].as_i64().unwrap();
+    let next = r.sync.activation_time_us;
+    assert_eq!(next % 200_000, 0, "next activation {next} is off the grid");
+    assert!(
+        next - rotated_at >= 150_000,
+        "less than the minimum window ahead"
+    );
+    assert!(
+        next - 200_000 - rotated_at < 150_000,
+        "skipped a grid point that left enough window"
+    );
+}
+
+/// A poller that keeps rotations on time, as a farm of clients would.
+fn keep_rotating(s: &Server, until_us: i64) {
+    while now_us() < until_us {
+        checkin(s, "poller");
+        std::thread::sleep(Duration::from_millis(40));
+    }
+}
+
+fn activated_versions(s: &Server) -> Vec<(i64, u64)> {
+    let h = admin_get(s, "/v1/admin/history");
+    let mut out: Vec<(i64, u64)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| Some((v["activated_us"].as_i64()?, v["version"].as_u64()?)))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn scheduled_change_goes_live_at_first_grid_time_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "1s", "--min-window", "500ms"],
+    );
+    put(&s, "price", "10");
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    let x = t + 2_300_000;
+    let first_grid = t + 3_000_000;
+    let r = admin_post(
+        &s,
+        "/v1/admin/put",
+        serde_json::json!({"key": "price", "value": "8", "at": rfc3339(x)}),
+    );
+    assert_eq!(r["live_by_us"].as_i64(), Some(first_grid));
+    keep_rotating(&s, first_grid + 300_000);
+    let activated = activated_versions(&s);
+    let at_grid = activated
+        .iter()
+        .find(|(when, _)| *when == first_grid)
+        .unwrap_or_else(|| panic!("nothing activated at {first_grid}: {activated:?}"));
+    assert_eq!(
+        value_in_version(&s, "price", at_grid.1).as_deref(),
+        Some("8")
+    );
+    for (when, v) in &activated {
+        if *when < first_grid {
+            assert_ne!(
+                value_in_version(&s, "price", *v).as_deref(),
+                Some("8"),
+                "version {v} activated at {when} already had the scheduled change"
+            );
+        }
+    }
+}
+
+#[test]
+fn scheduled_change_inside_the_staged_window_restages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "2s", "--min-window", "1s"],
+    );
+    put(&s, "price", "10");
+    // Let "price=10" reach the staged version, then schedule inside its window.
+    let t0 = checkin(&s, "probe").sync.activation_time_us;
+    let sync = wait_rotation_past(&s, t0);
+    let t1 = sync.activation_time_us;
+    let staged_before = sync.staged_version;
+    let x = t1 - 400_000;
+    assert!(x > now_us(), "test too slow to schedule before {x}");
+    let r = admin_post(
+        &s,
+        "/v1/admin/put",
+        serde_json::json!({"key": "price", "value": "7", "at": rfc3339(x)}),
+    );
+    assert_eq!(r["live_by_us"].as_i64(), Some(t1));
+    let staged_after = checkin(&s, "probe").sync.staged_version;
+    assert_ne!(
+        staged_after, staged_before,
+        "staged version was not rebuilt"
+    );
+    assert_eq!(
+        value_in_version(&s, "price", staged_after).as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        value_in_version(&s, "price", staged_before).as_deref(),
+        Some("10")
+    );
+    let after = wait_rotation_past(&s, t1);
+    assert_eq!(after.active_version, staged_after);
+}
+
+#[test]
+fn unchanged_production_creates_no_version_and_etags_give_304() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    put(&s, "a", "1");
+    let mut t = checkin(&s, "probe").sync.activation_time_us;
+    for _ in 0..2 {
+        t = wait_rotation_past(&s, t).activation_time_us;
+    }
+    let versions = admin_get(&s, "/v1/admin/status")["versions"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(versions, 2, "initial version plus one with a=1");
+    put(&s, "a", "1"); // same value: not a change
+    for _ in 0..5 {
+        t = wait_rotation_past(&s, t).activation_time_us;
+    }
+    let status = admin_get(&s, "/v1/admin/status");
+    assert_eq!(status["versions"].as_u64().unwrap(), versions);
+    assert!(status["rotations"].as_u64().unwrap() >= 7);
+
+    // A version asked for again with its ETag costs a 304.
+    let v = status["sync"]["active_version"].as_u64().unwrap();
+    let url = format!("{}/v1/versions/{v}", s.url);
+    let first = get(&url, None, &[]);
+    assert_eq!(first.status, 200);
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    let again = get(&url, None, &[("If-None-Match", &etag)]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+
+    // So does a check-in that finds the sync table unchanged, and it still carries the clock.
+    let url = format!("{}/v1/checkin?name=x", s.url);
+    let a = get(&url, None, &[]);
+    let etag = a.headers["etag"].to_str().unwrap().to_owned();
+    let b = get(&url, None, &[("If-None-Match", &etag)]);
+    if b.status == 200 {
+        // A rotation fell between the two requests; the next one must be a 304.
+        let etag = b.headers["etag"].to_str().unwrap().to_owned();
+        let c = get(&url, None, &[("If-None-Match", &etag)]);
+        assert_eq!(c.status, 304);
+    } else {
+        assert_eq!(b.status, 304);
+        assert!(b.headers.contains_key(wire::HEADER_SERVER_TIME));
+    }
+}
+
+#[test]
+fn acknowledged_edits_and_rotation_state_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = Server::start(&db, &["--interval", "300ms", "--min-window", "150ms"]);
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    put(&s, "early", "1");
+    wait_rotation_past(&s, t);
+    let rotations_before = admin_get(&s, "/v1/admin/rotations");
+    for i in 0..25 {
+        put(&s, &format!("k{i}"), &format!("v{i}"));
+    }
+    s.kill9();
+    let s = Server::start(&db, &[]);
+    for i in 0..25 {
+        let a = admin_get(&s, &format!("/v1/admin/key?key=k{i}"));
+        assert_eq!(a["value"], format!("v{i}"));
+    }
+    let rotations_after = admin_get(&s, "/v1/admin/rotations");
+    let before = rotations_before.as_array().unwrap();
+    let after = rotations_after.as_array().unwrap();
+    assert!(after.len() >= before.len());
+    assert_eq!(&after[..before.len()], &before[..], "rotation log changed");
+    let status = admin_get(&s, "/v1/admin/status");
+    assert_eq!(status["sync"]["interval_us"], 300_000, "interval lost");
+}
+
+fn snapshot(
+    s: &Server,
+) -> (
+    serde_json::Value,
+    serde_json::Value,
+    serde_json::Value,
+    serde_json::Value,
+) {
+    let mut status = admin_get(s, "/v1/admin/status");
+    status["server_time_us"] = 0.into();
+    status["farm"] = serde_json::Value::Null;
+    (
+        admin_get(s, "/v1/admin/keys"),
+        status,
+        admin_get(s, "/v1/admin/history"),
+        admin_get(s, "/v1/admin/scheduled"),
+    )
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_a_message_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &[
+            "--max-key-bytes",
+            "64",
+            "--max-value-bytes",
+            "1000",
+            "--max-body-bytes",
+            "10000",
+        ],
+    );
+    put(&s, "keep", "me");
+    let before = snapshot(&s);
+    let u = |p: &str| format!("{}{p}", s.url);
+    let long_key = "k".repeat(65);
+    let big_value = "v".repeat(1001);
+    let huge_body = format!(
+        r#"{{"entries":[{}]}}"#,
+        (0..400)
+            .map(|i| format!(r#"{{"key":"k{i}","value":"0123456789"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let past = rfc3339(now_us() - 3_600_000_000);
+    let cases: Vec<(&str, Option<&str>, String, u16)> = vec![
+        (
+            "/v1/admin/put",
+            None,
+            r#"{"key":"a","value":"b"}"#.into(),
+            401,
+        ),
+        (
+            "/v1/admin/put",
+            Some("wrong"),
+            r#"{"key":"a","value":"b"}"#.into(),
+            403,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            r#"{"key":"a","value""#.into(),
+            400,
+        ),
+        ("/v1/admin/put", Some(TOKEN), r#"{"key":"a"}"#.into(), 400),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            r#"{"key":"a","value":"b","x":1}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            r#"{"key":"","value":"b"}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            format!(r#"{{"key":"{long_key}","value":"b"}}"#),
+            413,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            format!(r#"{{"key":"a","value":"{big_value}"}}"#),
+            413,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            r#"{"key":{"b64":"!!"},"value":"b"}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            r#"{"key":"a","value":"b","at":"tomorrow"}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/put",
+            Some(TOKEN),
+            format!(r#"{{"key":"a","value":"b","at":"{past}"}}"#),
+            400,
+        ),
+        (
+            "/v1/admin/delete",
+            Some(TOKEN),
+            r#"{"key":"keep","at":"2026-13-01T00:00:00Z"}"#.into(),
+            400,
+        ),
+        ("/v1/admin/import", Some(TOKEN), huge_body, 413),
+        (
+            "/v1/admin/import",
+            Some(TOKEN),
+            format!(
+                r#"{{"entries":[{{"key":"ok","value":"1"}},{{"key":"{long_key}","value":"2"}}]}}"#
+            ),
+            413,
+        ),
+        (
+            "/v1/admin/interval",
+            Some(TOKEN),
+            r#"{"interval":"ten"}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/interval",
+            Some(TOKEN),
+            r#"{"interval":"1ms"}"#.into(),
+            400,
+        ),
+        (
+            "/v1/admin/rollback",
+            Some(TOKEN),
+            r#"{"version":999}"#.into(),
+            404,
+        ),
+        (
+            "/v1/admin/rollback",
+            Some(TOKEN),
+            r#"{"version":-1}"#.into(),
+            400,
+        ),
+    ];
+    for (path, token, body, want) in cases {
+        let a = post(&u(path), token, body.as_bytes());
+        assert_eq!(
+            a.status,
+            want,
+            "{path} {body:.80}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let msg = a.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.len() > 5, "{path}: no useful message: {msg:?}");
+    }
+    for (path, want) in [
+        ("/v1/checkin?pid=abc", 400),
+        ("/v1/versions/abc", 400),
+        ("/v1/versions/999", 404),
+        ("/v1/admin/status", 401),
+        ("/v1/admin/diff?a=1", 401),
+        ("/v1/nope", 404),
+    ] {
+        let a = get(&u(path), None, &[]);
+        assert_eq!(
+            a.status,
+            want,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(a.json()["error"].is_string());
+    }
+    let a = get(&u("/v1/admin/diff?a=1"), Some(TOKEN), &[]);
+    assert_eq!(a.status, 400);
+    assert_eq!(snapshot(&s), before, "a rejected request changed the store");
+}
+
+#[test]
+fn read_token_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("read-token");
+    std::fs::write(&token_file, "reader-secret\n").unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--read-token-file", token_file.to_str().unwrap()],
+    );
+    let url = format!("{}/v1/checkin?name=x", s.url);
+    assert_eq!(get(&url, None, &[]).status, 401);
+    assert_eq!(get(&url, Some("nope"), &[]).status, 403);
+    assert_eq!(get(&url, Some("reader-secret"), &[]).status, 200);
+    assert_eq!(get(&url, Some(TOKEN), &[]).status, 200);
+    let v = format!("{}/v1/versions/current", s.url);
+    assert_eq!(get(&v, None, &[]).status, 401);
+    assert_eq!(get(&v, Some("reader-secret"), &[]).status, 200);
+    // A read token is not an admin token.
+    assert_eq!(
+        get(
+            &format!("{}/v1/admin/status", s.url),
+            Some("reader-secret"),
+            &[]
+        )
+        .status,
+        403
+    );
+}
+
+#[test]
+fn served_versions_verify_and_a_corrupted_blob_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = Server::start(&db, &["--interval", "200ms", "--min-window", "100ms"]);
+    for i in 0..50 {
+        put(&s, &format!("key{i}"), &format!("value{i}"));
+    }
+    let mut t = checkin(&s, "probe").sync.activation_time_us;
+    t = wait_rotation_past(&s, t).activation_time_us;
+    let sync = wait_rotation_past(&s, t);
+    let v = sync.active_version;
+    assert!(v >= 2);
+    for n in 1..=v {
+        let a = get(&format!("{}/v1/versions/{n}", s.url), None, &[]);
+        assert_eq!(a.status, 200);
+        let buf = format::aligned_copy(&a.body);
+        let (header, entries) = format::validate(&buf).expect("served version verifies");
+        assert_eq!(header.version, n);
+        assert_eq!(
+            a.headers[wire::HEADER_CHECKSUM].to_str().unwrap(),
+            format!("{:016x}", header.checksum)
+        );
+        assert_eq!(
+            a.headers["etag"].to_str().unwrap(),
+            wire::version_etag(n, header.checksum)
+        );
+        if n == v {
+            assert_eq!(format::lookup(entries, b"key7"), Some(&b"value7"[..]));
+        }
+    }
+    s.kill9();
+
+    // Flip one byte in the middle of the active version's stored blob.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut bytes: Vec<u8> = conn
+            .query_row(
+                "SELECT bytes FROM versions WHERE number = ?1",
+                [v as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        conn.execute(
+            "UPDATE versions SET bytes = ?2 WHERE number = ?1",
+            rusqlite::params![v as i64, bytes],
+        )
+        .unwrap();
+    }
+    let s = Server::start(&db, &["--interval", "10m"]);
+    for path in [
+        format!("/v1/versions/{v}"),
+        "/v1/versions/current".to_owned(),
+    ] {
+        let a = get(&format!("{}{path}", s.url), None, &[]);
+        assert_eq!(a.status, 500, "{path} served a corrupted blob");
+        let msg = a.json()["error"].as_str().unwrap().to_owned();
+        assert!(msg.contains("damaged"), "{msg}");
+    }
+    // Other versions are still served.
+    assert_eq!(
+        get(&format!("{}/v1/versions/1", s.url), None, &[]).status,
+        200
+    );
+}
+
+#[test]
+fn rollback_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    put(&s, "a", "1");
+    put(&s, "b", "1");
+    let mut t = checkin(&s, "probe").sync.activation_time_us;
+    let good = wait_rotation_past(&s, t);
+    t = good.activation_time_us;
+    let good_version = good.staged_version;
+    put(&s, "a", "2");
+    admin_post(&s, "/v1/admin/delete", serde_json::json!({"key": "b"}));
+    put(&s, "c", "3");
+    let bad = wait_rotation_past(&s, t);
+    let bad_version = bad.staged_version;
+    let d = admin_get(
+        &s,
+        &format!("/v1/admin/diff?a={good_version}&b={bad_version}"),
+    );
+    assert_eq!(d["added"][0]["key"], "c");
+    assert_eq!(d["removed"][0], "b");
+    assert_eq!(d["changed"][0]["old"], "1");
+    assert_eq!(d["changed"][0]["new"], "2");
+
+    let r = admin_post(
+        &s,
+        "/v1/admin/rollback",
+        serde_json::json!({"version": good_version}),
+    );
+    let new_version = r["version"].as_u64().unwrap();
+    assert!(new_version > bad_version);
+    assert_eq!(checkin(&s, "probe").sync.staged_version, new_version);
+    let same = admin_get(
+        &s,
+        &format!("/v1/admin/diff?a={good_version}&b={new_version}"),
+    );
+    assert!(same["added"].as_array().unwrap().is_empty());
+    assert!(same["removed"].as_array().unwrap().is_empty());
+    assert!(same["changed"].as_array().unwrap().is_empty());
+    // Production follows the rollback, so the next rotation keeps it.
+    let after = wait_rotation_past(&s, checkin(&s, "p").sync.activation_time_us);
+    assert_eq!(after.active_version, new_version);
+    let after = wait_rotation_past(&s, after.activation_time_us);
+    assert_eq!(
+        value_in_version(&s, "a", after.staged_version).as_deref(),
+        Some("1")
+    );
+}
+
+fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
