@@ -1,0 +1,208 @@
+//! A handle: one data server, one retrieval thread, one pair of staged and active caches.
+//!
+//! This is the Rust API the C ABI marshals to. It also carries the handle across `fork()`:
+//! pre-fork servers (gunicorn `--preload`, PHP-FPM, nginx's master) may open a handle and then
+//! fork workers. The child inherits the memory — so reads keep working at once — but not the
+//! retrieval thread. A `pthread_atfork` child hook bumps a process-wide generation; the first
+//! call on the handle in a child sees the generation changed and starts a fresh thread there,
+//! with its own HTTP connections and its own stop signal.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+
+use crate::activation::Version;
+use crate::options::Options;
+use crate::retrieval::{self, Control, Shared, StatsSnapshot};
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    // Only an atomic add: the child of a multi-threaded process may do little else here.
+    FORK_GENERATION.fetch_add(1, Relaxed);
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a plain extern "C" function; the library is linked with
+        // `-z nodelete`, so the function stays mapped for the life of the process.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+    });
+}
+
+/// Why a handle could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    BadOption(String),
+    Unreachable(String),
+    Thread(String),
+}
+
+/// Why a read has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// No version has arrived yet.
+    NotReady,
+    NotFound,
+    /// The value needs this many bytes.
+    TooSmall(usize),
+}
+
+pub struct Client {
+    shared: Arc<Shared>,
+    control: ArcSwap<Control>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The fork generation of the process our retrieval thread runs in.
+    thread_generation: AtomicU64,
+}
+
+impl Client {
+    /// Opens a handle from `key=value` options and waits (up to `bootstrap_wait_ms`) for the
+    /// version that should be active now.
+    pub fn open(options: &str) -> Result<Client, OpenError> {
+        let options = Options::parse(options).map_err(OpenError::BadOption)?;
+        register_atfork();
+        let wait = options.bootstrap_wait;
+        let allow_not_ready = options.allow_not_ready;
+        let shared = Arc::new(Shared::new(options));
+        let control = Arc::new(Control::default());
+        let thread = retrieval::spawn(shared.clone(), control.clone())
+            .map_err(|e| OpenError::Thread(format!("cannot start the retrieval thread: {e}")))?;
+        let client = Client {
+            shared,
+            control: ArcSwap::new(control),
+            thread: Mutex::new(Some(thread)),
+            thread_generation: AtomicU64::new(FORK_GENERATION.load(Relaxed)),
+        };
+        if !client.shared.wait_ready(wait) && !allow_not_ready {
+            let why = client.shared.last_error();
+            return Err(OpenError::Unreachable(if why.is_empty() {
+                format!("no version arrived within {} ms", wait.as_millis())
+            } else {
+                why
+            }));
+        }
+        Ok(client)
+    }
+
+    /// Restarts the retrieval thread if this process is a fork child that has not yet.
+    #[inline]
+    fn follow_fork(&self) {
+        if FORK_GENERATION.load(Relaxed) != self.thread_generation.load(Relaxed) {
+            self.restart_after_fork();
+        }
+    }
+
+    #[cold]
+    fn restart_after_fork(&self) {
+        let now = FORK_GENERATION.load(Relaxed);
+        let seen = self.thread_generation.load(Relaxed);
+        if seen == now
+            || self
+                .thread_generation
+                .compare_exchange(seen, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            return; // another thread of this child got here first
+        }
+        let control = Arc::new(Control::default());
+        self.control.store(control.clone());
+        let spawned = retrieval::spawn(self.shared.clone(), control);
+        // The parent's JoinHandle names a thread this process does not have: forget it rather
+        // than detach or join it. try_lock: a lock held at the fork stays held in the child.
+        if let Ok(mut slot) = self.thread.try_lock() {
+            if let Some(old) = slot.take() {
+                std::mem::forget(old);
+            }
+            *slot = spawned.ok();
+        }
+    }
+
+    /// Copies the value of `key` into `buf`; returns its length.
+    #[inline]
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, ReadError> {
+        self.follow_fork();
+        self.shared.activation.with_current(|v| {
+            let value = v
+                .ok_or(ReadError::NotReady)?
+                .get(key)
+                .ok_or(ReadError::NotFound)?;
+            let out = buf
+                .get_mut(..value.len())
+                .ok_or(ReadError::TooSmall(value.len()))?;
+            out.copy_from_slice(value);
+            Ok(value.len())
+        })
+    }
+
+    /// The value of `key` as an owned vector (for Rust callers; the C ABI never allocates).
+    pub fn get(&self, key: &[u8]) -> Result<Vec<u8>, ReadError> {
+        self.follow_fork();
+        self.shared.activation.with_current(|v| {
+            Ok(v.ok_or(ReadError::NotReady)?
+                .get(key)
+                .ok_or(ReadError::NotFound)?
+                .to_vec())
+        })
+    }
+
+    /// Pins the version a read sees now: every read through it comes from that version.
+    pub fn snapshot(&self) -> Result<Arc<Version>, ReadError> {
+        self.follow_fork();
+        self.shared.activation.pin().ok_or(ReadError::NotReady)
+    }
+
+    /// The active version (0 before the first one arrives).
+    pub fn active_version(&self) -> u64 {
+        self.follow_fork();
+        self.shared.activation.current_number()
+    }
+
+    /// The staged version and its activation time on the data server's clock (µs), if one is
+    /// armed.
+    pub fn staged(&self) -> Option<(u64, i64)> {
+        self.follow_fork();
+        self.shared.activation.staged()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.follow_fork();
+        self.shared.stats()
+    }
+
+    /// The retrieval thread's last failure (empty if none yet).
+    pub fn last_error(&self) -> String {
+        self.shared.last_error()
+    }
+
+    fn stop(&mut self) {
+        if FORK_GENERATION.load(Relaxed) != self.thread_generation.load(Relaxed) {
+            // Opened before a fork and never used here: there is no thread of ours to stop.
+            let slot = self.thread.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = slot.take() {
+                std::mem::forget(old);
+            }
+            return;
+        }
+        self.control.load().stop();
+        let handle = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,524 @@
+//! Retrieval: the background thread of one handle, running the patent's asynchronous phase.
+//!
+//! Each cycle: check in (which may perform the data server's rotation, and is always a clock
+//! sample); catch up if this client does not hold the version that should be active now; if a
+//! staged version is announced, download it unless held, verify it completely, and arm it for
+//! its activation instant. Failures back off with jitter, capped well under the interval, and
+//! never touch what readers see: the last active version keeps serving.
+//!
+//! The thread owns everything that does I/O (its own ureq agent, so no connection is ever
+//! shared across `fork()`); what it shares with readers is the [`Activation`] and the
+//! [`Stats`] atomics.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::activation::{Activation, Version};
+use crate::clock::{mono_ns, wall_us, ClockSync, Estimate, Sample};
+use crate::format::VersionBuf;
+use crate::options::Options;
+use crate::wire::{self, CheckinResponse, ErrorBody, SyncTable};
+
+/// Counters and gauges readers can take without a lock.
+#[derive(Default)]
+pub struct Stats {
+    pub last_checkin_us: AtomicI64,
+    pub consecutive_failures: AtomicU64,
+    pub clock_offset_us: AtomicI64,
+    pub clock_error_us: AtomicI64,
+    pub lagging: AtomicU64,
+    pub checkins: AtomicU64,
+    pub activations: AtomicU64,
+    pub rejected_versions: AtomicU64,
+    pub last_activation_us: AtomicI64,
+    pub next_activation_us: AtomicI64,
+}
+
+/// A plain copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub active_version: u64,
+    pub staged_version: u64,
+    pub next_activation_us: i64,
+    pub last_checkin_us: i64,
+    pub consecutive_failures: u64,
+    pub clock_offset_us: i64,
+    pub clock_error_us: i64,
+    pub lagging: bool,
+    pub checkins: u64,
+    pub activations: u64,
+    pub rejected_versions: u64,
+    pub last_activation_us: i64,
+}
+
+/// What a handle and its retrieval thread share.
+pub struct Shared {
+    pub options: Options,
+    pub activation: Activation,
+    pub stats: Stats,
+    /// The last failure, for `sync_error_message` and for a failed open.
+    last_error: Mutex<String>,
+    ready: Mutex<bool>,
+    ready_cv: Condvar,
+}
+
+impl Shared {
+    pub fn new(options: Options) -> Shared {
+        Shared {
+            options,
+            activation: Activation::new(),
+            stats: Stats::default(),
+            last_error: Mutex::new(String::new()),
+            ready: Mutex::new(false),
+            ready_cv: Condvar::new(),
+        }
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_owned();
+    }
+
+    fn mark_ready(&self) {
+        *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ready_cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for the first version; true if it arrived.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let guard = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .ready_cv
+            .wait_timeout_while(guard, timeout, |ready| !*ready)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let staged = self.activation.staged();
+        StatsSnapshot {
+            active_version: self.activation.current_number(),
+            staged_version: staged.map_or(0, |(v, _)| v),
+            next_activation_us: s.next_activation_us.load(Relaxed),
+            last_checkin_us: s.last_checkin_us.load(Relaxed),
+            consecutive_failures: s.consecutive_failures.load(Relaxed),
+            clock_offset_us: s.clock_offset_us.load(Relaxed),
+            clock_error_us: s.clock_error_us.load(Relaxed),
+            lagging: s.lagging.load(Relaxed) != 0,
+            checkins: s.checkins.load(Relaxed),
+            activations: s.activations.load(Relaxed),
+            rejected_versions: s.rejected_versions.load(Relaxed),
+            last_activation_us: s.last_activation_us.load(Relaxed),
+        }
+    }
+}
+
+/// Stop signal for one retrieval thread. A new one is made for a thread restarted after
+/// `fork()`, so a lock the parent's thread held at the fork is never waited on.
+#[derive(Default)]
+pub struct Control {
+    stop: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Control {
+    pub fn stop(&self) {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps until monotonic `deadline_ns` or a stop; true if stopped.
+    fn sleep_until(&self, deadline_ns: i64) -> bool {
+        let mut stopped = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stopped {
+                return true;
+            }
+            let left = deadline_ns - mono_ns();
+            if left <= 0 {
+                return false;
+            }
+            stopped = self
+                .cv
+                .wait_timeout(stopped, Duration::from_nanos(left as u64))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Starts the retrieval thread with every async signal blocked, so the host's signal handlers
+/// (nginx's, PHP-FPM's, gunicorn's) always run on the host's own threads.
+pub fn spawn(shared: Arc<Shared>, control: Arc<Control>) -> std::io::Result<JoinHandle<()>> {
+    // SAFETY: plain libc signal-mask calls on sigset_t values we own.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
+    let result = std::thread::Builder::new()
+        .name("lockstep-retrieval".into())
+        .spawn(move || run(shared, control));
+    // SAFETY: restores the mask saved above on this same thread.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    result
+}
+
+fn run(shared: Arc<Shared>, control: Arc<Control>) {
+    loop {
+        let s = shared.clone();
+        let c = control.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Retriever::new(s).run(&c)
+        }));
+        match outcome {
+            Ok(()) => return,
+            Err(_) => {
+                // A bug, not bad input; keep the host alive and keep serving, retry later.
+                shared.set_error("internal error in the retrieval thread; restarting it");
+                if control.sleep_until(mono_ns() + 1_000_000_000) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Retriever {
+    shared: Arc<Shared>,
+    agent: ureq::Agent,
+    clock: ClockSync,
+    table: Option<SyncTable>,
+    etag: Option<String>,
+    rng: fastrand::Rng,
+    host: String,
+    pid: u32,
+    failures: u32,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn clamp_ns(v: i64, lo: i64, hi: i64) -> i64 {
+    v.max(lo).min(hi)
+}
+
+impl Retriever {
+    fn new(shared: Arc<Shared>) -> Retriever {
+        let o = &shared.options;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(o.connect_timeout))
+            .timeout_global(Some(o.checkin_timeout))
+            .max_idle_connections(2)
+            .build()
+            .into();
+        let pid = std::process::id();
+        Retriever {
+            agent,
+            clock: ClockSync::new(),
+            table: None,
+            etag: None,
+            rng: fastrand::Rng::with_seed(pid as u64 ^ mono_ns() as u64 ^ wall_us() as u64),
+            host: hostname(),
+            pid,
+            failures: 0,
+            shared,
+        }
+    }
+
+    fn run(mut self, control: &Control) {
+        loop {
+            self.promote_due();
+            let wake = match self.cycle() {
+                Ok(next_checkin) => {
+                    self.failures = 0;
+                    self.shared.stats.consecutive_failures.store(0, Relaxed);
+                    next_checkin
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    self.shared
+                        .stats
+                        .consecutive_failures
+                        .store(self.failures as u64, Relaxed);
+                    self.shared.set_error(&e);
+                    mono_ns() + self.backoff_ns()
+                }
+            };
+            // Wake for every armed instant on the way, to release the old version promptly.
+            loop {
+                let until = match self.shared.activation.next_instant() {
+                    Some(at) if at < wake => at,
+                    _ => wake,
+                };
+                if control.sleep_until(until) {
+                    return;
+                }
+                self.promote_due();
+                if until >= wake {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn interval_ns(&self) -> i64 {
+        self.table.map_or(10_000_000_000, |t| t.interval_us * 1000)
+    }
+
+    /// Exponential backoff with full jitter, capped at an eighth of the interval (at most
+    /// 30 s), so a farm that lost the data server does not come back in lockstep.
+    fn backoff_ns(&mut self) -> i64 {
+        let cap = clamp_ns(self.interval_ns() / 8, 50_000_000, 30_000_000_000);
+        let exp = 50_000_000i64.saturating_mul(1 << self.failures.min(20));
+        let ceiling = exp.min(cap);
+        self.rng.i64(ceiling / 2..=ceiling)
+    }
+
+    fn promote_due(&self) {
+        if let Some(p) = self.shared.activation.promote_due(mono_ns()) {
+            let s = &self.shared.stats;
+            s.activations.fetch_add(1, Relaxed);
+            s.last_activation_us.store(p.activation_us, Relaxed);
+            s.lagging.store(0, Relaxed);
+        }
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.shared
+            .options
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {t}"))
+    }
+
+    fn checkin(&mut self) -> Result<(SyncTable, Estimate), String> {
+        let o = &self.shared.options;
+        let stats = &self.shared.stats;
+        let previous = self.clock.estimate(mono_ns());
+        let mut req = self
+            .agent
+            .get(&format!("{}{}", o.url, wire::PATH_CHECKIN))
+            .query("name", &o.name)
+            .query("host", &self.host)
+            .query("pid", self.pid.to_string())
+            .query(
+                "staged",
+                self.shared
+                    .activation
+                    .staged()
+                    .map_or(0, |s| s.0)
+                    .to_string(),
+            )
+            .query(
+                "active",
+                self.shared.activation.current_number().to_string(),
+            )
+            .query(
+                "offset_us",
+                previous.map_or(0, |e| e.wall_offset_us).to_string(),
+            )
+            .query("error_us", previous.map_or(0, |e| e.error_us).to_string())
+            .query("lagging", stats.lagging.load(Relaxed).to_string());
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", &a);
+        }
+        if let (Some(etag), Some(_)) = (&self.etag, &self.table) {
+            req = req.header("If-None-Match", etag);
+        }
+        let sent_ns = mono_ns();
+        let wall_sent = wall_us();
+        let result = req.call();
+        let received_ns = mono_ns();
+        let wall_received = wall_us();
+        let mut resp = result.map_err(|e| format!("check-in to {} failed: {e}", o.url))?;
+        let status = resp.status().as_u16();
+        let server_us = resp
+            .headers()
+            .get(wire::HEADER_SERVER_TIME)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| format!("check-in answer unreadable: {e}"))?;
+        let table = match status {
+            200 => {
+                let r: CheckinResponse = serde_json::from_slice(&body)
+                    .map_err(|e| format!("check-in answer is not a sync table: {e}"))?;
+                self.etag = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                r.sync
+            }
+            304 => self
+                .table
+                .ok_or("data server answered 304 to a first check-in")?,
+            _ => return Err(http_error("check-in", status, &body)),
+        };
+        if table.interval_us <= 0 || table.min_window_us < 0 {
+            return Err("check-in answer has a nonsensical interval".into());
+        }
+        let server_us = server_us.ok_or("check-in answer lacks the server time header")?;
+        let estimate = self.clock.add(Sample {
+            sent_ns,
+            received_ns,
+            server_us,
+            wall_mid_us: wall_sent + (wall_received - wall_sent) / 2,
+        });
+        self.table = Some(table);
+        stats.checkins.fetch_add(1, Relaxed);
+        stats.last_checkin_us.store(server_us, Relaxed);
+        stats
+            .clock_offset_us
+            .store(estimate.wall_offset_us, Relaxed);
+        stats.clock_error_us.store(estimate.error_us, Relaxed);
+        stats
+            .next_activation_us
+            .store(table.activation_time_us, Relaxed);
+        Ok((table, estimate))
+    }
+
+    fn download(&mut self, number: u64) -> Result<Arc<Version>, String> {
+        let o = &self.shared.options;
+        let mut req = self
+            .agent
+            .get(&format!("{}{}/{number}", o.url, wire::PATH_VERSIONS))
+            .config()
+            .timeout_global(Some(o.download_timeout))
+            .build();
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", &a);
+        }
+        let mut resp = req
+            .call()
+            .map_err(|e| format!("download of version {number} failed: {e}"))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 16)
+                .read_to_vec()
+                .unwrap_or_default();
+            return Err(http_error(
+                &format!("download of version {number}"),
+                status,
+                &body,
+            ));
+        }
+        let announced = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > o.max_version_bytes) {
+            return Err(format!(
+                "version {number} is larger than max_version_bytes ({})",
+                o.max_version_bytes
+            ));
+        }
+        let mut buf = VersionBuf::with_capacity(announced.unwrap_or(0) as usize);
+        let mut reader = resp
+            .body_mut()
+            .with_config()
+            .limit(o.max_version_bytes)
+            .reader();
+        buf.extend_from_reader(&mut reader)
+            .map_err(|e| format!("download of version {number} broke off: {e}"))?;
+        Version::verify(buf, Some(number))
+            .map(Arc::new)
+            .map_err(|e| {
+                self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
+                format!("version {number} rejected: {e}")
+            })
+    }
+
+    /// One retrieval cycle; returns the monotonic instant of the next check-in.
+    fn cycle(&mut self) -> Result<i64, String> {
+        let (table, est) = self.checkin()?;
+        let activation = &self.shared.activation;
+        let now = mono_ns();
+        let held = activation.current_number();
+
+        // Catch up when we do not hold what should be active now — unless it is armed and
+        // due within our clock error (the data server's clock passed the instant a moment
+        // before ours will).
+        if held != table.active_version && held != table.staged_version {
+            let armed = activation.armed_version(table.active_version);
+            let due_within_error = armed
+                .as_ref()
+                .is_some_and(|(_, at)| *at <= now + est.error_us * 1000 + 1_000_000);
+            if !due_within_error {
+                let version = match armed {
+                    Some((v, _)) => v,
+                    None => self.download(table.active_version)?,
+                };
+                self.shared.activation.activate_now(version);
+                let s = &self.shared.stats;
+                s.activations.fetch_add(1, Relaxed);
+                if held != 0 {
+                    s.lagging.store(1, Relaxed);
+                }
+                self.shared.mark_ready();
+            }
+        } else if held != 0 {
+            self.shared.mark_ready();
+        }
+
+        if table.staged_version != table.active_version {
+            let at = est.mono_at(table.activation_time_us);
+            let version = match self.shared.activation.armed_version(table.staged_version) {
+                Some((v, _)) => v,
+                None if self.shared.activation.current_number() == table.staged_version => {
+                    // Already active (we are a hair ahead of the data server).
+                    return Ok(now + 10_000_000 + self.rng.i64(0..10_000_000));
+                }
+                None => self.download(table.staged_version)?,
+            };
+            self.shared
+                .activation
+                .arm(version, table.activation_time_us, at);
+        }
+
+        let now = mono_ns();
+        let at = est.mono_at(table.activation_time_us);
+        let poll = clamp_ns(table.interval_us * 1000 / 4, 200_000_000, 15_000_000_000);
+        // Spread the check-ins that follow an activation so the farm does not stampede the
+        // data server; the first one to arrive performs the rotation.
+        let spread = clamp_ns(table.min_window_us * 1000 / 10, 1_000_000, 1_000_000_000);
+        Ok(if at > now {
+            (at + self.rng.i64(1_000_000..=spread)).min(now + poll)
+        } else {
+            now + self.rng.i64(1_000_000..=spread)
+        })
+    }
+}
+
+fn http_error(what: &str, status: u16, body: &[u8]) -> String {
+    let msg = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    format!("{what}: data server answered {status}: {msg}")
+}
