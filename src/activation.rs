@@ -280,11 +280,18 @@ mod tests {
         a.arm(version(2, "8"), 1_000, at);
         assert_eq!(read(&a), Some("10".into()));
         assert_eq!(a.staged(), Some((2, 1_000)));
-        while mono_ns() < at {
-            assert_eq!(read(&a), Some("10".into()), "new version seen early");
+        loop {
+            let before = mono_ns();
+            let seen = read(&a);
+            let after = mono_ns();
+            if after < at {
+                assert_eq!(seen, Some("10".into()), "new version seen early");
+            } else if before >= at {
+                // Nobody promoted, yet the read sees the new version.
+                assert_eq!(seen, Some("8".into()), "old version seen late");
+                break;
+            }
         }
-        // Nobody promoted, yet the read sees the new version.
-        assert_eq!(read(&a), Some("8".into()));
         assert_eq!(a.current_number(), 2);
         let p = a.promote_due(mono_ns()).unwrap();
         assert_eq!(p.version, 2);

@@ -222,10 +222,14 @@ fn clamp_ns(v: i64, lo: i64, hi: i64) -> i64 {
 impl Retriever {
     fn new(shared: Arc<Shared>) -> Retriever {
         let o = &shared.options;
+        // Per-phase timeouts only: a global or per-call timeout makes ureq resolve host names
+        // on a thread of its own for every new connection.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(o.connect_timeout))
-            .timeout_global(Some(o.checkin_timeout))
+            .timeout_send_request(Some(o.checkin_timeout))
+            .timeout_recv_response(Some(o.checkin_timeout))
+            .timeout_recv_body(Some(o.checkin_timeout))
             .max_idle_connections(2)
             .build()
             .into();
@@ -406,7 +410,7 @@ impl Retriever {
             .agent
             .get(&format!("{}{}/{number}", o.url, wire::PATH_VERSIONS))
             .config()
-            .timeout_global(Some(o.download_timeout))
+            .timeout_recv_body(Some(o.download_timeout))
             .build();
         if let Some(a) = self.auth() {
             req = req.header("Authorization", &a);

@@ -1,5 +1,6 @@
 //! The management CLI against a real data server.
 
+#[path = "../../tests/support/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};

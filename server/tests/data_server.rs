@@ -1,6 +1,7 @@
 //! The data server as a real child process: rotation, scheduling, durability, bad input,
 //! integrity. Each test talks HTTP to the real binary.
 
+#[path = "../../tests/support/mod.rs"]
 mod common;
 
 use std::sync::{Arc, Barrier};

@@ -1,17 +1,118 @@
-//! Runs the real `lockstep` binary as a child process for the integration tests.
+//! Test support shared by the workspace's integration tests: the real `lockstep` binary as a
+//! child process, `liblockstep.so`, C programs built against it, and HTTP helpers.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lockstep::wire::{CheckinResponse, SyncTable};
 
 pub const TOKEN: &str = "test-admin-token";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_lockstep")
+/// The workspace root.
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if here.join("server").is_dir() {
+        here
+    } else {
+        here.parent().unwrap().to_owned()
+    }
+}
+
+/// The cargo target profile directory this test binary was built into (target/debug).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// Builds the data server binary and the shared library once per test process. A test of the
+/// root crate does not get them from cargo by itself: the binary belongs to the server crate
+/// and the `.so` is not linked into tests.
+fn built() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "lockstep", "-p", "lockstep-server"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the workspace failed");
+        target_dir()
+    })
+}
+
+pub fn bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_lockstep") {
+        Some(p) => PathBuf::from(p),
+        None => built().join("lockstep"),
+    }
+}
+
+/// Path of liblockstep.so, built if needed.
+pub fn library() -> PathBuf {
+    built().join("liblockstep.so")
+}
+
+/// Compiles a C file against include/lockstep.h and liblockstep.so; returns the executable.
+pub fn compile_c(source: &Path, extra_flags: &[&str]) -> PathBuf {
+    let lib_dir = library().parent().unwrap().to_owned();
+    let stem = source.file_stem().unwrap().to_str().unwrap();
+    let suffix = extra_flags.join("").replace(['-', '=', '/'], "");
+    let out = lib_dir.join(format!("c-{stem}{suffix}"));
+    let output = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .args(extra_flags)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(source)
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib_dir)
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-llockstep")
+        .output()
+        .expect("run cc");
+    assert!(
+        output.status.success(),
+        "cc {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A free TCP port on loopback (for servers that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// CLOCK_MONOTONIC in ns: the same clock in every process on this host, and one libfaketime
+/// leaves alone under FAKETIME_DONT_FAKE_MONOTONIC=1.
+pub fn mono_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Converts a wall-clock time (µs, this host's real clock, which is the data server's) to
+/// CLOCK_MONOTONIC ns.
+pub fn wall_us_to_mono_ns(wall_us: i64) -> i64 {
+    let before = mono_ns();
+    let wall = now_us();
+    let after = mono_ns();
+    (before + after) / 2 + (wall_us - wall) * 1000
 }
 
 /// A data server child process; killed when dropped.
@@ -23,11 +124,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &Path, extra: &[&str]) -> Server {
+        Self::start_at(db, "127.0.0.1:0", extra)
+    }
+
+    /// Starts on a given address, so a restarted server comes back where clients look.
+    pub fn start_at(db: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(bin())
             .arg("serve")
             .arg("--db")
             .arg(db)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
             .env("LOCKSTEP_LOG", "warn")
@@ -205,4 +311,26 @@ pub fn rotation_count(s: &Server) -> usize {
         .as_array()
         .unwrap()
         .len()
+}
+
+/// Waits until the version active on the data server holds `key` = `value` (the edit has been
+/// through its rotations).
+pub fn wait_active(s: &Server, key: &str, value: &str) -> SyncTable {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sync = checkin(s, "publisher").sync;
+        if value_in_version(s, key, sync.active_version).as_deref() == Some(value) {
+            return sync;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key}={value} never became active"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A data server with fast cycles for client tests (interval 200 ms).
+pub fn fast_server(db: &Path) -> Server {
+    Server::start(db, &["--interval", "200ms", "--min-window", "100ms"])
 }

@@ -1,0 +1,90 @@
+/*
+ * A web server stand-in for the end-to-end tests: opens a handle through the C ABI, reads one
+ * key in a loop, and reports on stdout every change of the active version with the
+ * CLOCK_MONOTONIC instants that bracket it (the last read that saw the old version and the
+ * first read that saw the new one). CLOCK_MONOTONIC is one clock for every process on the
+ * host, and libfaketime leaves it alone, so the test can compare processes with skewed wall
+ * clocks on one time line.
+ *
+ * usage: observer URL NAME KEY SECONDS
+ * output: READY v | CHANGE v first_new_ns last_old_ns value | STATS ... | DONE
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lockstep.h"
+
+static long long mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s URL NAME KEY SECONDS\n", argv[0]);
+    return 2;
+  }
+  char options[1024];
+  int n = snprintf(options, sizeof options, "url=%s;name=%s;bootstrap_wait_ms=15000", argv[1],
+                   argv[2]);
+  sync_handle *h = NULL;
+  sync_result r = sync_open(options, (size_t)n, &h);
+  if (r != SYNC_OK) {
+    char msg[512];
+    size_t len;
+    sync_error_message(r, msg, sizeof msg, &len);
+    fprintf(stderr, "observer: sync_open: %s\n", msg);
+    return 1;
+  }
+  const char *key = argv[3];
+  long long end = mono_ns() + (long long)(atof(argv[4]) * 1e9);
+  uint64_t last = 0;
+  sync_active_version(h, &last);
+  printf("READY %llu\n", (unsigned long long)last);
+  fflush(stdout);
+
+  long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0;
+  struct timespec pause = {0, 200000}; /* 200 µs between reads: wakes fast, leaves CPU */
+  char value[4096];
+  while (mono_ns() < end) {
+    long long before = mono_ns();
+    uint64_t v = 0;
+    sync_active_version(h, &v);
+    size_t len = 0;
+    r = sync_get(h, (const uint8_t *)key, strlen(key), (uint8_t *)value, sizeof value - 1, &len);
+    long long after = mono_ns();
+    if (after - before > max_read_ns) max_read_ns = after - before;
+    if (r != SYNC_OK) len = 0;
+    value[len] = 0;
+    if (v != last) {
+      printf("CHANGE %llu %lld %lld %s\n", (unsigned long long)v, before, last_old,
+             r == SYNC_OK ? value : "-");
+      fflush(stdout);
+      last = v;
+    }
+    last_old = after;
+    if (after >= next_stats) {
+      sync_stats s;
+      memset(&s, 0, sizeof s);
+      s.struct_size = sizeof s;
+      if (sync_stats_get(h, &s) == SYNC_OK) {
+        printf("STATS offset_us=%lld error_us=%lld lagging=%u failures=%llu rejected=%llu "
+               "max_read_ns=%lld active=%llu\n",
+               (long long)s.clock_offset_us, (long long)s.clock_error_us, s.lagging,
+               (unsigned long long)s.consecutive_failures,
+               (unsigned long long)s.rejected_versions, max_read_ns,
+               (unsigned long long)s.active_version);
+        fflush(stdout);
+      }
+      next_stats = after + 200000000LL;
+    }
+    nanosleep(&pause, NULL);
+  }
+  sync_close(h);
+  printf("DONE\n");
+  return 0;
+}

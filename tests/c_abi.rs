@@ -1,0 +1,71 @@
+//! The C ABI from C: misuse returns statuses (under valgrind, zero errors), and the shared
+//! library exports nothing but `sync_*`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn c_misuse_returns_statuses_under_valgrind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = fast_server(&dir.path().join("db"));
+    put(&server, "price", "12.50");
+    wait_active(&server, "price", "12.50");
+    let exe = compile_c(&root().join("tests/c/misuse.c"), &["-O0"]);
+    let out = Command::new("valgrind")
+        .args([
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--quiet",
+        ])
+        .arg(&exe)
+        .arg(&server.url)
+        .output()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "misuse.c under valgrind exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn shared_library_exports_only_sync_symbols() {
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(library())
+        .output()
+        .expect("nm");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let symbols: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(symbols.contains(&"sync_open"));
+    assert!(symbols.contains(&"sync_get"));
+    assert!(symbols.contains(&"sync_active_version"));
+    let foreign: Vec<&&str> = symbols.iter().filter(|s| !s.starts_with("sync_")).collect();
+    assert!(foreign.is_empty(), "exports beyond sync_*: {foreign:?}");
+}
+
+#[test]
+fn shared_library_stays_loaded_after_dlclose() {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(library())
+        .output()
+        .expect("readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NODELETE"),
+        "built without -z nodelete:\n{text}"
+    );
+}
