@@ -46,6 +46,7 @@ int main(int argc, char **argv) {
   sync_active_version(h, &last);
   printf("READY %llu\n", (unsigned long long)last);
   fflush(stdout);
+  last = 0; /* so the first read reports the version it starts with as a change */
 
   long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0;
   struct timespec pause = {0, 200000}; /* 200 µs between reads: wakes fast, leaves CPU */

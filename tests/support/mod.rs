@@ -334,3 +334,4 @@ pub fn wait_active(s: &Server, key: &str, value: &str) -> SyncTable {
 pub fn fast_server(db: &Path) -> Server {
     Server::start(db, &["--interval", "200ms", "--min-window", "100ms"])
 }
+pub mod observer;

@@ -1,0 +1,185 @@
+//! The client library end to end: a real data server process and client processes reading
+//! through the C ABI (tests/c/observer.c), some with wall clocks skewed by libfaketime.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::observer::Observer;
+use support::*;
+
+/// Activation time (data-server µs) of `version`, from the data server's history (recorded
+/// by the rotation that follows the activation, so it may take a check-in to appear).
+fn activated_at(s: &Server, version: u64) -> i64 {
+    for _ in 0..500 {
+        let history = admin_get(s, "/v1/admin/history");
+        let found = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"].as_u64() == Some(version))
+            .and_then(|v| v["activated_us"].as_i64());
+        if let Some(t) = found {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("version {version} never got an activation time");
+}
+
+/// Asserts every observer switched to the version holding `value` within `tolerance_ns` of
+/// its activation time, and of each other.
+fn assert_lockstep(s: &Server, observers: &[Observer], value: &str, tolerance_ns: i64) {
+    let changes: Vec<_> = observers
+        .iter()
+        .map(|o| o.wait_value(value, Duration::from_secs(20)))
+        .collect();
+    let version = changes[0].version;
+    for c in &changes {
+        assert_eq!(
+            c.version, version,
+            "observers switched to different versions"
+        );
+    }
+    let t_mono = wall_us_to_mono_ns(activated_at(s, version));
+    let firsts: Vec<i64> = changes.iter().map(|c| c.first_new_ns).collect();
+    let spread = firsts.iter().max().unwrap() - firsts.iter().min().unwrap();
+    eprintln!(
+        "activation of version {version}: offsets from T (µs) {:?}, spread {} µs",
+        firsts
+            .iter()
+            .map(|f| (f - t_mono) / 1000)
+            .collect::<Vec<_>>(),
+        spread / 1000
+    );
+    assert!(
+        spread <= tolerance_ns,
+        "activation spread {spread} ns exceeds {tolerance_ns} ns"
+    );
+    for (o, c) in observers.iter().zip(&changes) {
+        assert!(
+            (c.first_new_ns - t_mono).abs() <= tolerance_ns,
+            "{} activated {} µs away from the activation time",
+            o.name,
+            (c.first_new_ns - t_mono) / 1000
+        );
+        // No read of the new version before T - tolerance, none of the old after T + it.
+        assert!(
+            c.last_old_ns <= t_mono + tolerance_ns,
+            "{} read old data late",
+            o.name
+        );
+    }
+}
+
+#[test]
+fn end_to_end_edit_activates_in_four_client_processes_at_one_instant() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "1s", "--min-window", "500ms"],
+    );
+    put(&s, "price", "10.00");
+    wait_active(&s, "price", "10.00");
+    let observers: Vec<Observer> = (0..4)
+        .map(|i| Observer::start(&s.url, &format!("web{i}"), "price", 30.0, None))
+        .collect();
+    for o in &observers {
+        o.wait_ready();
+    }
+    put(&s, "price", "8.00");
+    assert_lockstep(&s, &observers, "8.00", 10_000_000);
+
+    // The farm view shows every client.
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = admin_get(&s, "/v1/admin/status");
+    let names: Vec<&str> = status["farm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    for i in 0..4 {
+        assert!(names.contains(&format!("web{i}").as_str()), "{names:?}");
+    }
+}
+
+#[test]
+fn skewed_clock_clients_still_activate_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "1s", "--min-window", "500ms"],
+    );
+    put(&s, "price", "10.00");
+    wait_active(&s, "price", "10.00");
+    let skews = [(None, 0i64), (Some("-2h"), 7_200), (Some("+1d"), -86_400)];
+    let observers: Vec<Observer> = skews
+        .iter()
+        .enumerate()
+        .map(|(i, (skew, _))| Observer::start(&s.url, &format!("skew{i}"), "price", 30.0, *skew))
+        .collect();
+    for o in &observers {
+        o.wait_ready();
+    }
+    // The skew really is in effect: each client measures its offset to the data server.
+    for (o, (_, expected_s)) in observers.iter().zip(skews) {
+        let offset = o
+            .wait_for(Duration::from_secs(10), |r| r.stat("offset_us"))
+            .unwrap();
+        assert!(
+            (offset - expected_s * 1_000_000).abs() < 2_000_000,
+            "{}: measured offset {offset} µs, skew {expected_s} s",
+            o.name
+        );
+    }
+    put(&s, "price", "7.50");
+    assert_lockstep(&s, &observers, "7.50", 10_000_000);
+}
+
+#[test]
+fn server_down_reads_keep_working_and_clients_converge_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--interval", "500ms", "--min-window", "250ms"];
+    let mut s = Server::start_at(&db, &listen, &args);
+    put(&s, "price", "10.00");
+    wait_active(&s, "price", "10.00");
+    let observers: Vec<Observer> = (0..2)
+        .map(|i| Observer::start(&s.url, &format!("web{i}"), "price", 40.0, None))
+        .collect();
+    for o in &observers {
+        o.wait_value("10.00", Duration::from_secs(10));
+    }
+    s.kill9();
+    // Several cycles without a data server.
+    std::thread::sleep(Duration::from_secs(3));
+    for o in &observers {
+        let r = o.report();
+        assert!(
+            r.stat("failures").unwrap_or(0) > 0,
+            "{}: no failure seen",
+            o.name
+        );
+        assert_eq!(r.changes.last().unwrap().value, "10.00");
+        let max_read = r.stat("max_read_ns").unwrap();
+        // A read that waited on the network would take the connect timeout (seconds).
+        assert!(
+            max_read < 200_000_000,
+            "{}: a read took {max_read} ns",
+            o.name
+        );
+        let lines = r.stats_lines;
+        let more = o.wait_for(Duration::from_secs(2), |r| {
+            (r.stats_lines > lines).then_some(())
+        });
+        assert!(more.is_some(), "{} stopped serving reads", o.name);
+    }
+    let s = Server::start_at(&db, &listen, &args);
+    put(&s, "price", "9.00");
+    for o in &observers {
+        o.wait_value("9.00", Duration::from_secs(15));
+    }
+}
