@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building and testing Lockstep needs on a fresh Debian machine with Rust.
-# Safe to run again: apt and pip skip what is already there.
+# Installs what building and testing Lockstep needs on a fresh Debian machine with Rust and
+# Python 3. Safe to run again: apt, pip and cargo install skip what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,9 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 
 DEBIAN_PACKAGES=(
   build-essential pkg-config ca-certificates curl
+  valgrind   # the C ABI tests run under it
+  faketime   # skewed-clock clients (libfaketime)
+  binutils   # nm, readelf: exported-symbol checks
 )
 
 if command -v apt-get >/dev/null; then
@@ -21,3 +24,6 @@ if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install Rust (rustup) first" >&2
   exit 1
 fi
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn

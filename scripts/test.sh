@@ -2,6 +2,7 @@
 # Sets up a fresh machine and runs every check CI runs. This is the README's test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
 
 ./scripts/setup.sh
 
@@ -9,5 +10,14 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== tests"
+echo "== C header is what the pinned cbindgen generates"
+./scripts/header.sh --check
+echo "== build"
+cargo build --workspace
+make -C examples/c
+echo "== Rust, C and end-to-end tests"
 cargo test --workspace
+echo "== Python binding"
+"$PYTHON" -m pip install -q --disable-pip-version-check ./bindings/python
+LOCKSTEP_LIBRARY="$PWD/target/debug/liblockstep.so" LOCKSTEP_BIN="$PWD/target/debug/lockstep" \
+  "$PYTHON" -m pytest -q bindings/python/tests

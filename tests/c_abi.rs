@@ -69,3 +69,26 @@ fn shared_library_stays_loaded_after_dlclose() {
         "built without -z nodelete:\n{text}"
     );
 }
+
+#[test]
+fn c_example_prints_the_value_when_the_version_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = fast_server(&dir.path().join("db"));
+    let exe = compile_c(&root().join("examples/c/watch.c"), &[]);
+    let child = Command::new(&exe)
+        .arg(&server.url)
+        .arg("price:apple")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    put(&server, "price:apple", "1.25");
+    wait_active(&server, "price:apple", "1.25");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SIGTERM: the example closes its handle and exits 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("price:apple is not set"), "{text}");
+    assert!(text.contains("price:apple = 1.25"), "{text}");
+}

@@ -1,0 +1,18 @@
+"""Lockstep for Python: read synchronized data at memory speed.
+
+    import lockstep
+    client = lockstep.Client("http://127.0.0.1:7420", name="web-1")
+    client.get("price:apple")          # -> b"1.25", or None
+    with client.snapshot() as s:       # one version for a whole request
+        s.get("price:apple"), s.get("promo:winter")
+
+The shared library is found, in order, at: the path given as ``library=``; the environment
+variable ``LOCKSTEP_LIBRARY``; ``liblockstep.so`` next to this file; the ``target/release`` and
+``target/debug`` directories of the source tree this package sits in; the system's library
+path (``ctypes.util.find_library``).
+"""
+
+from ._native import ABI_VERSION, LockstepError, NotReady, load_library
+from ._client import Client, Snapshot
+
+__all__ = ["ABI_VERSION", "Client", "LockstepError", "NotReady", "Snapshot", "load_library"]
