@@ -20,6 +20,8 @@ enum Lie {
     Garbage,
     WrongVersion,
     GarbageCheckin,
+    /// Not a lie: version 2 is good but cannot be downloaded until after its activation.
+    Late,
 }
 
 fn now_us() -> i64 {
@@ -47,7 +49,7 @@ fn bad_version(lie: Lie) -> Vec<u8> {
         Lie::Truncated => good[..good.len() / 2].to_vec(),
         Lie::Garbage => (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
         Lie::WrongVersion => encoded(3, "1.00"),
-        Lie::GarbageCheckin => good,
+        Lie::GarbageCheckin | Lie::Late => good,
     }
 }
 
@@ -125,6 +127,13 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                 respond(&mut stream, "200 OK", &[time], &body);
             } else if path == "/v1/versions/1" {
                 respond(&mut stream, "200 OK", &[time], &encoded(1, "2.00"));
+            } else if path == "/v1/versions/2" && lie == Lie::Late && now - start < 1_500_000 {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    &[time],
+                    b"{\"error\":\"busy\"}",
+                );
             } else if path == "/v1/versions/2" {
                 respond(&mut stream, "200 OK", &[time], &bad_version(lie));
             } else {
@@ -188,4 +197,32 @@ fn wrong_version_is_never_activated() {
 #[test]
 fn garbage_checkin_keeps_the_last_version() {
     never_activates(Lie::GarbageCheckin);
+}
+
+#[test]
+fn missed_activation_catches_up_and_reports_lagging() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = liar(Lie::Late, stop.clone());
+    let client = Client::open(&format!("url={url};name=late;bootstrap_wait_ms=5000")).unwrap();
+    assert_eq!(client.get(b"price").unwrap(), b"2.00");
+    assert!(!client.stats().lagging);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.active_version() != 2 {
+        // Until it can download, it keeps serving what it has.
+        assert_eq!(client.get(b"price").unwrap(), b"2.00");
+        assert!(
+            Instant::now() < deadline,
+            "never caught up: {}",
+            client.last_error()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(client.get(b"price").unwrap(), b"1.00");
+    let stats = client.stats();
+    assert!(
+        stats.lagging,
+        "caught up late but does not report lagging: {stats:?}"
+    );
+    drop(client);
+    stop.store(true, Ordering::Relaxed);
 }

@@ -92,3 +92,23 @@ fn c_example_prints_the_value_when_the_version_changes() {
     assert!(text.contains("price:apple is not set"), "{text}");
     assert!(text.contains("price:apple = 1.25"), "{text}");
 }
+
+#[test]
+fn load_open_close_unload_repeatedly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = fast_server(&dir.path().join("db"));
+    put(&server, "price", "12.50");
+    wait_active(&server, "price", "12.50");
+    let exe = compile_c_with(&root().join("tests/c/reload.c"), &["-ldl"], false);
+    let out = Command::new(&exe)
+        .arg(library())
+        .arg(&server.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

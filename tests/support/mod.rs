@@ -58,6 +58,11 @@ pub fn library() -> PathBuf {
 
 /// Compiles a C file against include/lockstep.h and liblockstep.so; returns the executable.
 pub fn compile_c(source: &Path, extra_flags: &[&str]) -> PathBuf {
+    compile_c_with(source, extra_flags, true)
+}
+
+/// Like [`compile_c`]; `link` false leaves liblockstep.so out, for programs that dlopen it.
+pub fn compile_c_with(source: &Path, extra_flags: &[&str], link: bool) -> PathBuf {
     let lib_dir = library().parent().unwrap().to_owned();
     let stem = source.file_stem().unwrap().to_str().unwrap();
     let suffix = extra_flags.join("").replace(['-', '=', '/'], "");
@@ -70,10 +75,16 @@ pub fn compile_c(source: &Path, extra_flags: &[&str]) -> PathBuf {
         .arg(source)
         .arg("-o")
         .arg(&out)
-        .arg("-L")
-        .arg(&lib_dir)
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .arg("-llockstep")
+        .args(if link {
+            vec![
+                "-L".to_owned(),
+                lib_dir.display().to_string(),
+                format!("-Wl,-rpath,{}", lib_dir.display()),
+                "-llockstep".to_owned(),
+            ]
+        } else {
+            vec![]
+        })
         .output()
         .expect("run cc");
     assert!(

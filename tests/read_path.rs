@@ -1,0 +1,109 @@
+//! Properties of the read path and the retrieval thread inside the host process: reads do not
+//! allocate, and the thread keeps the host's signals away from itself.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lockstep::client::Client;
+use support::*;
+
+/// Counts allocations made by the thread that switched counting on.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local!(static THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) && THIS_THREAD.with(|t| t.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[test]
+fn sync_get_does_not_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fast_server(&dir.path().join("db"));
+    put(&s, "price", "12.50");
+    wait_active(&s, "price", "12.50");
+    let client = Client::open(&format!("url={};name=alloc", s.url)).unwrap();
+    let mut buf = [0u8; 64];
+    // Warm up: the first read on a thread registers it with arc-swap.
+    assert_eq!(client.get_into(b"price", &mut buf), Ok(5));
+    THIS_THREAD.with(|t| t.set(true));
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..10_000 {
+        assert_eq!(client.get_into(b"price", &mut buf), Ok(5));
+        assert!(client.get_into(b"nope", &mut buf).is_err());
+        assert!(client.get_into(b"price", &mut buf[..2]).is_err());
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "the read path allocated"
+    );
+}
+
+#[test]
+fn retrieval_thread_blocks_every_async_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fast_server(&dir.path().join("db"));
+    let _client = Client::open(&format!("url={};name=signals", s.url)).unwrap();
+    let mut found = false;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != "lockstep-retrie" {
+            continue;
+        }
+        found = true;
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .unwrap()
+            .trim();
+        let mask = u64::from_str_radix(blocked, 16).unwrap();
+        // Every signal but the two the kernel never lets a thread block, and 32 and 33, which
+        // glibc keeps for itself (thread cancellation, setxid).
+        let unblockable = (1u64 << (libc::SIGKILL - 1))
+            | (1u64 << (libc::SIGSTOP - 1))
+            | (1u64 << 31)
+            | (1u64 << 32);
+        assert_eq!(mask | unblockable, u64::MAX, "SigBlk {blocked}");
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGCHLD,
+            libc::SIGUSR1,
+        ] {
+            assert!(mask & (1 << (sig - 1)) != 0, "signal {sig} not blocked");
+        }
+    }
+    assert!(found, "no retrieval thread found");
+    // And this (the host's) thread was left as it was.
+    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let own_mask = own
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .unwrap()
+        .trim();
+    assert_eq!(
+        u64::from_str_radix(own_mask, 16).unwrap() & (1 << (libc::SIGTERM - 1)),
+        0
+    );
+}
