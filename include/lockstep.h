@@ -107,6 +107,11 @@ typedef struct sync_stats {
   uint64_t rejected_versions;
   // Data-server time of the last on-time activation, µs.
   int64_t last_activation_us;
+  // CLOCK_MONOTONIC instant of the last on-time activation, ns: the same clock in every
+  // process on a host, so activations of several clients can be compared.
+  int64_t last_activation_mono_ns;
+  // CLOCK_MONOTONIC instant at which the staged version becomes active, ns (0: none).
+  int64_t next_activation_mono_ns;
 } sync_stats;
 
 #ifdef __cplusplus
@@ -130,7 +135,9 @@ const char *sync_version(void);
 //   (default 5000);
 // - `allow_not_ready` 1: if that wait runs out, return a handle that answers
 //   `SYNC_NOT_READY` until data arrives; 0 (default): fail with `SYNC_UNREACHABLE`;
-// - `max_version_bytes` largest version accepted.
+// - `max_version_bytes` largest version accepted;
+// - `clock_skew_us` testing hook: pretend the wall clock is off by this much (reported
+//   offset only; activations never use the wall clock).
 //
 // On success `*out` receives the handle; release it with `sync_close`.
 sync_result sync_open(const char *options, size_t options_len, struct sync_handle **out);

@@ -167,8 +167,9 @@ impl Activation {
         self.with_current(|v| v.map_or(0, Version::number))
     }
 
-    /// The newest armed version and its activation time (data-server µs), if any.
-    pub fn staged(&self) -> Option<(u64, i64)> {
+    /// The newest armed version still ahead: its number, its activation time (data-server
+    /// µs) and the local CLOCK_MONOTONIC instant (ns) that time maps to.
+    pub fn staged(&self) -> Option<(u64, i64, i64)> {
         let state = self.state.load();
         let now = mono_ns();
         state
@@ -176,7 +177,7 @@ impl Activation {
             .iter()
             .rev()
             .find(|a| a.at_mono_ns > now)
-            .map(|a| (a.version.number, a.activation_us))
+            .map(|a| (a.version.number, a.activation_us, a.at_mono_ns))
     }
 
     /// An armed version with this number, if held, and its monotonic instant.
@@ -279,7 +280,7 @@ mod tests {
         let at = mono_ns() + 30_000_000;
         a.arm(version(2, "8"), 1_000, at);
         assert_eq!(read(&a), Some("10".into()));
-        assert_eq!(a.staged(), Some((2, 1_000)));
+        assert_eq!(a.staged(), Some((2, 1_000, at)));
         loop {
             let before = mono_ns();
             let seen = read(&a);
@@ -317,10 +318,10 @@ mod tests {
         let far = mono_ns() + 60_000_000_000;
         a.arm(version(2, "8"), 5, far);
         a.arm(version(3, "7"), 5, far); // the data server rebuilt the staged version
-        assert_eq!(a.staged(), Some((3, 5)));
+        assert_eq!(a.staged().map(|s| (s.0, s.1)), Some((3, 5)));
         a.arm(version(4, "6"), 9, far + 1);
         a.activate_now(version(3, "7"));
         assert_eq!(a.current_number(), 3);
-        assert_eq!(a.staged(), Some((4, 9)));
+        assert_eq!(a.staged().map(|s| (s.0, s.1)), Some((4, 9)));
     }
 }

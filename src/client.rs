@@ -167,7 +167,7 @@ impl Client {
     /// armed.
     pub fn staged(&self) -> Option<(u64, i64)> {
         self.follow_fork();
-        self.shared.activation.staged()
+        self.shared.activation.staged().map(|(v, at, _)| (v, at))
     }
 
     pub fn stats(&self) -> StatsSnapshot {

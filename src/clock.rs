@@ -12,8 +12,7 @@
 //! activation. The wall clock is used only to report, for people, how far this host's clock is
 //! from the data server's.
 
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How fast a host's monotonic clock may drift from the data server's clock: 100 ppm is ten
 /// times what an NTP-disciplined clock does, and a generous bound for a free-running crystal.
@@ -22,15 +21,17 @@ pub const MAX_DRIFT_PPM: i64 = 100;
 /// Samples remembered; older ones age out.
 const WINDOW: usize = 16;
 
-fn anchor() -> Instant {
-    static ANCHOR: OnceLock<Instant> = OnceLock::new();
-    *ANCHOR.get_or_init(Instant::now)
-}
-
-/// Monotonic time in ns since a process-wide anchor. Cheap (a vDSO call), and never steps.
+/// CLOCK_MONOTONIC in ns. Cheap (a vDSO call), never steps, and is one clock for every
+/// process on the host — so activation instants of different processes can be compared.
 #[inline]
 pub fn mono_ns() -> i64 {
-    anchor().elapsed().as_nanos() as i64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 /// The local wall clock in µs since the Unix epoch (what libfaketime changes).

@@ -93,6 +93,11 @@ pub struct sync_stats {
     pub rejected_versions: u64,
     /// Data-server time of the last on-time activation, µs.
     pub last_activation_us: i64,
+    /// CLOCK_MONOTONIC instant of the last on-time activation, ns: the same clock in every
+    /// process on a host, so activations of several clients can be compared.
+    pub last_activation_mono_ns: i64,
+    /// CLOCK_MONOTONIC instant at which the staged version becomes active, ns (0: none).
+    pub next_activation_mono_ns: i64,
 }
 
 thread_local! {
@@ -181,7 +186,9 @@ pub extern "C" fn sync_version() -> *const c_char {
 ///   (default 5000);
 /// - `allow_not_ready` 1: if that wait runs out, return a handle that answers
 ///   `SYNC_NOT_READY` until data arrives; 0 (default): fail with `SYNC_UNREACHABLE`;
-/// - `max_version_bytes` largest version accepted.
+/// - `max_version_bytes` largest version accepted;
+/// - `clock_skew_us` testing hook: pretend the wall clock is off by this much (reported
+///   offset only; activations never use the wall clock).
 ///
 /// On success `*out` receives the handle; release it with `sync_close`.
 #[no_mangle]
@@ -378,6 +385,8 @@ pub extern "C" fn sync_stats_get(handle: *const sync_handle, out: *mut sync_stat
             activations: s.activations,
             rejected_versions: s.rejected_versions,
             last_activation_us: s.last_activation_us,
+            last_activation_mono_ns: s.last_activation_mono_ns,
+            next_activation_mono_ns: s.next_activation_mono_ns,
         };
         // SAFETY: out is non-NULL and at least size_of::<sync_stats>() bytes (checked above).
         unsafe { *out = stats };

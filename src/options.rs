@@ -28,6 +28,10 @@ pub struct Options {
     pub allow_not_ready: bool,
     /// Largest version accepted from the network.
     pub max_version_bytes: u64,
+    /// Testing hook: pretend the local wall clock is this far off (µs), where libfaketime is
+    /// not available. Activations never use the wall clock, so this changes only the offset
+    /// reported to the farm view.
+    pub clock_skew_us: i64,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             bootstrap_wait: Duration::from_secs(5),
             allow_not_ready: false,
             max_version_bytes: 4 << 30,
+            clock_skew_us: 0,
         }
     }
 }
@@ -93,6 +98,11 @@ impl Options {
                 "max_version_bytes" => {
                     o.max_version_bytes = value.parse().map_err(|_| {
                         format!("option 'max_version_bytes' wants a number, got '{value}'")
+                    })?
+                }
+                "clock_skew_us" => {
+                    o.clock_skew_us = value.parse().map_err(|_| {
+                        format!("option 'clock_skew_us' wants a number, got '{value}'")
                     })?
                 }
                 other => return Err(format!("unknown option '{other}'")),

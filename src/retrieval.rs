@@ -33,6 +33,7 @@ pub struct Stats {
     pub activations: AtomicU64,
     pub rejected_versions: AtomicU64,
     pub last_activation_us: AtomicI64,
+    pub last_activation_mono_ns: AtomicI64,
     pub next_activation_us: AtomicI64,
 }
 
@@ -51,6 +52,10 @@ pub struct StatsSnapshot {
     pub activations: u64,
     pub rejected_versions: u64,
     pub last_activation_us: i64,
+    /// CLOCK_MONOTONIC instant of the last on-time activation, ns.
+    pub last_activation_mono_ns: i64,
+    /// CLOCK_MONOTONIC instant the staged version activates at, ns (0: none staged).
+    pub next_activation_mono_ns: i64,
 }
 
 /// What a handle and its retrieval thread share.
@@ -107,7 +112,7 @@ impl Shared {
         let staged = self.activation.staged();
         StatsSnapshot {
             active_version: self.activation.current_number(),
-            staged_version: staged.map_or(0, |(v, _)| v),
+            staged_version: staged.map_or(0, |(v, _, _)| v),
             next_activation_us: s.next_activation_us.load(Relaxed),
             last_checkin_us: s.last_checkin_us.load(Relaxed),
             consecutive_failures: s.consecutive_failures.load(Relaxed),
@@ -118,6 +123,8 @@ impl Shared {
             activations: s.activations.load(Relaxed),
             rejected_versions: s.rejected_versions.load(Relaxed),
             last_activation_us: s.last_activation_us.load(Relaxed),
+            last_activation_mono_ns: s.last_activation_mono_ns.load(Relaxed),
+            next_activation_mono_ns: staged.map_or(0, |(_, _, at)| at),
         }
     }
 }
@@ -301,6 +308,7 @@ impl Retriever {
             let s = &self.shared.stats;
             s.activations.fetch_add(1, Relaxed);
             s.last_activation_us.store(p.activation_us, Relaxed);
+            s.last_activation_mono_ns.store(p.at_mono_ns, Relaxed);
             s.lagging.store(0, Relaxed);
         }
     }
@@ -348,10 +356,11 @@ impl Retriever {
             req = req.header("If-None-Match", etag);
         }
         let sent_ns = mono_ns();
-        let wall_sent = wall_us();
+        let skew = o.clock_skew_us;
+        let wall_sent = wall_us() + skew;
         let result = req.call();
         let received_ns = mono_ns();
-        let wall_received = wall_us();
+        let wall_received = wall_us() + skew;
         let mut resp = result.map_err(|e| format!("check-in to {} failed: {e}", o.url))?;
         let status = resp.status().as_u16();
         let server_us = resp

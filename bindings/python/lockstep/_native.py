@@ -56,6 +56,8 @@ class sync_stats(ctypes.Structure):
         ("activations", ctypes.c_uint64),
         ("rejected_versions", ctypes.c_uint64),
         ("last_activation_us", ctypes.c_int64),
+        ("last_activation_mono_ns", ctypes.c_int64),
+        ("next_activation_mono_ns", ctypes.c_int64),
     ]
 
 
