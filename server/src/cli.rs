@@ -89,7 +89,7 @@ impl Cli {
             .map_err(|e| CliError(format!("unexpected answer from the data server: {e}")))
     }
 
-    fn get<T: DeserializeOwned>(
+    pub(crate) fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -104,7 +104,11 @@ impl Cli {
         self.finish(req.call())
     }
 
-    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, CliError> {
+    pub(crate) fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, CliError> {
         let req = self
             .agent
             .post(&format!("{}{path}", self.server))

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod clock;
+mod demo;
 mod rotation;
 mod store;
 
@@ -122,6 +123,12 @@ enum Command {
     Diff { a: u64, b: u64 },
     /// Stage a new version with the content of VERSION for the next activation.
     Rollback { version: u64 },
+    /// The whole system on this machine: a data server and web servers with skewed clocks
+    /// switching versions at the same instant, shown live.
+    Demo(demo::DemoArgs),
+    /// One web server of the demo (started by `lockstep demo`).
+    #[command(hide = true)]
+    DemoWeb(demo::WebArgs),
 }
 
 fn read_token(file: &Option<PathBuf>, env: &str) -> Result<Option<Vec<u8>>, String> {
@@ -238,7 +245,9 @@ fn run_cli(args: Args) -> Result<(), CliError> {
     let token = std::env::var("LOCKSTEP_ADMIN_TOKEN").ok();
     let cli = Cli::new(args.server, token, args.json);
     match args.command {
-        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Demo(_) | Command::DemoWeb(_) => {
+            unreachable!("handled in main")
+        }
         Command::Put {
             key,
             value,
@@ -279,6 +288,8 @@ fn main() -> ExitCode {
         .init();
     let result = match args.command {
         Command::Serve(serve_args) => serve(serve_args),
+        Command::Demo(demo_args) => demo::run(demo_args),
+        Command::DemoWeb(web_args) => demo::web(web_args),
         _ => run_cli(args).map_err(|e| e.0),
     };
     match result {
