@@ -31,6 +31,7 @@ use crate::format::{self, FormatError, VersionBuf};
 /// One verified version held in memory, queried in place.
 pub struct Version {
     number: u64,
+    checksum: u64,
     buf: VersionBuf,
 }
 
@@ -57,12 +58,18 @@ impl Version {
         }
         Ok(Version {
             number: header.version,
+            checksum: header.checksum,
             buf,
         })
     }
 
     pub fn number(&self) -> u64 {
         self.number
+    }
+
+    /// The checksum in the version's header (verified against its bytes).
+    pub fn checksum(&self) -> u64 {
+        self.checksum
     }
 
     /// Encoded size, which is also what it costs in memory.

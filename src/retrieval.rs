@@ -209,6 +209,8 @@ struct Retriever {
     agent: ureq::Agent,
     clock: ClockSync,
     table: Option<SyncTable>,
+    /// Checksums the data server announced with the table: (version, checksum).
+    announced: [(u64, Option<u64>); 2],
     etag: Option<String>,
     rng: fastrand::Rng,
     host: String,
@@ -245,6 +247,7 @@ impl Retriever {
             agent,
             clock: ClockSync::new(),
             table: None,
+            announced: [(0, None); 2],
             etag: None,
             rng: fastrand::Rng::with_seed(pid as u64 ^ mono_ns() as u64 ^ wall_us() as u64),
             host: hostname(),
@@ -383,6 +386,16 @@ impl Retriever {
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                self.announced = [
+                    (
+                        r.sync.staged_version,
+                        wire::parse_checksum_hex(&r.staged_checksum),
+                    ),
+                    (
+                        r.sync.active_version,
+                        wire::parse_checksum_hex(&r.active_checksum),
+                    ),
+                ];
                 r.sync
             }
             304 => self
@@ -460,12 +473,25 @@ impl Retriever {
             .reader();
         buf.extend_from_reader(&mut reader)
             .map_err(|e| format!("download of version {number} broke off: {e}"))?;
-        Version::verify(buf, Some(number))
-            .map(Arc::new)
-            .map_err(|e| {
-                self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
-                format!("version {number} rejected: {e}")
-            })
+        let announced = self
+            .announced
+            .iter()
+            .find(|(v, _)| *v == number)
+            .and_then(|(_, c)| *c);
+        let verified = Version::verify(buf, Some(number))
+            .map_err(|e| format!("version {number} rejected: {e}"))
+            .and_then(|v| match announced {
+                Some(c) if c != v.checksum() => Err(format!(
+                    "version {number} rejected: checksum {} is not the {} the data server announced",
+                    wire::checksum_hex(v.checksum()),
+                    wire::checksum_hex(c)
+                )),
+                _ => Ok(Arc::new(v)),
+            });
+        if verified.is_err() {
+            self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
+        }
+        verified
     }
 
     /// One retrieval cycle; returns the monotonic instant of the next check-in.

@@ -42,7 +42,7 @@ pub struct SyncTable {
 }
 
 /// A check-in's answer: the sync table and the data server's clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckinResponse {
     #[serde(flatten)]
     pub sync: SyncTable,
@@ -50,6 +50,14 @@ pub struct CheckinResponse {
     pub server_time_us: i64,
     /// True when this very request performed the rotation.
     pub rotated: bool,
+    /// Checksum of the staged version (16 hex digits). A client accepts a download only if it
+    /// carries this checksum, so a version swapped in transit is refused even when it is
+    /// internally consistent.
+    #[serde(default)]
+    pub staged_checksum: String,
+    /// Checksum of the active version (16 hex digits).
+    #[serde(default)]
+    pub active_checksum: String,
 }
 
 impl SyncTable {
@@ -60,6 +68,18 @@ impl SyncTable {
             self.activation_time_us, self.staged_version, self.active_version, self.interval_us
         )
     }
+}
+
+/// A version checksum as the API writes it: 16 lowercase hex digits.
+pub fn checksum_hex(checksum: u64) -> String {
+    format!("{checksum:016x}")
+}
+
+/// Reads [`checksum_hex`]'s form back.
+pub fn parse_checksum_hex(s: &str) -> Option<u64> {
+    (s.len() == 16)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
 }
 
 /// The ETag of a version: versions are immutable, so the number and checksum identify them.
@@ -320,9 +340,13 @@ mod tests {
             },
             server_time_us: 9,
             rotated: false,
+            staged_checksum: "00000000000000ab".into(),
+            active_checksum: String::new(),
         };
-        let v: serde_json::Value = serde_json::to_value(r).unwrap();
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["staged_version"], 3);
         assert_eq!(serde_json::from_value::<CheckinResponse>(v).unwrap(), r);
+        assert_eq!(checksum_hex(0xab), "00000000000000ab");
+        assert_eq!(parse_checksum_hex("00000000000000ab"), Some(0xab));
     }
 }

@@ -294,7 +294,13 @@ async fn checkin(
     } else {
         q.name.clone()
     };
-    let (sync, rotated) = blocking(move || store.rotate_if_due(clock::now_us(), &by)).await?;
+    let (sync, rotated, staged_checksum, active_checksum) = blocking(move || {
+        let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
+        let staged = store.version_checksum(sync.staged_version)?;
+        let active = store.version_checksum(sync.active_version)?;
+        Ok((sync, rotated, staged, active))
+    })
+    .await?;
     let now = clock::now_us();
     state.store.record_checkin(FarmMember {
         name: q.name,
@@ -323,6 +329,8 @@ async fn checkin(
         sync,
         server_time_us: now,
         rotated,
+        staged_checksum: wire::checksum_hex(staged_checksum),
+        active_checksum: wire::checksum_hex(active_checksum),
     };
     Ok(([server_time_header(now), etag_header], Json(body)).into_response())
 }
@@ -351,7 +359,7 @@ async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> Ap
         ),
         (
             header::HeaderName::from_static(wire::HEADER_CHECKSUM),
-            HeaderValue::from_str(&format!("{:016x}", stored.checksum)).expect("hex"),
+            HeaderValue::from_str(&wire::checksum_hex(stored.checksum)).expect("hex"),
         ),
         server_time_header(clock::now_us()),
     ];

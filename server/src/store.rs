@@ -153,6 +153,8 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     cache: Mutex<BTreeMap<u64, StoredVersion>>,
+    /// Version number → checksum; versions are immutable, so this never goes stale.
+    checksums: Mutex<HashMap<u64, u64>>,
     farm: Mutex<HashMap<(String, String, u32), FarmMember>>,
 }
 
@@ -380,6 +382,7 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
             cache: Mutex::new(BTreeMap::new()),
+            checksums: Mutex::new(HashMap::new()),
             farm: Mutex::new(HashMap::new()),
         })
     }
@@ -623,6 +626,33 @@ impl Store {
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
+    }
+
+    /// The checksum a version was stored with.
+    pub fn version_checksum(&self, version: u64) -> Result<u64> {
+        if let Some(c) = self
+            .checksums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&version)
+        {
+            return Ok(*c);
+        }
+        let checksum: i64 = self
+            .with_reader(|c| {
+                Ok(c.query_row(
+                    "SELECT checksum FROM versions WHERE number = ?1",
+                    params![to_i64(version)],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })?
+            .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+        self.checksums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(version, checksum as u64);
+        Ok(checksum as u64)
     }
 
     /// The verified bytes of a version. Bytes that fail their checksum are reported as corrupt
