@@ -4,53 +4,11 @@
 #[path = "../../tests/support/mod.rs"]
 mod common;
 
-use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::*;
 use lockstep::format;
-use lockstep::wire::{self, CheckinResponse};
-
-/// `n` check-ins released together just after `at_us`, spread over the given servers.
-fn concurrent_checkins(
-    urls: &[String],
-    n: usize,
-    at_us: i64,
-) -> Vec<(u16, Option<CheckinResponse>)> {
-    let barrier = Arc::new(Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let url = format!("{}/v1/checkin?name=c{i}", urls[i % urls.len()]);
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let agent = agent();
-                barrier.wait();
-                sleep_until_us(at_us + 2_000);
-                let mut r = agent.get(&url).call().expect("check-in");
-                let status = r.status().as_u16();
-                let body = r.body_mut().read_to_vec().unwrap();
-                (status, serde_json::from_slice(&body).ok())
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn assert_exactly_one_rotation(results: &[(u16, Option<CheckinResponse>)], t: i64) {
-    for (status, body) in results {
-        assert_eq!(*status, 200, "a check-in failed: {body:?}");
-    }
-    let answers: Vec<&CheckinResponse> = results.iter().map(|(_, b)| b.as_ref().unwrap()).collect();
-    let rotated = answers.iter().filter(|a| a.rotated).count();
-    assert_eq!(rotated, 1, "expected exactly one check-in to rotate");
-    let tables: std::collections::BTreeSet<_> = answers.iter().map(|a| a.sync).collect();
-    assert_eq!(
-        tables.len(),
-        1,
-        "check-ins disagree on the sync table: {tables:?}"
-    );
-    assert!(answers[0].sync.activation_time_us > t);
-}
+use lockstep::wire;
 
 #[test]
 fn exactly_one_rotation_under_64_concurrent_checkins() {

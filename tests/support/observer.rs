@@ -82,6 +82,12 @@ impl Observer {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
+        Self::from_command(cmd, name)
+    }
+
+    /// Starts an observer from a prepared command (for custom environments).
+    pub fn from_command(mut cmd: Command, name: &str) -> Observer {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start observer");
         let stdout = child.stdout.take().unwrap();
         let report = Arc::new(Mutex::new(Report::default()));
