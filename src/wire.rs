@@ -282,6 +282,8 @@ pub struct RotationRecord {
     pub rotated_at_us: i64,
     pub active_version: u64,
     pub staged_version: u64,
+    /// The activation time it scheduled next.
+    pub next_activation_us: i64,
     /// Name of the client whose check-in performed it (the patent's "first web server").
     pub rotated_by: String,
 }

@@ -195,18 +195,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let library = library_path()?;
     let dir = std::env::temp_dir().join(format!("lockstep-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = drive(&args, interval_us, &exe, &library, &dir);
+    let result = drive(&args, &exe, &library, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn drive(
-    args: &DemoArgs,
-    interval_us: i64,
-    exe: &Path,
-    library: &Path,
-    dir: &Path,
-) -> Result<(), String> {
+fn drive(args: &DemoArgs, exe: &Path, library: &Path, dir: &Path) -> Result<(), String> {
     let say = |line: String| {
         if !args.quiet {
             println!("{line}");
@@ -449,8 +443,11 @@ fn drive(
                     hms(r.activation_time_us),
                     r.active_version,
                     r.staged_version,
-                    hms(r.activation_time_us + interval_us)
+                    hms(r.next_activation_us)
                 ));
+                activation_time
+                    .entry(r.active_version)
+                    .or_insert(r.activation_time_us);
                 // An edit every cycle, so every activation brings a new version.
                 tick += 1;
                 let sync: SyncTable = admin
@@ -489,9 +486,13 @@ fn drive(
         }
 
         // Activations every web server has reported.
+        // Complete once every web server reported it and its activation time is known (from a
+        // web server's staging, or else from the rotation log).
         let complete: Vec<u64> = seen
             .iter()
-            .filter(|(v, by)| by.len() == webs.len() && !reported.contains(v))
+            .filter(|(v, by)| {
+                by.len() == webs.len() && !reported.contains(v) && activation_time.contains_key(v)
+            })
             .map(|(v, _)| *v)
             .collect();
         for v in complete {
@@ -507,7 +508,8 @@ fn drive(
                 .map(|s| s.scheduled_mono)
                 .filter(|t| *t > 0)
                 .collect();
-            let spread_sched = if scheds.len() == by.len() {
+            let late = by.len() - scheds.len();
+            let spread_sched = if late == 0 {
                 (scheds.iter().max().unwrap() - scheds.iter().min().unwrap()) as f64 / 1e6
             } else {
                 f64::NAN
@@ -516,7 +518,7 @@ fn drive(
             if spread_sched.is_finite() {
                 spreads_sched.push(spread_sched);
             }
-            let t = activation_time.get(&v).copied().unwrap_or(0);
+            let t = activation_time[&v];
             let deltas: Vec<String> = (0..webs.len())
                 .map(|i| {
                     let d = mono_to_server_us(by[&i].first_read_mono, map) - t;
@@ -526,12 +528,16 @@ fn drive(
             let values: std::collections::BTreeSet<&str> =
                 by.values().map(|s| s.values.as_str()).collect();
             println!(
-                "{}  ACTIVATION  v{v} on {}/{} web servers: spread {:.3} ms (first reads), {:.3} ms (scheduled instants)",
+                "{}  ACTIVATION  v{v} on {}/{} web servers: spread {:.3} ms (first reads), {}",
                 hms(t),
                 by.len(),
                 webs.len(),
                 spread_first,
-                spread_sched
+                if late == 0 {
+                    format!("{spread_sched:.3} ms (scheduled instants)")
+                } else {
+                    format!("{late} caught up late (missed the activation, now lagging)")
+                }
             );
             if !args.quiet {
                 println!(

@@ -143,6 +143,10 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Read connections kept open between requests; more than this many concurrent reads open
+/// (and close) connections of their own.
+const MAX_IDLE_READERS: usize = 64;
+
 /// Versions whose verified bytes stay in memory; staged and active are the ones clients ask for.
 const CACHED_VERSIONS: usize = 4;
 
@@ -158,12 +162,24 @@ pub struct Store {
     farm: Mutex<HashMap<(String, String, u32), FarmMember>>,
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
+fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// A read connection. It sets no journal mode: WAL is a property of the file, set once by the
+/// writer, and asking for it again takes a lock that stalls the writer behind SQLite's busy
+/// handler.
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
     Ok(conn)
 }
 
@@ -340,7 +356,7 @@ impl Store {
     ///
     /// `settings` seed a new database; for an existing one they change nothing.
     pub fn open(path: &Path, settings: SyncSettings, now_us: i64) -> Result<Store> {
-        let mut writer = open_connection(path)?;
+        let mut writer = open_writer(path)?;
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let have: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -391,11 +407,11 @@ impl Store {
         let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
-            None => open_connection(&self.path)?,
+            None => open_reader(&self.path)?,
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < 8 {
+        if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
         }
         out
@@ -772,8 +788,9 @@ impl Store {
             .insert(key, member);
     }
 
-    /// Writes the check-ins seen since the last flush in one transaction, so a busy farm costs
-    /// one fsync a second rather than one per check-in.
+    /// Writes the check-ins seen since the last flush in one transaction, without an fsync:
+    /// the farm view is a status display, rebuilt by the next check-ins after a crash, and an
+    /// fsync a second would hold the write lock that rotations and edits wait for.
     pub fn flush_farm(&self) -> Result<()> {
         let batch: Vec<FarmMember> = {
             let mut farm = self.farm.lock().unwrap_or_else(|e| e.into_inner());
@@ -782,27 +799,13 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        self.with_write_tx(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,
-                                              lagging, last_checkin_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for m in &batch {
-                stmt.execute(params![
-                    m.name,
-                    m.host,
-                    m.pid,
-                    to_i64(m.staged),
-                    to_i64(m.active),
-                    m.offset_us,
-                    m.error_us,
-                    m.lagging,
-                    m.last_checkin_us
-                ])?;
-            }
-            Ok(())
-        })
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // In WAL mode, NORMAL skips the commit's fsync but never risks corruption; the next
+        // FULL commit makes these frames durable too.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = write_farm(&mut conn, &batch);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     /// The sync table, counts and the farm.
@@ -851,7 +854,8 @@ impl Store {
     pub fn rotations(&self) -> Result<Vec<RotationRecord>> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT activation_us, rotated_at_us, active_version, staged_version, rotated_by
+                "SELECT activation_us, rotated_at_us, active_version, staged_version, rotated_by,
+                        next_activation_us
                  FROM rotations ORDER BY activation_us",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -861,6 +865,7 @@ impl Store {
                     active_version: r.get::<_, i64>(2)? as u64,
                     staged_version: r.get::<_, i64>(3)? as u64,
                     rotated_by: r.get(4)?,
+                    next_activation_us: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -875,4 +880,30 @@ fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
         changed_by: r.get(2)?,
         changed_at_us: r.get(3)?,
     })
+}
+
+fn write_farm(conn: &mut Connection, batch: &[FarmMember]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,
+                                          lagging, last_checkin_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for m in batch {
+            stmt.execute(params![
+                m.name,
+                m.host,
+                m.pid,
+                to_i64(m.staged),
+                to_i64(m.active),
+                m.offset_us,
+                m.error_us,
+                m.lagging,
+                m.last_checkin_us
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
