@@ -15,6 +15,8 @@ echo "== C header is what the pinned cbindgen generates"
 echo "== build"
 cargo build --workspace
 make -C examples/c
+echo "== benchmarks still compile"
+cargo bench --workspace --no-run
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
 echo "== Python binding"

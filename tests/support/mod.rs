@@ -34,8 +34,12 @@ pub fn target_dir() -> PathBuf {
 fn built() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        let mut args = vec!["build", "-p", "lockstep", "-p", "lockstep-server"];
+        if target_dir().file_name().is_some_and(|n| n == "release") {
+            args.push("--release"); // benches run from target/release
+        }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "lockstep", "-p", "lockstep-server"])
+            .args(&args)
             .current_dir(root())
             .status()
             .expect("run cargo build");

@@ -50,6 +50,7 @@ class Client:
             raise error_for(self._lib, code)
         self._handle = handle
         self._buffers = threading.local()
+        self._sync_get = self._lib.sync_get
 
     def _h(self):
         if self._handle is None:
@@ -60,24 +61,34 @@ class Client:
         if code != SYNC_OK:
             raise error_for(self._lib, code)
 
+    def _thread_buffer(self, size=256):
+        buf = ctypes.create_string_buffer(size)
+        n = ctypes.c_size_t(0)
+        state = (buf, len(buf), n, ctypes.byref(n))
+        self._buffers.state = state
+        return state
+
     def get(self, key):
         """The value of ``key`` in the active version, as bytes; None if it is not there.
         Raises NotReady before the first version has arrived."""
-        k = _key(key)
-        buf = getattr(self._buffers, "buf", None)
-        if buf is None:
-            buf = self._buffers.buf = ctypes.create_string_buffer(256)
-        n = ctypes.c_size_t(0)
-        while True:
-            code = self._lib.sync_get(self._h(), k, len(k), buf, len(buf), ctypes.byref(n))
+        # The hot path of every request: keep Python-level work to the minimum.
+        k = key.encode() if type(key) is str else _key(key)
+        state = getattr(self._buffers, "state", None) or self._thread_buffer()
+        buf, size, n, n_ref = state
+        code = self._sync_get(self._handle, k, len(k), buf, size, n_ref)
+        if code == SYNC_OK:
+            return buf[:n.value]
+        if code == SYNC_NOT_FOUND:
+            return None
+        if code == SYNC_BUFFER_TOO_SMALL:
+            buf, size, n, n_ref = self._thread_buffer(max(n.value, 2 * size))
+            code = self._sync_get(self._handle, k, len(k), buf, size, n_ref)
             if code == SYNC_OK:
-                return buf.raw[:n.value]
+                return buf[:n.value]
             if code == SYNC_NOT_FOUND:
                 return None
-            if code == SYNC_BUFFER_TOO_SMALL:
-                buf = self._buffers.buf = ctypes.create_string_buffer(max(n.value, 2 * len(buf)))
-                continue
-            raise error_for(self._lib, code)
+        self._h()  # a closed client says so rather than "NULL pointer"
+        raise error_for(self._lib, code)
 
     @property
     def active_version(self):
