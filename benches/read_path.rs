@@ -6,7 +6,7 @@
 //! called through the C ABI exactly as a C host calls it.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::collections::HashMap;
