@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the PHP extension against liblockstep.so, out of tree in target/php-ext, and with
+# "test" runs its phpt tests (make test). Needs Debian's php8.2-dev.
+#   bindings/php/build.sh [test]     -> target/php-ext/modules/lockstep.so
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build="$root/target/php-ext"
+rm -rf "$build"
+mkdir -p "$build"
+cp -r "$here/config.m4" "$here/lockstep.c" "$here/php_lockstep.h" "$here/tests" "$build/"
+cd "$build"
+phpize >/dev/null
+./configure --with-lockstep="$root" >/dev/null
+make -s >/dev/null
+echo "built $build/modules/lockstep.so"
+if [ "${1:-}" = "test" ]; then
+  export LOCKSTEP_BIN="${LOCKSTEP_BIN:-$root/target/debug/lockstep}"
+  NO_INTERACTION=1 REPORT_EXIT_STATUS=1 TEST_PHP_ARGS="-q --show-diff" make test
+fi
