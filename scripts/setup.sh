@@ -12,6 +12,9 @@ DEBIAN_PACKAGES=(
   valgrind   # the C ABI tests run under it
   faketime   # skewed-clock clients (libfaketime)
   binutils   # nm, readelf: exported-symbol checks
+  php8.2-dev php8.2-cli php8.2-fpm   # the PHP extension, its phpt tests, PHP-FPM end to end
+  nginx nginx-dev                    # the nginx module (built against Debian's nginx sources)
+  libpcre2-dev zlib1g-dev            # what nginx's configure needs to build a module
 )
 
 if command -v apt-get >/dev/null; then

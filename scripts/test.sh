@@ -15,11 +15,14 @@ echo "== C header is what the pinned cbindgen generates"
 echo "== build"
 cargo build --workspace
 make -C examples/c
+echo "== PHP extension (phpize, make, make test) and nginx module"
+LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/php/build.sh test
+LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/nginx/build.sh
 echo "== benchmarks still compile"
 cargo bench --workspace --no-run
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
-echo "== Python binding"
+echo "== Python binding, and real nginx and PHP-FPM with the module and the extension"
 "$PYTHON" -m pip install -q --disable-pip-version-check ./bindings/python
 LOCKSTEP_LIBRARY="$PWD/target/debug/liblockstep.so" LOCKSTEP_BIN="$PWD/target/debug/lockstep" \
-  "$PYTHON" -m pytest -q bindings/python/tests
+  "$PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests tests/servers

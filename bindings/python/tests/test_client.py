@@ -3,13 +3,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 import lockstep
-from conftest import REPO, Server, wait_for
+from lockstep_server import REPO, Server, wait_for
 
 
 def test_get_versions_stats_and_snapshot(server):

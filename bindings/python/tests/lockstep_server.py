@@ -1,0 +1,72 @@
+"""A real `lockstep serve` child process for the Python-driven tests (bindings/python/tests and
+tests/servers)."""
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+TOKEN = "python-test-token"
+
+
+def lockstep_bin():
+    return os.environ.get("LOCKSTEP_BIN", os.path.join(REPO, "target", "debug", "lockstep"))
+
+
+class Server:
+    """A real `lockstep serve` child process."""
+
+    def __init__(self, tmp_path, interval="200ms", min_window="100ms", listen="127.0.0.1:0"):
+        env = dict(os.environ, LOCKSTEP_ADMIN_TOKEN=TOKEN, LOCKSTEP_LOG="warn")
+        self.proc = subprocess.Popen(
+            [lockstep_bin(), "serve", "--db", str(tmp_path / "db"), "--listen", listen,
+             "--interval", interval, "--min-window", min_window],
+            stdout=subprocess.PIPE, env=env)
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("lockstep: listening on "), line
+        self.url = line.split()[-1]
+
+    def admin(self, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Authorization": "Bearer " + TOKEN,
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def put(self, key, value):
+        return self.admin("/v1/admin/put", {"key": key, "value": value})
+
+    def value_in_active(self, key):
+        with urllib.request.urlopen(self.url + "/v1/checkin?name=pytest", timeout=10) as r:
+            active = json.loads(r.read())["active_version"]
+        try:
+            return self.admin(f"/v1/admin/key?key={key}&version={active}")["value"]
+        except urllib.error.HTTPError:
+            return None
+
+    def wait_active(self, key, value, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.value_in_active(key) == value:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{key}={value} never became active")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+
+
+def wait_for(predicate, timeout=20, interval=0.01):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
