@@ -574,3 +574,35 @@ fn rfc3339(us: i64) -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
+
+#[test]
+fn sigterm_shuts_the_server_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("db"), &[]);
+    put(&s, "k", "v");
+    checkin(&s, "farm-member");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exited with {status}");
+    // The farm seen before the signal was flushed on the way out.
+    let conn = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    let members: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM farm WHERE name = 'farm-member'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(members, 1);
+}
