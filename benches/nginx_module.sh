@@ -5,24 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-cargo build --release -q -p lockstep -p lockstep-server
+. benches/lib.sh
 LOCKSTEP_LIBDIR="$PWD/target/release" ./bindings/nginx/build.sh >/dev/null
-dir=$(mktemp -d)
-chmod 755 "$dir"
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null
   [ -n "${nginx:-}" ] && kill "$nginx" 2>/dev/null
   rm -rf "$dir"
 }
 trap cleanup EXIT
-export LOCKSTEP_ADMIN_TOKEN=bench LOCKSTEP_LOG=warn
-./target/release/lockstep serve --db "$dir/db" --listen 127.0.0.1:0 --interval 500ms > "$dir/out" &
-server=$!
-sleep 0.5
-url=$(sed -n 's/lockstep: listening on //p' "$dir/out")
+start_server 500ms
 ./target/release/lockstep --server "$url" put price:apple 1.25 > /dev/null
 sleep 1.5
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 sed -e "s|@MODULE@|$PWD/target/nginx-module/ngx_http_lockstep_module.so|" -e "s|@DIR@|$dir|g" \
     -e "s|@PORT@|$port|" -e "s|@URL@|$url|" -e "s|worker_processes 4;|worker_processes 2;|" \
     bindings/nginx/example/nginx.conf > "$dir/nginx.conf"

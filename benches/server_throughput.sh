@@ -7,36 +7,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-cargo build --release -q -p lockstep -p lockstep-server
-dir=$(mktemp -d)
+. benches/lib.sh
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null
   [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null
   rm -rf "$dir"
 }
 trap cleanup EXIT
-export LOCKSTEP_ADMIN_TOKEN=bench LOCKSTEP_LOG=warn
-./target/release/lockstep serve --db "$dir/db" --listen 127.0.0.1:0 --interval 1s > "$dir/out" &
-server=$!
-sleep 0.5
-url=$(sed -n 's/lockstep: listening on //p' "$dir/out")
-python3 - "$dir/keys.csv" <<'PY'
-import sys
-with open(sys.argv[1], "w") as f:
-    for i in range(10000):
-        f.write("key:%028d,value:%08d:%049d\n" % (i, 0, i))
-PY
-./target/release/lockstep --server "$url" import "$dir/keys.csv" > /dev/null
+start_server 1s
+load_keys 10000
 for _ in $(seq 50); do
   active=$(curl -s "$url/v1/checkin?name=bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["active_version"])')
   [ "$active" -ge 2 ] && break
   sleep 0.2
 done
 mkdir -p "$dir/www"
-chmod 755 "$dir"  # nginx workers run as an unprivileged user
 curl -s -o "$dir/www/version.bin" "$url/v1/versions/$active"
 curl -s -o "$dir/www/tiny.json" "$url/v1/checkin?name=bench"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat > "$dir/nginx.conf" <<CONF
 worker_processes 2;
 pid $dir/nginx.pid;

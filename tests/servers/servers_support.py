@@ -124,3 +124,24 @@ def activated_at(server, version):
     t = wait_for(find, timeout=10)
     assert t, f"version {version} never got an activation time"
     return t
+
+
+def edit_and_watch_every_worker_switch(server, poller, new_value, workers):
+    """Puts price:apple=new_value while the poller watches, waits until every worker serves it,
+    and checks they all switched at its activation time. Returns the records and that time."""
+    server.put("price:apple", new_value)
+
+    def all_switched():
+        records = poller.snapshot()
+        return {r["pid"] for r in records if r["value"] == new_value} == {r["pid"] for r in records}
+
+    assert wait_for(all_switched, timeout=20), "not every worker switched"
+    time.sleep(0.2)
+    poller.stop()
+    records = poller.snapshot()
+    version = next(r["version"] for r in records if r["value"] == new_value)
+    t = activated_at(server, version)
+    _, firsts = assert_switched_together(records, new_value, t, workers=workers)
+    print("first new responses per worker, ms after the activation:",
+          {pid: (f - t) / 1000 for pid, f in firsts.items()})
+    return records, t

@@ -5,7 +5,7 @@ import time
 import urllib.error
 import urllib.request
 
-from servers_support import (REPO, Daemon, Poller, Server, activated_at, assert_switched_together,
+from servers_support import (REPO, Daemon, Poller, Server, edit_and_watch_every_worker_switch,
                       free_port, render, wait_for)
 
 MODULE = os.path.join(REPO, "target", "nginx-module", "ngx_http_lockstep_module.so")
@@ -51,17 +51,7 @@ def test_an_edit_goes_live_in_every_worker_at_the_activation_time(nginx_bin, wor
         assert (status, body) == (200, b"1.25")
         poller = Poller(port, "/prices/price:apple", parse)
         assert wait_for(lambda: len({r["pid"] for r in poller.snapshot()}) >= 4, timeout=20)
-        server.put("price:apple", "0.99")
-        assert wait_for(lambda: {r["pid"] for r in poller.snapshot() if r["value"] == "0.99"}
-                        == {r["pid"] for r in poller.snapshot()}, timeout=20)
-        time.sleep(0.2)
-        poller.stop()
-        records = poller.snapshot()
-        version = next(r["version"] for r in records if r["value"] == "0.99")
-        t = activated_at(server, version)
-        _, firsts = assert_switched_together(records, "0.99", t, workers=4)
-        print("first new responses per worker, ms after the activation:",
-              {pid: (f - t) / 1000 for pid, f in firsts.items()})
+        edit_and_watch_every_worker_switch(server, poller, "0.99", workers=4)
         # Every worker is in the farm view, under its own pid.
         farm = server.admin("/v1/admin/status")["farm"]
         assert len([m for m in farm if m["name"].startswith("nginx-")]) >= 4

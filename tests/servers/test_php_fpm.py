@@ -2,9 +2,8 @@
 
 import json
 import os
-import time
 
-from servers_support import (REPO, Daemon, Poller, Server, activated_at, assert_switched_together,
+from servers_support import (REPO, Daemon, Poller, Server, edit_and_watch_every_worker_switch,
                       free_port, render, wait_for)
 
 EXT = os.path.join(REPO, "target", "php-ext", "modules", "lockstep.so")
@@ -47,20 +46,10 @@ def test_an_edit_goes_live_in_every_fpm_worker_at_the_activation_time(nginx_bin,
         poller = Poller(port, "/?key=price:apple", parse)
         assert wait_for(lambda: len({r["pid"] for r in poller.snapshot()}) >= 4, timeout=30), \
             (tail(workdir / "php-fpm.log"), tail(workdir / "nginx-error.log"), poller.snapshot()[:3])
-        server.put("price:apple", "0.99")
-        assert wait_for(lambda: {r["pid"] for r in poller.snapshot() if r["value"] == "0.99"}
-                        == {r["pid"] for r in poller.snapshot()}, timeout=20)
-        time.sleep(0.2)
-        poller.stop()
-        records = poller.snapshot()
-        version = next(r["version"] for r in records if r["value"] == "0.99")
-        t = activated_at(server, version)
-        _, firsts = assert_switched_together(records, "0.99", t, workers=4)
+        records, t = edit_and_watch_every_worker_switch(server, poller, "0.99", workers=4)
         # Each worker's own library activated it on time, at the same activation time.
         last = {r["pid"]: r["last_activation_us"] for r in records if r["value"] == "0.99"}
         assert set(last.values()) == {t}, last
-        print("first new responses per worker, ms after the activation:",
-              {pid: (f - t) / 1000 for pid, f in firsts.items()})
         farm = server.admin("/v1/admin/status")["farm"]
         assert len([m for m in farm if m["name"].startswith("php-fpm-")]) >= 4
     finally:
