@@ -143,7 +143,9 @@ const char *sync_version(void);
 sync_result sync_open(const char *options, size_t options_len, struct sync_handle **out);
 
 // Stops the retrieval thread, waits for it, and frees the handle. NULL is a no-op. Call it
-// only when no other thread uses the handle; snapshots taken from it stay valid.
+// only when no other thread uses the handle; snapshots taken from it stay valid. The wait is
+// at most 2 s: a thread caught inside a network request finishes that request and exits on
+// its own, so a host's shutdown never waits out a timeout or a large download.
 void sync_close(struct sync_handle *handle);
 
 // Copies the value of `key` in the version active now into `buf`.

@@ -19,7 +19,7 @@ echo "== PHP extension (phpize, make, make test) and nginx module"
 LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/php/build.sh test
 LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/nginx/build.sh
 echo "== benchmarks still compile"
-cargo bench --workspace --no-run
+cargo bench -p lockstep --no-run
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
 echo "== Python binding, and real nginx and PHP-FPM with the module and the extension"

@@ -18,6 +18,9 @@ use crate::options::Options;
 use crate::retrieval::{self, Control, Shared, StatsSnapshot};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// How long `sync_close` waits for the retrieval thread before leaving it to exit by itself.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 static ATFORK: Once = Once::new();
 
 extern "C" fn after_fork_in_child() {
@@ -189,14 +192,21 @@ impl Client {
             }
             return;
         }
-        self.control.load().stop();
+        let control = self.control.load_full();
+        control.stop();
         let handle = self
             .thread
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(h) = handle {
-            let _ = h.join();
+            // The thread notices the stop at once unless it is inside a request; a host
+            // shutting down must not wait out a 100 MB download, so after a bound the thread
+            // is left to finish that request and exit by itself. It owns what it uses (an
+            // Arc of the shared state), and the library is never unmapped (-z nodelete).
+            if control.wait_exited(CLOSE_WAIT) {
+                let _ = h.join();
+            }
         }
     }
 }

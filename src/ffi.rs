@@ -221,7 +221,9 @@ pub extern "C" fn sync_open(
 }
 
 /// Stops the retrieval thread, waits for it, and frees the handle. NULL is a no-op. Call it
-/// only when no other thread uses the handle; snapshots taken from it stay valid.
+/// only when no other thread uses the handle; snapshots taken from it stay valid. The wait is
+/// at most 2 s: a thread caught inside a network request finishes that request and exits on
+/// its own, so a host's shutdown never waits out a timeout or a large download.
 #[no_mangle]
 pub extern "C" fn sync_close(handle: *mut sync_handle) {
     ffi_boundary_void!({

@@ -135,12 +135,29 @@ impl Shared {
 pub struct Control {
     stop: Mutex<bool>,
     cv: Condvar,
+    exited: Mutex<bool>,
+    exited_cv: Condvar,
 }
 
 impl Control {
     pub fn stop(&self) {
         *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for the thread to finish; true if it has.
+    pub fn wait_exited(&self, timeout: Duration) -> bool {
+        let guard = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .exited_cv
+            .wait_timeout_while(guard, timeout, |exited| !*exited)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    fn mark_exited(&self) {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.exited_cv.notify_all();
     }
 
     /// Sleeps until monotonic `deadline_ns` or a stop; true if stopped.
@@ -185,6 +202,11 @@ pub fn spawn(shared: Arc<Shared>, control: Arc<Control>) -> std::io::Result<Join
 }
 
 fn run(shared: Arc<Shared>, control: Arc<Control>) {
+    run_until_stopped(shared, &control);
+    control.mark_exited();
+}
+
+fn run_until_stopped(shared: Arc<Shared>, control: &Arc<Control>) {
     loop {
         let s = shared.clone();
         let c = control.clone();

@@ -107,3 +107,33 @@ fn retrieval_thread_blocks_every_async_signal() {
         0
     );
 }
+
+#[test]
+fn close_does_not_wait_out_a_hanging_request() {
+    // A data server that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let client = Client::open(&format!(
+        "url={url};bootstrap_wait_ms=0;allow_not_ready=1;checkin_timeout_ms=30000"
+    ))
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // the check-in is now hanging
+    let t = std::time::Instant::now();
+    drop(client);
+    let took = t.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "close took {took:?}"
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the client never connected"
+    );
+}
