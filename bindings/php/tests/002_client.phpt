@@ -6,8 +6,8 @@ lockstep
 <?php
 require __DIR__ . '/server.inc';
 [$proc, $url] = lockstep_start_server();
-lockstep_put($url, 'price:apple', '1.25');
 lockstep_put($url, 'blob', str_repeat('x', 5000));
+lockstep_put($url, 'price:apple', '1.25'); // last, so waiting for it waits for both
 lockstep_wait_active($url, 'price:apple', '1.25');
 ini_set('lockstep.url', $url);
 ini_set('lockstep.name', 'phpt');

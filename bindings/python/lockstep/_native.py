@@ -71,7 +71,9 @@ _SIGNATURES = {
     "sync_version": ([], ctypes.c_char_p),
     "sync_open": ([ctypes.c_char_p, _size, ctypes.POINTER(_handle)], ctypes.c_uint32),
     "sync_close": ([_handle], None),
-    "sync_get": ([_handle, ctypes.c_char_p, _size, ctypes.c_void_p, _size, ctypes.POINTER(_size)],
+    # The read path: pointers declared as void * and passed as plain addresses, the cheapest
+    # conversion ctypes has (see _client.Client.get).
+    "sync_get": ([_handle, ctypes.c_char_p, _size, ctypes.c_void_p, _size, ctypes.c_void_p],
                  ctypes.c_uint32),
     "sync_active_version": ([_handle, ctypes.POINTER(ctypes.c_uint64)], ctypes.c_uint32),
     "sync_staged_version": ([_handle, ctypes.POINTER(ctypes.c_uint64),

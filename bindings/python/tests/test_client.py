@@ -12,14 +12,16 @@ from lockstep_server import REPO, Server, wait_for
 
 
 def test_get_versions_stats_and_snapshot(server):
-    server.put("price:apple", "1.25")
     server.put("blob", "x" * 1000)
+    server.admin("/v1/admin/put", {"key": "binary", "value": {"b64": "AP8AAQ=="}})
+    server.put("price:apple", "1.25")  # last, so waiting for it waits for all three
     server.wait_active("price:apple", "1.25")
     with lockstep.Client(server.url, name="pytest") as c:
         assert c.get("price:apple") == b"1.25"
         assert c.get(b"price:apple") == b"1.25"
         assert c.get("blob") == b"x" * 1000  # larger than the first buffer
         assert c.get("missing") is None
+        assert c.get("binary") == b"\x00\xff\x00\x01"  # NUL bytes survive
         assert c.active_version >= 2
         assert c.next_activation_us > 0
         stats = c.stats()
