@@ -425,10 +425,8 @@ impl Retriever {
                 .ok_or("data server answered 304 to a first check-in")?,
             _ => return Err(http_error("check-in", status, &body)),
         };
-        if table.interval_us <= 0 || table.min_window_us < 0 {
-            return Err("check-in answer has a nonsensical interval".into());
-        }
         let server_us = server_us.ok_or("check-in answer lacks the server time header")?;
+        plausible(&table, server_us)?;
         let estimate = self.clock.add(Sample {
             sent_ns,
             received_ns,
@@ -575,6 +573,23 @@ impl Retriever {
             now + self.rng.i64(1_000_000..=spread)
         })
     }
+}
+
+/// Rejects sync tables no data server sends, so that arithmetic on them cannot overflow and a
+/// garbage answer that happens to parse changes nothing.
+fn plausible(table: &SyncTable, server_us: i64) -> Result<(), String> {
+    const YEAR_US: i64 = 366 * 86_400 * 1_000_000;
+    if !(1..=YEAR_US).contains(&table.interval_us)
+        || !(0..=table.interval_us).contains(&table.min_window_us)
+    {
+        return Err("check-in answer has a nonsensical interval".into());
+    }
+    if !(0..=100 * YEAR_US).contains(&server_us)
+        || (table.activation_time_us - server_us).abs() > 10 * YEAR_US
+    {
+        return Err("check-in answer has a nonsensical time".into());
+    }
+    Ok(())
 }
 
 fn http_error(what: &str, status: u16, body: &[u8]) -> String {

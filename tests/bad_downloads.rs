@@ -20,6 +20,8 @@ enum Lie {
     Garbage,
     WrongVersion,
     GarbageCheckin,
+    /// A check-in that parses but makes no sense (overflowing times and intervals).
+    AbsurdCheckin,
     /// Not a lie: version 2 is good but cannot be downloaded until after its activation.
     Late,
 }
@@ -49,7 +51,7 @@ fn bad_version(lie: Lie) -> Vec<u8> {
         Lie::Truncated => good[..good.len() / 2].to_vec(),
         Lie::Garbage => (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
         Lie::WrongVersion => encoded(3, "1.00"),
-        Lie::GarbageCheckin | Lie::Late => good,
+        Lie::GarbageCheckin | Lie::AbsurdCheckin | Lie::Late => good,
     }
 }
 
@@ -109,12 +111,14 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                 }
                 // After a second, claim version 2 should already be active: the client's
                 // catch-up path must refuse it too.
-                let past = now - start > 1_000_000 && lie != Lie::GarbageCheckin;
-                let staged = if lie == Lie::GarbageCheckin { 1 } else { 2 };
+                let quiet = matches!(lie, Lie::GarbageCheckin | Lie::AbsurdCheckin);
+                let past = now - start > 1_000_000 && !quiet;
+                let staged = if quiet { 1 } else { 2 };
+                let absurd = lie == Lie::AbsurdCheckin && checkins > 1;
                 let sync = SyncTable {
-                    activation_time_us: now + 300_000,
-                    interval_us: 1_000_000,
-                    min_window_us: 100_000,
+                    activation_time_us: if absurd { i64::MAX } else { now + 300_000 },
+                    interval_us: if absurd { i64::MAX } else { 1_000_000 },
+                    min_window_us: if absurd { i64::MIN } else { 100_000 },
                     staged_version: staged,
                     active_version: if past { 2 } else { 1 },
                 };
@@ -167,7 +171,7 @@ fn never_activates(lie: Lie) {
         stats.consecutive_failures > 0,
         "{lie:?}: no failure counted"
     );
-    if lie != Lie::GarbageCheckin {
+    if !matches!(lie, Lie::GarbageCheckin | Lie::AbsurdCheckin) {
         assert!(stats.rejected_versions > 0, "{lie:?}: nothing rejected");
         assert_eq!(stats.staged_version, 0, "{lie:?} was staged");
     }
@@ -200,6 +204,11 @@ fn wrong_version_is_never_activated() {
 #[test]
 fn garbage_checkin_keeps_the_last_version() {
     never_activates(Lie::GarbageCheckin);
+}
+
+#[test]
+fn absurd_checkin_keeps_the_last_version() {
+    never_activates(Lie::AbsurdCheckin);
 }
 
 #[test]
