@@ -446,6 +446,15 @@ impl Retriever {
         Ok((table, estimate))
     }
 
+    /// True unless the data server announced a different checksum for this version number.
+    fn announced_matches(&self, v: &Version) -> bool {
+        self.announced
+            .iter()
+            .find(|(n, _)| *n == v.number())
+            .and_then(|(_, c)| *c)
+            .is_none_or(|c| c == v.checksum())
+    }
+
     fn download(&mut self, number: u64) -> Result<Arc<Version>, String> {
         let o = &self.shared.options;
         let mut req = self
@@ -519,13 +528,21 @@ impl Retriever {
         let (table, est) = self.checkin()?;
         let activation = &self.shared.activation;
         let now = mono_ns();
-        let held = activation.current_number();
+        // A version counts as held only if it is the one the data server means by that number:
+        // a data server restored from a backup or started afresh reuses numbers.
+        let held = activation
+            .pin()
+            .filter(|v| self.announced_matches(v))
+            .map_or(0, |v| v.number());
+        let ours = activation.current_number();
 
         // Catch up when we do not hold what should be active now — unless it is armed and
         // due within our clock error (the data server's clock passed the instant a moment
         // before ours will).
         if held != table.active_version && held != table.staged_version {
-            let armed = activation.armed_version(table.active_version);
+            let armed = activation
+                .armed_version(table.active_version)
+                .filter(|(v, _)| self.announced_matches(v));
             let due_within_error = armed
                 .as_ref()
                 .is_some_and(|(_, at)| *at <= now + est.error_us * 1000 + 1_000_000);
@@ -537,7 +554,7 @@ impl Retriever {
                 self.shared.activation.activate_now(version);
                 let s = &self.shared.stats;
                 s.activations.fetch_add(1, Relaxed);
-                if held != 0 {
+                if ours != 0 {
                     s.lagging.store(1, Relaxed);
                 }
                 self.shared.mark_ready();
@@ -548,9 +565,14 @@ impl Retriever {
 
         if table.staged_version != table.active_version {
             let at = est.mono_at(table.activation_time_us);
-            let version = match self.shared.activation.armed_version(table.staged_version) {
+            let armed = self
+                .shared
+                .activation
+                .armed_version(table.staged_version)
+                .filter(|(v, _)| self.announced_matches(v));
+            let version = match armed {
                 Some((v, _)) => v,
-                None if self.shared.activation.current_number() == table.staged_version => {
+                None if held == table.staged_version => {
                     // Already active (we are a hair ahead of the data server).
                     return Ok(now + 10_000_000 + self.rng.i64(0..10_000_000));
                 }

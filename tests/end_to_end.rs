@@ -183,3 +183,27 @@ fn server_down_reads_keep_working_and_clients_converge_after_restart() {
         o.wait_value("9.00", Duration::from_secs(15));
     }
 }
+
+#[test]
+fn a_data_server_started_afresh_reusing_version_numbers_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--interval", "300ms", "--min-window", "150ms"];
+    let mut old = Server::start_at(&dir.path().join("old"), &listen, &args);
+    put(&old, "price", "old");
+    let v_old = wait_active(&old, "price", "old").active_version;
+    let o = Observer::start(&old.url, "web", "price", 30.0, None);
+    let seen = o.wait_value("old", Duration::from_secs(10));
+    assert_eq!(seen.version, v_old);
+    // A new database, prepared elsewhere: its numbers start again, with other content.
+    let new_db = dir.path().join("new");
+    let mut prep = Server::start(&new_db, &args);
+    put(&prep, "price", "new");
+    let v_new = wait_active(&prep, "price", "new").active_version;
+    assert_eq!(v_new, v_old, "test needs the same number reused");
+    prep.kill9();
+    old.kill9();
+    let new = Server::start_at(&new_db, &listen, &args);
+    assert_eq!(checkin(&new, "judge").sync.active_version, v_new);
+    o.wait_value("new", Duration::from_secs(10));
+}

@@ -8,6 +8,7 @@
  *
  * usage: observer URL NAME KEY SECONDS
  * output: READY v | CHANGE v first_new_ns last_old_ns value | STATS ... | DONE
+ * (a CHANGE is printed when the version number or the key's value changes)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -50,22 +51,36 @@ int main(int argc, char **argv) {
 
   long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0;
   struct timespec pause = {0, 200000}; /* 200 µs between reads: wakes fast, leaves CPU */
-  char value[4096];
+  char value[4096], last_value[4096] = "";
   while (mono_ns() < end) {
+    /* The version and the value come from one pinned snapshot, so they always agree. */
     long long before = mono_ns();
     uint64_t v = 0;
-    sync_active_version(h, &v);
     size_t len = 0;
-    r = sync_get(h, (const uint8_t *)key, strlen(key), (uint8_t *)value, sizeof value - 1, &len);
+    sync_snapshot *snap = NULL;
+    r = sync_snapshot_acquire(h, &snap);
+    if (r == SYNC_OK) {
+      const uint8_t *p = NULL;
+      sync_snapshot_version(snap, &v);
+      r = sync_snapshot_get(snap, (const uint8_t *)key, strlen(key), &p, &len);
+      if (r == SYNC_OK) {
+        if (len > sizeof value - 1) len = sizeof value - 1;
+        memcpy(value, p, len);
+      }
+      sync_snapshot_release(snap);
+    }
     long long after = mono_ns();
     if (after - before > max_read_ns) max_read_ns = after - before;
     if (r != SYNC_OK) len = 0;
     value[len] = 0;
-    if (v != last) {
+    /* A change of version, or of content under the same number (a data server started
+     * afresh reuses numbers). */
+    if (v != last || strcmp(value, last_value) != 0) {
       printf("CHANGE %llu %lld %lld %s\n", (unsigned long long)v, before, last_old,
              r == SYNC_OK ? value : "-");
       fflush(stdout);
       last = v;
+      memcpy(last_value, value, len + 1);
     }
     last_old = after;
     if (after >= next_stats) {
