@@ -143,6 +143,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How long a check-in may be answered from the sync table this process read last.
+const SYNC_TABLE_TTL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Read connections kept open between requests; more than this many concurrent reads open
 /// (and close) connections of their own.
 const MAX_IDLE_READERS: usize = 64;
@@ -159,6 +162,9 @@ pub struct Store {
     cache: Mutex<BTreeMap<u64, StoredVersion>>,
     /// Version number → checksum; versions are immutable, so this never goes stale.
     checksums: Mutex<HashMap<u64, u64>>,
+    /// The sync table as this process last read or wrote it, and when: lets most check-ins
+    /// answer without a database read (see [`Store::recent_sync_table`]).
+    recent_sync: Mutex<Option<(SyncTable, std::time::Instant)>>,
     farm: Mutex<HashMap<(String, String, u32), FarmMember>>,
 }
 
@@ -399,6 +405,7 @@ impl Store {
             path: path.to_owned(),
             cache: Mutex::new(BTreeMap::new()),
             checksums: Mutex::new(HashMap::new()),
+            recent_sync: Mutex::new(None),
             farm: Mutex::new(HashMap::new()),
         })
     }
@@ -422,7 +429,36 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        // Any write may have changed the sync table.
+        *self.recent_sync.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(out)
+    }
+
+    /// The sync table read within the last [`SYNC_TABLE_TTL`], if no rotation is due yet.
+    ///
+    /// Another data-server process on the same database may change the table (a restage, a
+    /// rollback) without this process knowing; the TTL bounds how long a check-in here can miss
+    /// that, far below any retrieval window. A rotation is never served from here: once the
+    /// activation time has passed, check-ins go to the database.
+    pub fn recent_sync_table(&self, now_us: i64) -> Option<SyncTable> {
+        let recent = *self.recent_sync.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .filter(|(t, at)| at.elapsed() < SYNC_TABLE_TTL && now_us < t.activation_time_us)
+            .map(|(t, _)| t)
+    }
+
+    /// A checksum already known to this process.
+    pub fn known_checksum(&self, version: u64) -> Option<u64> {
+        self.checksums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&version)
+            .copied()
+    }
+
+    fn remember_sync(&self, table: SyncTable) {
+        *self.recent_sync.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((table, std::time::Instant::now()));
     }
 
     /// The sync table as it stands, without rotating.
@@ -438,9 +474,10 @@ impl Store {
         // Almost every check-in finds nothing to do; a read answers it without the write lock.
         let sync = self.sync_table()?;
         if now_us < sync.activation_time_us {
+            self.remember_sync(sync);
             return Ok((sync, false));
         }
-        self.with_write_tx(|tx| {
+        let rotated = self.with_write_tx(|tx| {
             let (sync, production_gen) = read_sync(tx)?;
             if now_us < sync.activation_time_us {
                 // Someone else rotated between our read and our lock.
@@ -492,7 +529,9 @@ impl Store {
                 params![due, now_us, to_i64(new_active), to_i64(staged), next, by],
             )?;
             Ok((read_sync(tx)?.0, true))
-        })
+        })?;
+        self.remember_sync(rotated.0);
+        Ok(rotated)
     }
 
     /// Validates nothing: callers check key and value limits first.
