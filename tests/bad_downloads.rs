@@ -3,15 +3,19 @@
 //! client must never activate any of it and must keep serving its last good version. (A
 //! structurally forged archive with a valid checksum is covered in `format`'s unit tests.)
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "support/mod.rs"]
+mod support;
+
 use lockstep::client::Client;
 use lockstep::format::{self, Content};
 use lockstep::wire::{CheckinResponse, SyncTable, HEADER_SERVER_TIME};
+use support::proxy::respond;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Lie {
@@ -55,19 +59,6 @@ fn bad_version(lie: Lie) -> Vec<u8> {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-}
-
 /// Serves version 1 (good, price=2.00) as active and announces version 2, which it lies about.
 fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -102,11 +93,11 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                 .unwrap_or("")
                 .to_owned();
             let now = now_us();
-            let time = (HEADER_SERVER_TIME, now.to_string());
+            let time = (HEADER_SERVER_TIME.to_owned(), now.to_string());
             if path.starts_with("/v1/checkin") {
                 checkins += 1;
                 if lie == Lie::GarbageCheckin && checkins > 1 {
-                    respond(&mut stream, "200 OK", &[time], b"\x00\xffnot json at all");
+                    respond(&mut stream, 200, &[time], b"\x00\xffnot json at all");
                     continue;
                 }
                 // After a second, claim version 2 should already be active: the client's
@@ -131,20 +122,15 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                     active_checksum: String::new(),
                 })
                 .unwrap();
-                respond(&mut stream, "200 OK", &[time], &body);
+                respond(&mut stream, 200, &[time], &body);
             } else if path == "/v1/versions/1" {
-                respond(&mut stream, "200 OK", &[time], &encoded(1, "2.00"));
+                respond(&mut stream, 200, &[time], &encoded(1, "2.00"));
             } else if path == "/v1/versions/2" && lie == Lie::Late && now - start < 1_500_000 {
-                respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    &[time],
-                    b"{\"error\":\"busy\"}",
-                );
+                respond(&mut stream, 503, &[time], b"{\"error\":\"busy\"}");
             } else if path == "/v1/versions/2" {
-                respond(&mut stream, "200 OK", &[time], &bad_version(lie));
+                respond(&mut stream, 200, &[time], &bad_version(lie));
             } else {
-                respond(&mut stream, "404 Not Found", &[time], b"{\"error\":\"no\"}");
+                respond(&mut stream, 404, &[time], b"{\"error\":\"no\"}");
             }
         }
     });

@@ -110,15 +110,9 @@ pub fn free_port() -> u16 {
 }
 
 /// CLOCK_MONOTONIC in ns: the same clock in every process on this host, and one libfaketime
-/// leaves alone under FAKETIME_DONT_FAKE_MONOTONIC=1.
+/// leaves alone under FAKETIME_DONT_FAKE_MONOTONIC=1 (the library's own clock).
 pub fn mono_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    lockstep::clock::mono_ns()
 }
 
 /// Converts a wall-clock time (µs, this host's real clock, which is the data server's) to
