@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rkyv::rancor;
-use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::Xxh3;
 
 /// First eight bytes of every encoded version.
@@ -43,7 +42,7 @@ pub const ALIGN: usize = 16;
 pub type Content = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// A buffer with the alignment a version needs; downloads go straight into one.
-pub type VersionBuf = AlignedVec<ALIGN>;
+pub type VersionBuf = crate::buffer::AlignedBuf;
 
 /// What the archive holds: every key of the version with its value.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Default)]
@@ -184,8 +183,10 @@ pub fn encode(version: u64, created_us: i64, entries: &Content) -> Result<Versio
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    let mut buf = VersionBuf::with_capacity(HEADER_LEN + estimate_payload(entries));
-    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    let mut buf = VersionBuf::try_with_capacity(HEADER_LEN + estimate_payload(entries))
+        .map_err(|e| FormatError::Encode(e.to_string()))?;
+    buf.try_extend_from_slice(&[0u8; HEADER_LEN])
+        .map_err(|e| FormatError::Encode(e.to_string()))?;
     let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&root, buf)
         .map_err(|e| FormatError::Encode(e.to_string()))?;
     let payload_len = (buf.len() - HEADER_LEN) as u64;
@@ -215,7 +216,7 @@ fn estimate_payload(entries: &Content) -> usize {
 
 /// Copies bytes into a buffer with the alignment [`validate`] needs.
 pub fn aligned_copy(bytes: &[u8]) -> VersionBuf {
-    let mut buf = VersionBuf::with_capacity(bytes.len());
+    let mut buf = VersionBuf::new();
     buf.extend_from_slice(bytes);
     buf
 }

@@ -10,6 +10,7 @@
 //! and the lock-free swap), [`client`] (a handle, across `fork()`), [`options`], [`ffi`].
 
 pub mod activation;
+pub mod buffer;
 pub mod client;
 pub mod clock;
 pub mod ffi;

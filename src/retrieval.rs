@@ -137,9 +137,20 @@ pub struct Control {
     cv: Condvar,
     exited: Mutex<bool>,
     exited_cv: Condvar,
+    /// Set in a `fork()` child: the versions the parent had armed, disarmed until a check-in
+    /// confirms them (see [`Activation::disarm_after_fork`]).
+    after_fork: Option<Vec<Arc<Version>>>,
 }
 
 impl Control {
+    /// The control of a thread restarted in a `fork()` child that inherited `disarmed`.
+    pub fn after_fork(disarmed: Vec<Arc<Version>>) -> Control {
+        Control {
+            after_fork: Some(disarmed),
+            ..Control::default()
+        }
+    }
+
     pub fn stop(&self) {
         *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_all();
@@ -211,7 +222,7 @@ fn run_until_stopped(shared: Arc<Shared>, control: &Arc<Control>) {
         let s = shared.clone();
         let c = control.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            Retriever::new(s).run(&c)
+            Retriever::new(s, c.after_fork.clone()).run(&c)
         }));
         match outcome {
             Ok(()) => return,
@@ -238,6 +249,9 @@ struct Retriever {
     host: String,
     pid: u32,
     failures: u32,
+    /// In a `fork()` child until its first check-in: the parent's disarmed versions, which
+    /// may be re-armed without a download if the data server still means them.
+    inherited: Option<Vec<Arc<Version>>>,
 }
 
 fn hostname() -> String {
@@ -251,7 +265,7 @@ fn clamp_ns(v: i64, lo: i64, hi: i64) -> i64 {
 }
 
 impl Retriever {
-    fn new(shared: Arc<Shared>) -> Retriever {
+    fn new(shared: Arc<Shared>, inherited: Option<Vec<Arc<Version>>>) -> Retriever {
         let o = &shared.options;
         // Per-phase timeouts only: a global or per-call timeout makes ureq resolve host names
         // on a thread of its own for every new connection.
@@ -275,6 +289,7 @@ impl Retriever {
             host: hostname(),
             pid,
             failures: 0,
+            inherited,
             shared,
         }
     }
@@ -494,13 +509,16 @@ impl Retriever {
                 o.max_version_bytes
             ));
         }
-        let mut buf = VersionBuf::with_capacity(announced.unwrap_or(0) as usize);
+        // The announced length is the server's word, not a fact: it may refuse a download
+        // early, but memory grows only with the bytes that actually arrive.
+        let cap = announced.map_or(o.max_version_bytes, |n| n.min(o.max_version_bytes));
+        let mut buf = VersionBuf::new();
         let mut reader = resp
             .body_mut()
             .with_config()
-            .limit(o.max_version_bytes)
+            .limit(o.max_version_bytes.saturating_add(1))
             .reader();
-        buf.extend_from_reader(&mut reader)
+        buf.read_capped(&mut reader, cap, announced)
             .map_err(|e| format!("download of version {number} broke off: {e}"))?;
         let announced = self
             .announced
@@ -521,6 +539,20 @@ impl Retriever {
             self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
         }
         verified
+    }
+
+    /// Version `number` as the data server means it now: one inherited from before a fork if
+    /// its checksum is the announced one, else downloaded.
+    fn obtain(&mut self, number: u64) -> Result<Arc<Version>, String> {
+        let inherited = self.inherited.as_ref().and_then(|vs| {
+            vs.iter()
+                .find(|v| v.number() == number && self.announced_matches(v))
+                .cloned()
+        });
+        match inherited {
+            Some(v) => Ok(v),
+            None => self.download(number),
+        }
     }
 
     /// One retrieval cycle; returns the monotonic instant of the next check-in.
@@ -549,7 +581,7 @@ impl Retriever {
             if !due_within_error {
                 let version = match armed {
                     Some((v, _)) => v,
-                    None => self.download(table.active_version)?,
+                    None => self.obtain(table.active_version)?,
                 };
                 self.shared.activation.activate_now(version);
                 let s = &self.shared.stats;
@@ -561,6 +593,10 @@ impl Retriever {
             }
         } else if held != 0 {
             self.shared.mark_ready();
+            if self.inherited.is_some() && held == table.active_version {
+                // A fork child's inherited version, now confirmed as the farm's active one.
+                self.shared.stats.lagging.store(0, Relaxed);
+            }
         }
 
         if table.staged_version != table.active_version {
@@ -576,13 +612,14 @@ impl Retriever {
                     // Already active (we are a hair ahead of the data server).
                     return Ok(now + 10_000_000 + self.rng.i64(0..10_000_000));
                 }
-                None => self.download(table.staged_version)?,
+                None => self.obtain(table.staged_version)?,
             };
             self.shared
                 .activation
                 .arm(version, table.activation_time_us, at);
         }
 
+        self.inherited = None;
         let now = mono_ns();
         let at = est.mono_at(table.activation_time_us);
         let poll = clamp_ns(table.interval_us * 1000 / 4, 200_000_000, 15_000_000_000);
@@ -598,16 +635,20 @@ impl Retriever {
 }
 
 /// Rejects sync tables no data server sends, so that arithmetic on them cannot overflow and a
-/// garbage answer that happens to parse changes nothing.
+/// garbage answer that happens to parse changes nothing. The interval and window bounds are the
+/// ones the data server enforces, so every table it may send is accepted.
 fn plausible(table: &SyncTable, server_us: i64) -> Result<(), String> {
     const YEAR_US: i64 = 366 * 86_400 * 1_000_000;
-    if !(1..=YEAR_US).contains(&table.interval_us)
-        || !(0..=table.interval_us).contains(&table.min_window_us)
+    if !(wire::MIN_INTERVAL_US..=wire::MAX_INTERVAL_US).contains(&table.interval_us)
+        || !(wire::MIN_WINDOW_US..=table.interval_us).contains(&table.min_window_us)
     {
         return Err("check-in answer has a nonsensical interval".into());
     }
     if !(0..=100 * YEAR_US).contains(&server_us)
-        || (table.activation_time_us - server_us).abs() > 10 * YEAR_US
+        || table
+            .activation_time_us
+            .checked_sub(server_us)
+            .is_none_or(|lead| lead.abs() > 10 * YEAR_US)
     {
         return Err("check-in answer has a nonsensical time".into());
     }

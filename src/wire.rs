@@ -26,6 +26,24 @@ pub const HEADER_VERSION: &str = "x-lockstep-version";
 /// Checksum of the version in a version response, as 16 hex digits.
 pub const HEADER_CHECKSUM: &str = "x-lockstep-checksum";
 
+/// Shortest activation interval a data server accepts and a client believes: below it, the
+/// check-in round trips and downloads of a cycle eat the whole interval.
+pub const MIN_INTERVAL_US: i64 = 100_000;
+/// Longest activation interval: one day. Every interval that divides a day keeps midnight on
+/// the grid, and nothing is gained by activating less than daily; a longer one schedules the
+/// next activation so far ahead that a mistyped interval freezes the farm until then.
+pub const MAX_INTERVAL_US: i64 = 86_400_000_000;
+/// Shortest minimum retrieval window: a check-in and a download need at least a few
+/// milliseconds. The longest is the interval itself.
+pub const MIN_WINDOW_US: i64 = 10_000;
+/// A client waiting for an activation checks in every quarter interval, but at least every
+/// [`CHECKIN_PERIOD_MAX_US`] and at most every [`CHECKIN_PERIOD_MIN_US`]. The data server counts
+/// on that when it moves an activation earlier (every client learns the new time before it
+/// comes) and when it decides a client has gone silent.
+pub const CHECKIN_PERIOD_MIN_US: i64 = 200_000;
+/// See [`CHECKIN_PERIOD_MIN_US`].
+pub const CHECKIN_PERIOD_MAX_US: i64 = 15_000_000;
+
 /// The synchronization table, as a check-in returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SyncTable {
@@ -63,9 +81,16 @@ pub struct CheckinResponse {
 impl SyncTable {
     /// The ETag of a sync table: a client holding it gets 304 until a rotation changes it.
     pub fn etag(&self) -> String {
+        // Every field: a client holding an older table must get the new one, whatever changed.
+        let SyncTable {
+            activation_time_us,
+            interval_us,
+            min_window_us,
+            staged_version,
+            active_version,
+        } = self;
         format!(
-            "\"s{}-{}-{}-{}\"",
-            self.activation_time_us, self.staged_version, self.active_version, self.interval_us
+            "\"s{activation_time_us}-{staged_version}-{active_version}-{interval_us}-{min_window_us}\""
         )
     }
 }
@@ -189,11 +214,48 @@ pub struct IntervalRequest {
     pub min_window: Option<String>,
 }
 
-/// `POST /v1/admin/rollback`: stage a new version with the content of `version`.
+/// Answer to `POST /v1/admin/interval`: the sync table after the change, and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalResponse {
+    #[serde(flatten)]
+    pub sync: SyncTable,
+    /// The activation time before the change; `sync.activation_time_us` is where it moved.
+    pub previous_activation_us: i64,
+    pub message: String,
+}
+
+/// `POST /v1/admin/rollback`: stage a new version with the content of `version`; production
+/// becomes that content too, so edits made since are discarded from production.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     pub version: u64,
+    /// Only report how production would change; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// False: refuse (409) if production differs from `version`'s content, so edits made after
+    /// a preview are never discarded unseen. Absent: true.
+    #[serde(default = "yes")]
+    pub discard_edits: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Answer to `POST /v1/admin/rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackResponse {
+    /// The new staged version; absent on a dry run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub dry_run: bool,
+    /// The activation the rolled-back content goes live at.
+    pub live_by_us: i64,
+    /// How production changes: from its content now to the content of the version rolled
+    /// back to (`old` is production's value, `new` the version's).
+    pub production: KeyChanges,
+    pub message: String,
 }
 
 /// Answer to an admin write.
@@ -232,7 +294,8 @@ pub struct ScheduledChange {
     pub created_by: String,
 }
 
-/// One web server as the data server last saw it.
+/// One process holding a handle (a web server, or a pre-fork master that opened one), as the
+/// data server last saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FarmMember {
     pub name: String,
@@ -244,6 +307,12 @@ pub struct FarmMember {
     pub error_us: i64,
     pub lagging: bool,
     pub last_checkin_us: i64,
+    /// Time since that check-in when the status was taken, µs.
+    #[serde(default)]
+    pub silent_us: i64,
+    /// Silent for longer than a live client ever is: probably gone.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// `GET /v1/admin/status`.
@@ -293,9 +362,22 @@ pub struct RotationRecord {
 pub struct DiffResponse {
     pub a: u64,
     pub b: u64,
+    #[serde(flatten)]
+    pub changes: KeyChanges,
+}
+
+/// What changes from one content to another, key by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChanges {
     pub added: Vec<Entry>,
     pub removed: Vec<Blob>,
     pub changed: Vec<ChangedEntry>,
+}
+
+impl KeyChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 /// A key whose value differs between two versions.

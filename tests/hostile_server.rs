@@ -1,0 +1,241 @@
+//! SPEC invariant 10: nothing a data server sends can crash a host process or make it hold
+//! more than `max_version_bytes` per version. A hostile data server announces huge versions;
+//! the host is a separate C process (tests/c/host.c) reading through the C ABI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use lockstep::format::{self, Content};
+use lockstep::wire::{CheckinResponse, SyncTable, HEADER_SERVER_TIME};
+use support::proxy::respond;
+use support::{compile_c, now_us, root};
+
+/// How the hostile server sends version 2.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Announce `declared` bytes, then send one byte every `every`.
+    Trickle { declared: u64, every: Duration },
+    /// Announce `declared` bytes, then send zeros as fast as the host takes them.
+    Flood { declared: u64 },
+}
+
+fn version_one() -> Vec<u8> {
+    let mut c = Content::new();
+    c.insert(b"price".to_vec(), b"2.00".to_vec());
+    format::encode(1, 0, &c).unwrap().to_vec()
+}
+
+/// Serves version 1 as active and announces version 2 as staged, which it sends hostilely.
+fn hostile_server(how: Hostile, stop: Arc<AtomicBool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || answer(stream, how, &stop));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    url
+}
+
+fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool) {
+    stream.set_nonblocking(false).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let now = now_us();
+    let time = (HEADER_SERVER_TIME.to_owned(), now.to_string());
+    if path.starts_with("/v1/checkin") {
+        let body = serde_json::to_vec(&CheckinResponse {
+            sync: SyncTable {
+                activation_time_us: now + 300_000,
+                interval_us: 1_000_000,
+                min_window_us: 100_000,
+                staged_version: 2,
+                active_version: 1,
+            },
+            server_time_us: now,
+            rotated: false,
+            staged_checksum: String::new(),
+            active_checksum: String::new(),
+        })
+        .unwrap();
+        respond(&mut stream, 200, &[time], &body);
+    } else if path == "/v1/versions/1" {
+        respond(&mut stream, 200, &[time], &version_one());
+    } else if path == "/v1/versions/2" {
+        let (declared, every) = match how {
+            Hostile::Trickle { declared, every } => (declared, Some(every)),
+            Hostile::Flood { declared } => (declared, None),
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n");
+        if stream.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let zeros = vec![0u8; 1 << 20];
+        while !stop.load(Ordering::Relaxed) {
+            let sent = match every {
+                Some(every) => {
+                    std::thread::sleep(every);
+                    stream.write_all(b"L")
+                }
+                None => stream.write_all(&zeros),
+            };
+            if sent.is_err() {
+                return; // the host hung up: what it should do
+            }
+        }
+    } else {
+        respond(&mut stream, 404, &[time], b"{\"error\":\"no\"}");
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Tick {
+    rss_kb: i64,
+    active: u64,
+    failures: u64,
+    value: String,
+}
+
+fn parse_tick(line: &str) -> Option<Tick> {
+    let mut t = Tick::default();
+    for kv in line.strip_prefix("TICK ")?.split_whitespace() {
+        let (k, v) = kv.split_once('=')?;
+        match k {
+            "rss_kb" => t.rss_kb = v.parse().ok()?,
+            "active" => t.active = v.parse().ok()?,
+            "failures" => t.failures = v.parse().ok()?,
+            "value" => t.value = v.to_owned(),
+            _ => {}
+        }
+    }
+    Some(t)
+}
+
+/// Runs tests/c/host.c (optionally under `ulimit -v`) and returns its ticks and exit status.
+fn run_host(
+    options: &str,
+    handles: u32,
+    seconds: f64,
+    ulimit_kb: Option<u64>,
+) -> (Vec<Tick>, std::process::ExitStatus, String) {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_c(&root().join("tests/c/host.c"), &[]));
+    let limit = ulimit_kb.map_or(String::new(), |kb| format!("ulimit -v {kb}; "));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limit}exec \"$0\" \"$1\" price \"$2\" \"$3\""))
+        .arg(exe)
+        .arg(options)
+        .arg(seconds.to_string())
+        .arg(handles.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run host");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ticks = stdout.lines().filter_map(parse_tick).collect();
+    let report = format!(
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (ticks, out.status, report)
+}
+
+#[test]
+fn a_server_announcing_gigabytes_and_trickling_cannot_bloat_the_host() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = hostile_server(
+        Hostile::Trickle {
+            declared: 3 << 30,
+            every: Duration::from_millis(5),
+        },
+        stop.clone(),
+    );
+    let started = Instant::now();
+    // Three handles, each downloading "3 GiB" (under the default 4 GiB max_version_bytes).
+    let (ticks, status, report) = run_host(
+        &format!("url={url};name=host;download_timeout_ms=2500"),
+        3,
+        4.0,
+        None,
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(status.success(), "host died: {status:?}\n{report}");
+    assert!(ticks.len() >= 20, "too few ticks: {report}");
+    let base = ticks[0].rss_kb;
+    let peak = ticks.iter().map(|t| t.rss_kb).max().unwrap();
+    eprintln!(
+        "host RSS {base} kB at start, peak {peak} kB over {:?}",
+        started.elapsed()
+    );
+    assert!(
+        peak - base < 32 * 1024,
+        "host grew from {base} to {peak} kB on bytes it never received\n{report}"
+    );
+    for t in &ticks {
+        assert_eq!(
+            t.value, "2.00",
+            "the host stopped serving version 1\n{report}"
+        );
+        assert_eq!(t.active, 3, "{report}");
+    }
+    assert!(
+        ticks.iter().any(|t| t.failures > 0),
+        "the trickled downloads never timed out\n{report}"
+    );
+}
+
+#[test]
+fn a_failed_allocation_is_a_download_error_not_an_abort() {
+    let stop = Arc::new(AtomicBool::new(false));
+    // 10^15 bytes announced and allowed by the host's own max_version_bytes: only the address
+    // space limit stops the download, and it must stop it as an error.
+    let url = hostile_server(
+        Hostile::Flood {
+            declared: 1_000_000_000_000_000,
+        },
+        stop.clone(),
+    );
+    let (ticks, status, report) = run_host(
+        &format!(
+            "url={url};name=limited;max_version_bytes=1000000000000000;download_timeout_ms=20000"
+        ),
+        1,
+        6.0,
+        Some(768 * 1024),
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(status.success(), "host died: {status:?}\n{report}");
+    let last = ticks.last().unwrap_or_else(|| panic!("no ticks\n{report}"));
+    assert_eq!(last.value, "2.00", "{report}");
+    assert!(
+        ticks.iter().any(|t| t.failures > 0),
+        "no download ever failed: the address-space limit was never reached\n{report}"
+    );
+    assert!(report.contains("DONE"), "{report}");
+}
