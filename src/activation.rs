@@ -242,6 +242,28 @@ impl Activation {
         }));
     }
 
+    /// What a `fork()` child does before its first read: keeps what was active at the fork
+    /// instant `fork_ns` (including an armed version already due then, which the parent was
+    /// serving), and disarms every version still ahead. The child's schedule is the parent's
+    /// last word, which a rollback or restage may have changed since; a version the child
+    /// armed on that word alone could be one the farm never activates. Returns the disarmed
+    /// versions, which the child's retrieval thread may re-arm without downloading them once a
+    /// check-in confirms them.
+    pub fn disarm_after_fork(&self, fork_ns: i64) -> Vec<Arc<Version>> {
+        let current = self.state.load_full();
+        let (due, ahead): (Vec<&Armed>, Vec<&Armed>) =
+            current.armed.iter().partition(|a| a.at_mono_ns <= fork_ns);
+        let active = due
+            .last()
+            .map(|a| a.version.clone())
+            .or_else(|| current.active.clone());
+        self.state.store(Arc::new(State {
+            active,
+            armed: Vec::new(),
+        }));
+        ahead.into_iter().map(|a| a.version.clone()).collect()
+    }
+
     /// Swaps in every armed version whose instant has passed. Readers already see it (they
     /// resolve by the clock); this releases the old version and records the activation.
     pub fn promote_due(&self, now_ns: i64) -> Option<Promoted> {

@@ -7,25 +7,32 @@
 //! call on the handle in a child sees the generation changed and starts a fresh thread there,
 //! with its own HTTP connections and its own stop signal.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI64, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 
 use crate::activation::Version;
+use crate::clock::mono_ns;
 use crate::options::Options;
 use crate::retrieval::{self, Control, Shared, StatsSnapshot};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// CLOCK_MONOTONIC at the last `fork()`, in the child: what was due by then was active in the
+/// parent; anything later was only armed.
+static FORK_MONO_NS: AtomicI64 = AtomicI64::new(0);
 
 /// How long `sync_close` waits for the retrieval thread before leaving it to exit by itself.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 static ATFORK: Once = Once::new();
 
 extern "C" fn after_fork_in_child() {
-    // Only an atomic add: the child of a multi-threaded process may do little else here.
-    FORK_GENERATION.fetch_add(1, Relaxed);
+    // Only async-signal-safe work: the child of a multi-threaded process may do little else.
+    FORK_MONO_NS.store(mono_ns(), Relaxed);
+    FORK_GENERATION.fetch_add(1, Release);
 }
 
 fn register_atfork() {
@@ -62,6 +69,8 @@ pub struct Client {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The fork generation of the process our retrieval thread runs in.
     thread_generation: AtomicU64,
+    /// The fork generation whose inherited schedule has been disarmed: reads wait for it.
+    read_generation: AtomicU64,
 }
 
 impl Client {
@@ -81,6 +90,7 @@ impl Client {
             control: ArcSwap::new(control),
             thread: Mutex::new(Some(thread)),
             thread_generation: AtomicU64::new(FORK_GENERATION.load(Relaxed)),
+            read_generation: AtomicU64::new(FORK_GENERATION.load(Relaxed)),
         };
         if !client.shared.wait_ready(wait) && !allow_not_ready {
             let why = client.shared.last_error();
@@ -93,17 +103,18 @@ impl Client {
         Ok(client)
     }
 
-    /// Restarts the retrieval thread if this process is a fork child that has not yet.
+    /// In a fork child that has not yet done so: disarms the inherited schedule and restarts
+    /// the retrieval thread. Every read passes here first.
     #[inline]
     fn follow_fork(&self) {
-        if FORK_GENERATION.load(Relaxed) != self.thread_generation.load(Relaxed) {
+        if FORK_GENERATION.load(Acquire) != self.read_generation.load(Acquire) {
             self.restart_after_fork();
         }
     }
 
     #[cold]
     fn restart_after_fork(&self) {
-        let now = FORK_GENERATION.load(Relaxed);
+        let now = FORK_GENERATION.load(Acquire);
         let seen = self.thread_generation.load(Relaxed);
         if seen == now
             || self
@@ -111,9 +122,21 @@ impl Client {
                 .compare_exchange(seen, now, Relaxed, Relaxed)
                 .is_err()
         {
-            return; // another thread of this child got here first
+            // Another thread of this child is restarting: no read until it has disarmed,
+            // which takes it microseconds.
+            while self.read_generation.load(Acquire) != now {
+                std::thread::yield_now();
+            }
+            return;
         }
-        let control = Arc::new(Control::default());
+        let inherited = self
+            .shared
+            .activation
+            .disarm_after_fork(FORK_MONO_NS.load(Relaxed));
+        // Serving the parent's active version, unconfirmed until the first check-in.
+        self.shared.stats.lagging.store(1, Relaxed);
+        self.read_generation.store(now, Release);
+        let control = Arc::new(Control::after_fork(inherited));
         self.control.store(control.clone());
         let spawned = retrieval::spawn(self.shared.clone(), control);
         // The parent's JoinHandle names a thread this process does not have: forget it rather

@@ -505,3 +505,59 @@ fn time_rfc3339(us: i64) -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
+
+#[test]
+fn invariant_9_a_forked_child_never_serves_a_version_the_farm_did_not_activate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "2s", "--min-window", "1s"],
+    );
+    put(&s, "price", "old");
+    let old = wait_active(&s, "price", "old").active_version;
+    let exe = compile_c(&root().join("tests/c/fork.c"), &[]);
+    let mut child = Command::new(exe)
+        .args([&s.url, "price"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut next = || lines.next().expect("fork.c ended early").unwrap();
+    assert!(next().starts_with("READY"));
+    // Stage "new"; the parent arms it and forks an idle worker.
+    put(&s, "price", "new");
+    let armed = next();
+    let f: Vec<&str> = armed.split_whitespace().collect();
+    assert_eq!(f[0], "ARMED", "{armed}");
+    let staged: u64 = f[1].parse().unwrap();
+    let table = checkin(&s, "judge").sync;
+    assert_eq!(table.staged_version, staged, "{armed}");
+    // Roll back before the activation time: the version the worker inherited armed is never
+    // activated by the farm.
+    let r = admin_post(
+        &s,
+        "/v1/admin/rollback",
+        serde_json::json!({"version": old, "discard_edits": true}),
+    );
+    assert!(
+        now_us() < table.activation_time_us - 200_000,
+        "rollback too late for this test: {r}"
+    );
+    let child_line = next();
+    let later_line = next();
+    assert!(child.wait().unwrap().success());
+    let after = checkin(&s, "judge").sync;
+    assert_ne!(
+        after.active_version, staged,
+        "the farm activated it after all"
+    );
+    for line in [&child_line, &later_line] {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_ne!(
+            f[1].parse::<u64>().unwrap(),
+            staged,
+            "the forked worker served version {staged}, which the farm never activated: {line}"
+        );
+        assert_eq!(f[2], "old", "{line}");
+    }
+}
