@@ -102,6 +102,12 @@ fn checksum_of(header_prefix: &[u8], payload: &[u8]) -> u64 {
     h.digest()
 }
 
+/// The checksum that bytes shaped like a version hash to (what the header's checksum field
+/// must hold), whatever the header says; None if shorter than a header.
+pub fn compute_checksum(bytes: &[u8]) -> Option<u64> {
+    (bytes.len() >= HEADER_LEN).then(|| checksum_of(&bytes[..56], &bytes[HEADER_LEN..]))
+}
+
 /// Reads the header without checking the payload: enough to route or label bytes, never
 /// enough to trust them.
 pub fn read_header(bytes: &[u8]) -> Result<Header, FormatError> {

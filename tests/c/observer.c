@@ -6,9 +6,10 @@
  * host, and libfaketime leaves it alone, so the test can compare processes with skewed wall
  * clocks on one time line.
  *
- * usage: observer URL NAME KEY SECONDS
+ * usage: observer URL NAME KEY SECONDS [EXTRA_OPTIONS]
  * output: READY v | CHANGE v first_new_ns last_old_ns value | STATS ... | DONE
- * (a CHANGE is printed when the version number or the key's value changes)
+ * (a CHANGE is printed when the version number or the key's value changes; STATS, every
+ * 200 ms, includes the 99.9th percentile and the maximum of read latency in that window)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -18,6 +19,31 @@
 
 #include "lockstep.h"
 
+/* Read latencies in 1 µs buckets up to 20 ms; slower reads land in the last one. */
+#define LATENCY_BUCKETS 20000
+static unsigned latency[LATENCY_BUCKETS];
+
+static void record_latency(long long ns) {
+  long long us = ns / 1000;
+  latency[us < LATENCY_BUCKETS ? us : LATENCY_BUCKETS - 1]++;
+}
+
+/* The 99.9th percentile of the window, in ns (an upper bound: the bucket's end); resets it. */
+static long long take_p999_ns(void) {
+  unsigned long long total = 0, seen = 0;
+  for (int i = 0; i < LATENCY_BUCKETS; i++) total += latency[i];
+  long long p = 0;
+  for (int i = 0; i < LATENCY_BUCKETS && total > 0; i++) {
+    seen += latency[i];
+    if (seen * 1000 >= total * 999) {
+      p = (long long)(i + 1) * 1000;
+      break;
+    }
+  }
+  memset(latency, 0, sizeof latency);
+  return p;
+}
+
 static long long mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -25,13 +51,14 @@ static long long mono_ns(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s URL NAME KEY SECONDS\n", argv[0]);
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: %s URL NAME KEY SECONDS [EXTRA_OPTIONS]\n", argv[0]);
     return 2;
   }
   char options[1024];
-  int n = snprintf(options, sizeof options, "url=%s;name=%s;bootstrap_wait_ms=15000", argv[1],
-                   argv[2]);
+  int n = snprintf(options, sizeof options, "url=%s;name=%s;bootstrap_wait_ms=15000;%s", argv[1],
+                   argv[2], argc == 6 ? argv[5] : "");
+  if (n < 0 || (size_t)n >= sizeof options) return 2;
   sync_handle *h = NULL;
   sync_result r = sync_open(options, (size_t)n, &h);
   if (r != SYNC_OK) {
@@ -49,7 +76,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   last = 0; /* so the first read reports the version it starts with as a change */
 
-  long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0;
+  long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0, win_max_ns = 0;
   struct timespec pause = {0, 200000}; /* 200 µs between reads: wakes fast, leaves CPU */
   char value[4096], last_value[4096] = "";
   while (mono_ns() < end) {
@@ -71,6 +98,8 @@ int main(int argc, char **argv) {
     }
     long long after = mono_ns();
     if (after - before > max_read_ns) max_read_ns = after - before;
+    if (after - before > win_max_ns) win_max_ns = after - before;
+    record_latency(after - before);
     if (r != SYNC_OK) len = 0;
     value[len] = 0;
     /* A change of version, or of content under the same number (a data server started
@@ -89,12 +118,14 @@ int main(int argc, char **argv) {
       s.struct_size = sizeof s;
       if (sync_stats_get(h, &s) == SYNC_OK) {
         printf("STATS offset_us=%lld error_us=%lld lagging=%u failures=%llu rejected=%llu "
-               "max_read_ns=%lld active=%llu\n",
+               "max_read_ns=%lld active=%llu staged=%llu win_p999_ns=%lld win_max_ns=%lld\n",
                (long long)s.clock_offset_us, (long long)s.clock_error_us, s.lagging,
                (unsigned long long)s.consecutive_failures,
                (unsigned long long)s.rejected_versions, max_read_ns,
-               (unsigned long long)s.active_version);
+               (unsigned long long)s.active_version, (unsigned long long)s.staged_version,
+               take_p999_ns(), win_max_ns);
         fflush(stdout);
+        win_max_ns = 0;
       }
       next_stats = after + 200000000LL;
     }

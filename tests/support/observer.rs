@@ -28,12 +28,23 @@ pub struct Report {
     /// The last STATS line, as key=value pairs.
     pub stats: Vec<(String, i64)>,
     pub stats_lines: usize,
+    /// Every STATS line so far, oldest first.
+    pub stats_history: Vec<Vec<(String, i64)>>,
     pub done: bool,
 }
 
 impl Report {
     pub fn stat(&self, key: &str) -> Option<i64> {
         self.stats.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// `key` of every STATS line from the `since`-th on.
+    pub fn stat_history(&self, key: &str, since: usize) -> Vec<i64> {
+        self.stats_history
+            .iter()
+            .skip(since)
+            .filter_map(|l| l.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+            .collect()
     }
 }
 
@@ -72,8 +83,20 @@ impl Observer {
         seconds: f64,
         faketime: Option<&str>,
     ) -> Observer {
+        Self::start_with(url, name, key, seconds, faketime, "")
+    }
+
+    /// Like [`Observer::start`], with extra `sync_open` options ("checkin_timeout_ms=500").
+    pub fn start_with(
+        url: &str,
+        name: &str,
+        key: &str,
+        seconds: f64,
+        faketime: Option<&str>,
+        options: &str,
+    ) -> Observer {
         let mut cmd = Command::new(observer_exe());
-        cmd.args([url, name, key, &seconds.to_string()])
+        cmd.args([url, name, key, &seconds.to_string(), options])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(skew) = faketime {
@@ -116,6 +139,8 @@ impl Observer {
                             })
                             .collect();
                         rep.stats_lines += 1;
+                        let line = rep.stats.clone();
+                        rep.stats_history.push(line);
                     }
                     Some("DONE") => rep.done = true,
                     _ => {}

@@ -2,6 +2,7 @@
 //! or damages version downloads, or answers everything with garbage.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,12 +24,23 @@ pub enum Mode {
     Forge,
     /// Answer every request with junk (random bytes, bad HTTP, bad JSON).
     Garbage,
+    /// Accept every connection, read the request, and never answer.
+    Blackhole,
+    /// Pass check-ins through; answer version downloads with their headers and half their
+    /// body, then stall forever.
+    StallBody,
+    /// Replace every version download with one whose header and checksum are right but whose
+    /// archive is structurally invalid, and announce that checksum in check-ins: only the
+    /// client's structural validation can catch it.
+    ForgeStructure,
 }
 
 pub struct Proxy {
     pub url: String,
     mode: Arc<Mutex<Mode>>,
     stop: Arc<AtomicBool>,
+    /// Version requests that reached the data server, by path.
+    downloads: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Proxy {
@@ -39,7 +51,9 @@ impl Proxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mode = Arc::new(Mutex::new(mode));
         let stop = Arc::new(AtomicBool::new(false));
+        let downloads = Arc::new(Mutex::new(BTreeMap::new()));
         let (m, s, up) = (mode.clone(), stop.clone(), upstream.to_owned());
+        let d = downloads.clone();
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) {
@@ -47,18 +61,28 @@ impl Proxy {
                     Ok((stream, _)) => {
                         n += 1;
                         let mode = *m.lock().unwrap();
-                        let up = up.clone();
-                        std::thread::spawn(move || serve(stream, &up, mode, n));
+                        let (up, d, s) = (up.clone(), d.clone(), s.clone());
+                        std::thread::spawn(move || serve(stream, &up, mode, n, &d, &s));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Proxy { url, mode, stop }
+        Proxy {
+            url,
+            mode,
+            stop,
+            downloads,
+        }
     }
 
     pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// How many times each version path was requested through the proxy.
+    pub fn downloads(&self) -> BTreeMap<String, u64> {
+        self.downloads.lock().unwrap().clone()
     }
 }
 
@@ -82,7 +106,14 @@ pub fn respond(stream: &mut TcpStream, status: u16, headers: &[(String, String)]
     let _ = stream.write_all(body);
 }
 
-fn serve(mut stream: TcpStream, upstream: &str, mode: Mode, n: u64) {
+fn serve(
+    mut stream: TcpStream,
+    upstream: &str,
+    mode: Mode,
+    n: u64,
+    downloads: &Mutex<BTreeMap<String, u64>>,
+    stop: &AtomicBool,
+) {
     stream.set_nonblocking(false).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
@@ -104,6 +135,13 @@ fn serve(mut stream: TcpStream, upstream: &str, mode: Mode, n: u64) {
         .nth(1)
         .unwrap_or("/")
         .to_owned();
+    if mode == Mode::Blackhole {
+        hold_until(stop);
+        return;
+    }
+    if path.starts_with("/v1/versions/") {
+        *downloads.lock().unwrap().entry(path.clone()).or_default() += 1;
+    }
     if mode == Mode::Garbage {
         let junk: Vec<u8> = (0..(n * 37 % 500 + 1))
             .map(|i| ((i * 131 + n * 7) % 256) as u8)
@@ -133,7 +171,7 @@ fn serve(mut stream: TcpStream, upstream: &str, mode: Mode, n: u64) {
         return;
     };
     let status = resp.status().as_u16();
-    let pass: Vec<(String, String)> = resp
+    let mut pass: Vec<(String, String)> = resp
         .headers()
         .iter()
         .filter(|(k, _)| {
@@ -150,9 +188,102 @@ fn serve(mut stream: TcpStream, upstream: &str, mode: Mode, n: u64) {
         .reader()
         .read_to_end(&mut body);
     if path.starts_with("/v1/versions/") && status == 200 {
+        if mode == Mode::StallBody {
+            stall_body(&mut stream, &pass, &body, stop);
+            return;
+        }
         body = damage(body, mode);
     }
+    if mode == Mode::ForgeStructure && path.starts_with("/v1/checkin") && status == 200 {
+        body = announce_forgeries(&agent, upstream, &headers, body);
+        // A table with other announcements is another table: once the proxy stops lying,
+        // the client's If-None-Match must not match and keep the forged checksums.
+        for (k, v) in pass.iter_mut() {
+            if k == "etag" {
+                v.push_str("-forged");
+            }
+        }
+    }
     respond(&mut stream, status, &pass, &body);
+}
+
+/// Keeps a connection open, saying nothing, until the proxy stops.
+fn hold_until(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stall_body(
+    stream: &mut TcpStream,
+    headers: &[(String, String)],
+    body: &[u8],
+    stop: &AtomicBool,
+) {
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body[..body.len() / 2]);
+    let _ = stream.flush();
+    hold_until(stop);
+}
+
+/// The structurally invalid twin of a version: its archive's root points outside the
+/// payload, and the header's checksum is recomputed so that everything but rkyv's
+/// validation accepts it.
+pub fn forge_structure(body: &[u8]) -> Vec<u8> {
+    let mut b = body.to_vec();
+    let n = b.len();
+    for byte in &mut b[n - 8..] {
+        *byte = 0x7f;
+    }
+    let sum = format::compute_checksum(&b).unwrap();
+    b[56..64].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// Rewrites a check-in answer so that it announces the checksums of the forged versions.
+fn announce_forgeries(
+    agent: &ureq::Agent,
+    upstream: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let Ok(mut r) = serde_json::from_slice::<lockstep::wire::CheckinResponse>(&body) else {
+        return body;
+    };
+    let forged_checksum = |version: u64| -> Option<String> {
+        let mut req = agent.get(&format!("{upstream}/v1/versions/{version}"));
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("authorization") {
+                req = req.header(k.as_str(), v.as_str());
+            }
+        }
+        let mut resp = req.call().ok()?;
+        let real = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .ok()?;
+        let forged = forge_structure(&real);
+        Some(lockstep::wire::checksum_hex(
+            format::read_header(&forged).ok()?.checksum,
+        ))
+    };
+    if let Some(c) = forged_checksum(r.sync.staged_version) {
+        r.staged_checksum = c;
+    }
+    if let Some(c) = forged_checksum(r.sync.active_version) {
+        r.active_checksum = c;
+    }
+    serde_json::to_vec(&r).unwrap()
 }
 
 fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
@@ -172,6 +303,7 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
                 .unwrap()
                 .to_vec()
         }
-        Mode::PassThrough | Mode::Garbage => body,
+        Mode::ForgeStructure => forge_structure(&body),
+        Mode::PassThrough | Mode::Garbage | Mode::Blackhole | Mode::StallBody => body,
     }
 }
