@@ -482,9 +482,7 @@ fn invariant_6_a_stalled_data_server_never_blocks_a_read_and_the_client_recovers
             r.changes
         );
         assert!(
-            r.stat_history("failures", since)
-                .iter()
-                .any(|f| *f > 0),
+            r.stat_history("failures", since).iter().any(|f| *f > 0),
             "{mode:?}: the retrieval thread never timed out"
         );
         proxy.set(Mode::PassThrough);
