@@ -59,7 +59,21 @@ pub struct sync_handle {
 /// A pinned version: every read through it comes from the same version, and values it returns
 /// stay valid until `sync_snapshot_release`.
 pub struct sync_snapshot {
-    version: Arc<Version>,
+    // Never instantiated: a `*sync_snapshot` is an `Arc<Version>` turned into a raw pointer,
+    // so pinning a version is a reference-count increment and allocates nothing.
+    _opaque: (),
+}
+
+impl sync_snapshot {
+    fn pin(version: Arc<Version>) -> *mut sync_snapshot {
+        Arc::into_raw(version) as *mut sync_snapshot
+    }
+
+    fn version(&self) -> &Version {
+        // SAFETY: every `sync_snapshot` pointer handed out is `Arc::into_raw` of a Version
+        // (see `pin`), alive until `sync_snapshot_release`.
+        unsafe { &*(self as *const sync_snapshot as *const Version) }
+    }
 }
 
 /// Counters and gauges of a handle. Set `struct_size` to `sizeof(sync_stats)` before calling
@@ -408,7 +422,7 @@ pub extern "C" fn sync_snapshot_acquire(
         match handle.client.snapshot() {
             Ok(version) => {
                 // SAFETY: out is non-NULL.
-                unsafe { *out = Box::into_raw(Box::new(sync_snapshot { version })) };
+                unsafe { *out = sync_snapshot::pin(version) };
                 SYNC_OK as u32
             }
             Err(_) => SYNC_NOT_READY as u32,
@@ -438,7 +452,7 @@ pub extern "C" fn sync_snapshot_get(
         }
         // SAFETY: key is non-NULL with key_len readable bytes.
         let key = unsafe { std::slice::from_raw_parts(key, key_len) };
-        match snapshot.version.get(key) {
+        match snapshot.version().get(key) {
             Some(value) => {
                 // SAFETY: both non-NULL.
                 unsafe {
@@ -462,7 +476,7 @@ pub extern "C" fn sync_snapshot_version(
         let snapshot = try_ref!(snapshot);
         let out = try_out!(out);
         // SAFETY: non-NULL.
-        unsafe { *out = snapshot.version.number() };
+        unsafe { *out = snapshot.version().number() };
         SYNC_OK as u32
     })
 }
@@ -472,8 +486,9 @@ pub extern "C" fn sync_snapshot_version(
 pub extern "C" fn sync_snapshot_release(snapshot: *mut sync_snapshot) {
     ffi_boundary_void!({
         if !snapshot.is_null() {
-            // SAFETY: the pointer came from sync_snapshot_acquire and is not used again.
-            drop(unsafe { Box::from_raw(snapshot) });
+            // SAFETY: the pointer came from `sync_snapshot::pin` (Arc::into_raw of a Version)
+            // and is not used again.
+            drop(unsafe { Arc::from_raw(snapshot as *const Version) });
         }
     });
 }

@@ -207,3 +207,39 @@ fn a_data_server_started_afresh_reusing_version_numbers_is_followed() {
     assert_eq!(checkin(&new, "judge").sync.active_version, v_new);
     o.wait_value("new", Duration::from_secs(10));
 }
+
+#[test]
+fn a_client_never_downloads_a_version_it_already_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "400ms", "--min-window", "200ms"],
+    );
+    put(&s, "price", "p0");
+    wait_active(&s, "price", "p0");
+    // Every download passes the proxy, which counts them by path.
+    let proxy =
+        support::proxy::Proxy::start("127.0.0.1:0", &s.url, support::proxy::Mode::PassThrough);
+    let o = Observer::start(&proxy.url, "frugal", "price", 60.0, None);
+    o.wait_value("p0", Duration::from_secs(10));
+    for i in 1..=4 {
+        let value = format!("p{i}");
+        put(&s, "price", &value);
+        o.wait_value(&value, Duration::from_secs(10));
+    }
+    // Cycles with nothing new: check-ins only.
+    let quiet = proxy.downloads();
+    std::thread::sleep(Duration::from_secs(2));
+    let downloads = proxy.downloads();
+    assert_eq!(quiet, downloads, "downloads while nothing changed");
+    let repeated: Vec<_> = downloads.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "versions downloaded more than once: {repeated:?} (all: {downloads:?})"
+    );
+    assert_eq!(
+        downloads.len(),
+        5,
+        "one download per version: {downloads:?}"
+    );
+}
