@@ -167,7 +167,7 @@ fn run_host(
 }
 
 #[test]
-fn a_server_announcing_gigabytes_and_trickling_cannot_bloat_the_host() {
+fn invariant_10_a_server_announcing_gigabytes_and_trickling_cannot_bloat_the_host() {
     let stop = Arc::new(AtomicBool::new(false));
     let url = hostile_server(
         Hostile::Trickle {
@@ -211,7 +211,7 @@ fn a_server_announcing_gigabytes_and_trickling_cannot_bloat_the_host() {
 }
 
 #[test]
-fn a_failed_allocation_is_a_download_error_not_an_abort() {
+fn invariant_10_a_failed_allocation_is_a_download_error_not_an_abort() {
     let stop = Arc::new(AtomicBool::new(false));
     // 10^15 bytes announced and allowed by the host's own max_version_bytes: only the address
     // space limit stops the download, and it must stop it as an error.
