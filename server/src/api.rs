@@ -15,13 +15,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lockstep::wire::{
     self, Blob, CheckinQuery, CheckinResponse, DeleteRequest, ErrorBody, FarmMember, ImportRequest,
-    IntervalRequest, PutRequest, RollbackRequest, WriteResponse,
+    IntervalRequest, IntervalResponse, PutRequest, RollbackRequest, RollbackResponse,
+    WriteResponse,
 };
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::clock;
-use crate::store::{Change, Store, StoreError};
+use crate::clock::{format_duration_us, format_us};
+use crate::store::{Change, IntervalChange, Store, StoreError};
 
 /// Size limits on what admins may send.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +94,7 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Db(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::DatabaseBusy =>
@@ -324,6 +327,8 @@ async fn checkin(
         error_us: q.error_us,
         lagging: q.lagging != 0,
         last_checkin_us: now,
+        silent_us: 0,
+        stale: false,
     });
     let etag = sync.etag();
     let etag_header = (
@@ -446,7 +451,7 @@ async fn apply_or_schedule(
                 Ok((changed, store.sync_table()?))
             })
             .await?;
-            let live = sync.activation_time_us + sync.interval_us;
+            let live = sync.activation_time_us.saturating_add(sync.interval_us);
             Ok(write_response(
                 changed,
                 Some(live),
@@ -519,43 +524,100 @@ async fn admin_interval(
     State(state): State<Shared>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<wire::SyncTable>> {
+) -> ApiResult<Json<IntervalResponse>> {
     require_admin(&state, &headers)?;
     let req: IntervalRequest = parse_json(body)?;
     let interval = parse_duration_us("interval", &req.interval)?;
-    let window = match &req.min_window {
-        Some(w) => parse_duration_us("min_window", w)?,
-        None => interval / 2,
-    };
-    clock::check_interval(interval, window).map_err(ApiError::bad_request)?;
+    let window = req
+        .min_window
+        .as_deref()
+        .map(|w| parse_duration_us("min_window", w))
+        .transpose()?;
     let store = state.store.clone();
-    Ok(Json(
-        blocking(move || store.set_interval(interval, window)).await?,
-    ))
+    let change =
+        blocking(move || store.set_interval(Some(interval), window, clock::now_us())).await?;
+    Ok(Json(IntervalResponse {
+        sync: change.after,
+        previous_activation_us: change.before.activation_time_us,
+        message: interval_message(&change),
+    }))
+}
+
+/// What an interval change did, in one sentence.
+pub fn interval_message(c: &IntervalChange) -> String {
+    let (before, after) = (&c.before, &c.after);
+    let settings = format!(
+        "interval {}, minimum retrieval window {}",
+        format_duration_us(after.interval_us),
+        format_duration_us(after.min_window_us)
+    );
+    if (before.interval_us, before.min_window_us) == (after.interval_us, after.min_window_us) {
+        return format!(
+            "{settings} already; the next activation stays at {}",
+            format_us(after.activation_time_us)
+        );
+    }
+    let at = format_us(after.activation_time_us);
+    if after.activation_time_us != before.activation_time_us {
+        format!(
+            "{settings}; the next activation moves to {at} (it was {}), with the staged version \
+             as it is, and every activation after it is on the new grid",
+            format_us(before.activation_time_us)
+        )
+    } else if c.held_by_schedule {
+        format!(
+            "{settings}; the next activation stays at {at}, since the staged version holds \
+             changes scheduled for that time; the new interval applies after it"
+        )
+    } else {
+        format!("{settings}; the next activation stays at {at}, sooner than the new grid allows")
+    }
 }
 
 async fn admin_rollback(
     State(state): State<Shared>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<WriteResponse>> {
+) -> ApiResult<Json<RollbackResponse>> {
     require_admin(&state, &headers)?;
     let req: RollbackRequest = parse_json(body)?;
     let store = state.store.clone();
-    let (v, sync) = blocking(move || {
-        let v = store.rollback(req.version, "rollback", clock::now_us())?;
-        Ok((v, store.sync_table()?))
+    let out = blocking(move || {
+        store.rollback(
+            req.version,
+            req.dry_run,
+            req.discard_edits,
+            "rollback",
+            clock::now_us(),
+        )
     })
     .await?;
-    Ok(Json(WriteResponse {
-        changed: 1,
-        live_by_us: Some(sync.activation_time_us),
-        version: Some(v),
-        message: format!(
-            "version {v} has the content of version {}; it goes live at {}",
-            req.version,
-            clock::format_us(sync.activation_time_us)
+    let at = format_us(out.activation_time_us);
+    let keys =
+        out.production.added.len() + out.production.removed.len() + out.production.changed.len();
+    let message = match out.version {
+        Some(v) => format!(
+            "version {v} has the content of version {}; it goes live at {at}; production \
+             changed in {keys} keys",
+            req.version
         ),
+        None if keys == 0 => format!(
+            "dry run: production already has the content of version {}; a rollback would only \
+             stage it for {at}",
+            req.version
+        ),
+        None => format!(
+            "dry run: a rollback to version {} would change {keys} production keys and stage it \
+             for {at}",
+            req.version
+        ),
+    };
+    Ok(Json(RollbackResponse {
+        version: out.version,
+        dry_run: req.dry_run,
+        live_by_us: out.activation_time_us,
+        production: out.production,
+        message,
     }))
 }
 
@@ -567,8 +629,11 @@ async fn admin_status(State(state): State<Shared>, headers: HeaderMap) -> ApiRes
 
 #[derive(Deserialize)]
 struct LimitQuery {
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
+
+/// Versions `GET /v1/admin/history` lists without a `limit`.
+const DEFAULT_HISTORY_LIMIT: u64 = 100;
 
 async fn admin_history(
     State(state): State<Shared>,
@@ -578,7 +643,7 @@ async fn admin_history(
     require_admin(&state, &headers)?;
     let Query(q) = query?;
     let store = state.store.clone();
-    let limit = q.limit.unwrap_or(100);
+    let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     Ok(Json(blocking(move || store.history(limit)).await?).into_response())
 }
 

@@ -1,20 +1,25 @@
 //! The management commands: a thin client of the admin API.
 //!
 //! Output is for people by default and JSON with `--json`. Every failure ends the process
-//! with one line on stderr that says what to do, and a non-zero status.
+//! with one line on stderr that says what to do (`{"error": "..."}` under `--json`), and exit
+//! status 1. A reader that stops reading early (`lockstep status | head -1`) ends the process
+//! quietly with status 0.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use lockstep::wire::{
-    Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest, KeyInfo,
-    PutRequest, RollbackRequest, StatusResponse, SyncTable, VersionInfo, WriteResponse,
+    Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest,
+    IntervalResponse, KeyChanges, KeyInfo, PutRequest, RollbackRequest, RollbackResponse,
+    StatusResponse, VersionInfo, WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::clock::format_us;
+use crate::clock::{format_duration_us, format_us};
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
@@ -37,6 +42,26 @@ impl<E: std::fmt::Display> From<E> for CliError {
 }
 
 pub type CliResult = Result<(), CliError>;
+
+/// Writes one line of human output into a buffer (formatting into a `String` cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes the whole output to stdout at once.
+///
+/// A closed stdout means the reader has all it wanted (`| head -1`), so the process ends
+/// there, quietly and successfully, instead of panicking in `println!` as it used to.
+fn emit(text: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(CliError(format!("cannot write the output: {e}"))),
+    }
+}
 
 impl Cli {
     pub fn new(server: String, token: Option<String>, json: bool) -> Cli {
@@ -116,17 +141,19 @@ impl Cli {
         self.finish(req.send_json(body))
     }
 
-    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> CliResult {
+    /// Prints `value` as JSON, or as `human` writes it for people.
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T, &mut String)) -> CliResult {
+        let mut out = String::new();
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            outln!(out, "{}", serde_json::to_string_pretty(value)?);
         } else {
-            human(value);
+            human(value, &mut out);
         }
-        Ok(())
+        emit(&out)
     }
 
     fn print_write(&self, r: &WriteResponse) -> CliResult {
-        self.print(r, |r| println!("{}", r.message))
+        self.print(r, |r, out| outln!(out, "{}", r.message))
     }
 
     pub fn put(&self, key: String, value: Vec<u8>, at: Option<String>) -> CliResult {
@@ -157,18 +184,18 @@ impl Cli {
         if let Some(v) = version {
             q.push(("version", v.to_string()));
             let e: Entry = self.get("/v1/admin/key", &q)?;
-            return self.print(&e, |e| println!("{}", e.value.display()));
+            return self.print(&e, |e, out| outln!(out, "{}", e.value.display()));
         }
         let info: KeyInfo = self.get("/v1/admin/key", &q)?;
-        self.print(&info, |i| println!("{}", i.value.display()))
+        self.print(&info, |i, out| outln!(out, "{}", i.value.display()))
     }
 
     pub fn ls(&self, prefix: Option<String>) -> CliResult {
         let keys: Vec<KeyInfo> =
             self.get("/v1/admin/keys", &[("prefix", prefix.unwrap_or_default())])?;
-        self.print(&keys, |keys| {
+        self.print(&keys, |keys, out| {
             for k in keys {
-                println!("{}\t{}", k.key.display(), k.value.display());
+                outln!(out, "{}\t{}", k.key.display(), k.value.display());
             }
         })
     }
@@ -183,57 +210,76 @@ impl Cli {
     }
 
     pub fn interval(&self, interval: String, min_window: Option<String>) -> CliResult {
-        let s: SyncTable = self.post(
+        let r: IntervalResponse = self.post(
             "/v1/admin/interval",
             &IntervalRequest {
                 interval,
                 min_window,
             },
         )?;
-        self.print(&s, |s| {
-            println!(
-                "interval {}ms, minimum retrieval window {}ms, from the rotation after {}",
-                s.interval_us / 1000,
-                s.min_window_us / 1000,
-                format_us(s.activation_time_us)
-            )
-        })
+        self.print(&r, |r, out| outln!(out, "{}", r.message))
     }
 
     pub fn status(&self) -> CliResult {
         let s: StatusResponse = self.get("/v1/admin/status", &[])?;
-        self.print(&s, |s| {
-            println!("data server time   {}", format_us(s.server_time_us));
-            println!(
+        self.print(&s, |s, out| {
+            outln!(out, "data server time   {}", format_us(s.server_time_us));
+            outln!(
+                out,
                 "next activation    {} (in {:.1}s)",
                 format_us(s.sync.activation_time_us),
                 (s.sync.activation_time_us - s.server_time_us) as f64 / 1e6
             );
-            println!(
+            outln!(
+                out,
                 "interval           {}ms (minimum retrieval window {}ms)",
                 s.sync.interval_us / 1000,
                 s.sync.min_window_us / 1000
             );
-            println!("active version     {}", s.sync.active_version);
-            println!("staged version     {}", s.sync.staged_version);
-            println!(
+            outln!(out, "active version     {}", s.sync.active_version);
+            outln!(out, "staged version     {}", s.sync.staged_version);
+            outln!(
+                out,
                 "production         {} keys, {} scheduled changes pending",
-                s.production_keys, s.pending_scheduled
+                s.production_keys,
+                s.pending_scheduled
             );
-            println!(
+            outln!(
+                out,
                 "versions           {}, rotations {}",
-                s.versions, s.rotations
+                s.versions,
+                s.rotations
             );
-            println!("farm               {} web servers", s.farm.len());
+            // Every process holding a handle checks in, a pre-fork master that opened one
+            // included, so this counts processes, not the ones that serve requests.
+            let stale = s.farm.iter().filter(|m| m.stale).count();
+            outln!(
+                out,
+                "farm               {} processes holding a handle{}",
+                s.farm.len(),
+                match stale {
+                    0 => String::new(),
+                    n => format!(", {n} of them stale (silent too long; probably gone)"),
+                }
+            );
             if !s.farm.is_empty() {
-                println!(
-                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12} {:>9} {:>8}  last check-in",
-                    "name", "host", "pid", "staged", "active", "offset ms", "±ms", "lagging"
+                outln!(
+                    out,
+                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12} {:>9} {:>8}  last seen",
+                    "name",
+                    "host",
+                    "pid",
+                    "staged",
+                    "active",
+                    "offset ms",
+                    "±ms",
+                    "lagging"
                 );
             }
             for m in &s.farm {
-                println!(
-                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12.3} {:>9.3} {:>8}  {}",
+                outln!(
+                    out,
+                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12.3} {:>9.3} {:>8}  {} ago{}",
                     m.name,
                     m.host,
                     m.pid,
@@ -242,22 +288,41 @@ impl Cli {
                     m.offset_us as f64 / 1e3,
                     m.error_us as f64 / 1e3,
                     if m.lagging { "yes" } else { "no" },
-                    format_us(m.last_checkin_us)
+                    format_duration_us(m.silent_us),
+                    if m.stale { ", stale" } else { "" }
                 );
             }
         })
     }
 
-    pub fn history(&self) -> CliResult {
-        let h: Vec<VersionInfo> = self.get("/v1/admin/history", &[])?;
-        self.print(&h, |h| {
-            println!(
+    /// The newest `limit` versions (every one with `None`), saying so when the list is cut.
+    pub fn history(&self, limit: Option<u64>) -> CliResult {
+        let h: Vec<VersionInfo> = self.get(
+            "/v1/admin/history",
+            &[("limit", limit.unwrap_or(u64::MAX).to_string())],
+        )?;
+        let total = match limit {
+            Some(n) if h.len() as u64 >= n => {
+                let s: StatusResponse = self.get("/v1/admin/status", &[])?;
+                s.versions
+            }
+            _ => h.len() as u64,
+        };
+        self.print(&h, |h, out| {
+            outln!(
+                out,
                 "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} reason",
-                "version", "keys", "bytes", "created", "staged", "activated"
+                "version",
+                "keys",
+                "bytes",
+                "created",
+                "staged",
+                "activated"
             );
             let t = |v: Option<i64>| v.map(format_us).unwrap_or_else(|| "-".into());
             for v in h {
-                println!(
+                outln!(
+                    out,
                     "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} {}",
                     v.version,
                     v.entries,
@@ -268,6 +333,13 @@ impl Cli {
                     v.reason
                 );
             }
+            if (h.len() as u64) < total {
+                outln!(
+                    out,
+                    "showing the newest {} of {total} versions; --limit N or --all to see more",
+                    h.len()
+                );
+            }
         })
     }
 
@@ -276,30 +348,66 @@ impl Cli {
             "/v1/admin/diff",
             &[("a", a.to_string()), ("b", b.to_string())],
         )?;
-        self.print(&d, |d| {
-            for e in &d.added {
-                println!("+ {}\t{}", e.key.display(), e.value.display());
-            }
-            for k in &d.removed {
-                println!("- {}", k.display());
-            }
-            for c in &d.changed {
-                println!(
-                    "~ {}\t{} -> {}",
-                    c.key.display(),
-                    c.old.display(),
-                    c.new.display()
-                );
-            }
-            if d.added.is_empty() && d.removed.is_empty() && d.changed.is_empty() {
-                println!("versions {} and {} have the same content", d.a, d.b);
+        self.print(&d, |d, out| {
+            write_changes(out, &d.changes);
+            if d.changes.is_empty() {
+                outln!(out, "versions {} and {} have the same content", d.a, d.b);
             }
         })
     }
 
-    pub fn rollback(&self, version: u64) -> CliResult {
-        let r: WriteResponse = self.post("/v1/admin/rollback", &RollbackRequest { version })?;
-        self.print_write(&r)
+    /// Rolls back to `version`, listing the production keys that change. Without `yes` it
+    /// refuses when that discards production edits, and the server refuses too if production
+    /// changes between the preview and the rollback.
+    pub fn rollback(&self, version: u64, yes: bool) -> CliResult {
+        let request = |dry_run| RollbackRequest {
+            version,
+            dry_run,
+            discard_edits: yes,
+        };
+        if !yes {
+            let preview: RollbackResponse = self.post("/v1/admin/rollback", &request(true))?;
+            if !preview.production.is_empty() {
+                self.print(&preview, |p, out| {
+                    outln!(
+                        out,
+                        "production would change (+ added, - removed, ~ changed):"
+                    );
+                    write_changes(out, &p.production);
+                })?;
+                return Err(CliError(format!(
+                    "rolling back to version {version} discards the production edits above \
+                     (they stay in history); run again with --yes to roll back anyway"
+                )));
+            }
+        }
+        let r: RollbackResponse = self.post("/v1/admin/rollback", &request(false))?;
+        self.print(&r, |r, out| {
+            if !r.production.is_empty() {
+                outln!(out, "production changed (+ added, - removed, ~ changed):");
+                write_changes(out, &r.production);
+            }
+            outln!(out, "{}", r.message);
+        })
+    }
+}
+
+/// Key changes as `diff` prints them: `+ key<TAB>value`, `- key`, `~ key<TAB>old -> new`.
+fn write_changes(out: &mut String, c: &KeyChanges) {
+    for e in &c.added {
+        outln!(out, "+ {}\t{}", e.key.display(), e.value.display());
+    }
+    for k in &c.removed {
+        outln!(out, "- {}", k.display());
+    }
+    for e in &c.changed {
+        outln!(
+            out,
+            "~ {}\t{} -> {}",
+            e.key.display(),
+            e.old.display(),
+            e.new.display()
+        );
     }
 }
 

@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod clock;
 mod demo;
+mod farm;
 mod rotation;
 mod store;
 
@@ -18,6 +19,9 @@ use crate::cli::{Cli, CliError};
 
 /// The data server's default address; the CLI and client library use the same default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+/// A new database's interval when `serve` is given none.
+const DEFAULT_INTERVAL_US: i64 = 600_000_000;
 
 #[derive(Parser)]
 #[command(
@@ -49,12 +53,13 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
-    /// Time between activations, like 500ms, 30s or 10m. Default for a new database: 10m;
-    /// given for an existing one, it changes the interval from the next rotation on.
+    /// Time between activations, 100ms to 1d, like 500ms, 30s or 10m. Default for a new
+    /// database: 10m; given for an existing one, it changes it (as `lockstep interval` does).
     #[arg(long)]
     interval: Option<String>,
-    /// Least time a rotation leaves clients to download before the activation it schedules.
-    /// Default: half the interval.
+    /// Least time a rotation leaves clients to download before the activation it schedules,
+    /// 10ms up to the interval. Default: half the interval for a new database or a changed
+    /// interval; otherwise the database keeps its own.
     #[arg(long)]
     min_window: Option<String>,
     /// File holding the admin bearer token (or set LOCKSTEP_ADMIN_TOKEN).
@@ -109,20 +114,35 @@ enum Command {
     Ls { prefix: Option<String> },
     /// Import a JSON object or a CSV file of key,value lines into production.
     Import { file: PathBuf },
-    /// Set the activation interval (from the next rotation on).
+    /// Set the activation interval (100ms to 1d); the staged version's activation moves to
+    /// the new grid.
     Interval {
         duration: String,
+        /// Default: half the interval when it changes, else the current window.
         #[arg(long)]
         min_window: Option<String>,
     },
     /// The sync table and the farm.
     Status,
-    /// Every version, newest first.
-    History,
+    /// The newest versions, newest first.
+    History {
+        /// How many versions to list.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+        limit: u64,
+        /// List every version.
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
+    },
     /// What changes from version A to version B.
     Diff { a: u64, b: u64 },
-    /// Stage a new version with the content of VERSION for the next activation.
-    Rollback { version: u64 },
+    /// Stage a new version with the content of VERSION for the next activation; production
+    /// becomes that content too.
+    Rollback {
+        version: u64,
+        /// Roll back even if that discards production edits (the keys are listed).
+        #[arg(long)]
+        yes: bool,
+    },
     /// The whole system on this machine: a data server and web servers with skewed clocks
     /// switching versions at the same instant, shown live.
     Demo(demo::DemoArgs),
@@ -165,21 +185,43 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map(clock::parse_duration_us)
         .transpose()
         .map_err(|e| format!("bad --min-window: {e}; write it like 500ms, 30s or 10m"))?;
-    let settings = store::SyncSettings {
-        interval_us: interval.unwrap_or(600_000_000),
-        min_window_us: window.unwrap_or(interval.unwrap_or(600_000_000) / 2),
+    // A new database starts with these; an existing one changes only what is given.
+    let seed_interval = interval.unwrap_or(DEFAULT_INTERVAL_US);
+    let seed = store::SyncSettings {
+        interval_us: seed_interval,
+        min_window_us: window.unwrap_or(seed_interval / 2),
     };
-    clock::check_interval(settings.interval_us, settings.min_window_us)?;
-
-    let store = store::Store::open(&args.db, settings, clock::now_us())
-        .map_err(|e| format!("cannot open database {}: {e}", args.db.display()))?;
+    let bad = |e: store::StoreError| match e {
+        store::StoreError::BadRequest(msg) => format!("{msg} (--interval, --min-window)"),
+        e => e.to_string(),
+    };
+    let store = store::Store::open(&args.db, seed, clock::now_us())
+        .map_err(|e| format!("cannot open database {}: {}", args.db.display(), bad(e)))?;
     if interval.is_some() || window.is_some() {
-        let now = store.sync_table().map_err(|e| e.to_string())?;
-        if now.interval_us != settings.interval_us || now.min_window_us != settings.min_window_us {
-            store
-                .set_interval(settings.interval_us, settings.min_window_us)
-                .map_err(|e| e.to_string())?;
+        let change = store
+            .set_interval(interval, window, clock::now_us())
+            .map_err(bad)?;
+        if change.before != change.after {
+            tracing::info!("{}", api::interval_message(&change));
         }
+    }
+    // A database written by an older release may hold a cycle clients now refuse.
+    let sync = store.sync_table().map_err(|e| e.to_string())?;
+    clock::check_interval(sync.interval_us, sync.min_window_us).map_err(|e| {
+        format!(
+            "database {}: {e}; start with --interval (and --min-window) to set a new one",
+            args.db.display()
+        )
+    })?;
+    if let Some((was, now)) = store
+        .reschedule_if_rotated(clock::now_us())
+        .map_err(|e| e.to_string())?
+    {
+        tracing::warn!(
+            "the sync table's activation time {was} had been rotated already; the next \
+             activation is now {}",
+            clock::format_us(now)
+        );
     }
     let store = Arc::new(store);
     let state = Arc::new(api::AppState {
@@ -213,7 +255,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 loop {
                     tick.tick().await;
                     let s = store.clone();
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.flush_farm()).await {
+                    let flush = move || s.flush_farm(clock::now_us());
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
                         tracing::warn!("farm flush failed: {e}");
                     }
                 }
@@ -225,7 +268,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("server failed: {e}"))?;
         flusher.abort();
         let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.flush_farm()).await;
+        let _ = tokio::task::spawn_blocking(move || s.flush_farm(clock::now_us())).await;
         tracing::info!("data server stopped");
         Ok::<_, String>(())
     })
@@ -271,14 +314,62 @@ fn run_cli(args: Args) -> Result<(), CliError> {
             min_window,
         } => cli.interval(duration, min_window),
         Command::Status => cli.status(),
-        Command::History => cli.history(),
+        Command::History { limit, all } => cli.history(if all { None } else { Some(limit) }),
         Command::Diff { a, b } => cli.diff(a, b),
-        Command::Rollback { version } => cli.rollback(version),
+        Command::Rollback { version, yes } => cli.rollback(version, yes),
+    }
+}
+
+/// `--json` anywhere before a `--`: asked for before the arguments could be parsed.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Ends the process after an error: one line on stderr, `{"error": "..."}` under `--json`.
+fn fail(message: &str, json: bool) -> ExitCode {
+    use std::io::Write;
+    let line = if json {
+        serde_json::json!({ "error": message }).to_string()
+    } else {
+        format!("lockstep: error: {message}")
+    };
+    // Nothing is left to tell anyone if stderr is closed too.
+    let _ = writeln!(std::io::stderr(), "{line}");
+    ExitCode::FAILURE
+}
+
+/// A usage error as one line: clap's message (its first paragraph) and the usage line.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    match text.lines().find_map(|l| l.strip_prefix("Usage: ")) {
+        Some(usage) => format!("{message}; usage: {usage} (--help for more)"),
+        None => format!("{message} (--help for more)"),
     }
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // `lockstep` alone: the help, on stderr, as the answer to a usage error.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
+        Err(e) if e.use_stderr() => return fail(&usage_error(&e), json_requested()),
+        // --help and --version: clap prints them on stdout and exits 0.
+        Err(e) => e.exit(),
+    };
+    let json = args.json;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -294,9 +385,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("lockstep: error: {msg}");
-            ExitCode::FAILURE
-        }
+        Err(msg) => fail(&msg, json),
     }
 }

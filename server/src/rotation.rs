@@ -5,15 +5,22 @@
 //! scheduled for midnight goes live at exactly midnight. The rotation itself — the transaction
 //! that moves staged to active and production to staged — lives in
 //! [`crate::store::Store::rotate_if_due`]; this module is the arithmetic it relies on.
+//!
+//! All of it is checked: a time that does not fit is `None`, never a wrapped-around negative
+//! activation time that the rotation log's primary key then refuses on every check-in.
 
-/// The first grid point at or after `t`.
-pub fn ceil_to_grid(t: i64, interval_us: i64) -> i64 {
-    debug_assert!(interval_us > 0);
+use lockstep::wire;
+
+/// The first grid point at or after `t`; `None` if it does not fit in an `i64`.
+pub fn ceil_to_grid(t: i64, interval_us: i64) -> Option<i64> {
+    if interval_us <= 0 {
+        return None;
+    }
     let r = t.rem_euclid(interval_us);
     if r == 0 {
-        t
+        Some(t)
     } else {
-        t - r + interval_us
+        t.checked_sub(r)?.checked_add(interval_us)
     }
 }
 
@@ -22,14 +29,46 @@ pub fn ceil_to_grid(t: i64, interval_us: i64) -> i64 {
 ///
 /// After an idle period (nobody checked in for hours) this skips the grid points in the past
 /// rather than scheduling an activation that has already happened or comes too soon.
-pub fn next_activation(previous: i64, interval_us: i64, min_window_us: i64, now_us: i64) -> i64 {
-    let earliest = (previous + 1).max(now_us.saturating_add(min_window_us));
+pub fn next_activation(
+    previous: i64,
+    interval_us: i64,
+    min_window_us: i64,
+    now_us: i64,
+) -> Option<i64> {
+    let earliest = previous
+        .checked_add(1)?
+        .max(now_us.checked_add(min_window_us)?);
     ceil_to_grid(earliest, interval_us)
 }
 
 /// The first activation time for a new database.
-pub fn first_activation(interval_us: i64, min_window_us: i64, now_us: i64) -> i64 {
-    ceil_to_grid(now_us.saturating_add(min_window_us), interval_us)
+pub fn first_activation(interval_us: i64, min_window_us: i64, now_us: i64) -> Option<i64> {
+    ceil_to_grid(now_us.checked_add(min_window_us)?, interval_us)
+}
+
+/// The longest a live client goes without checking in while it follows a table with this
+/// interval (the period it polls at, see [`lockstep::wire::CHECKIN_PERIOD_MAX_US`]).
+pub fn checkin_period_us(interval_us: i64) -> i64 {
+    (interval_us / 4).clamp(wire::CHECKIN_PERIOD_MIN_US, wire::CHECKIN_PERIOD_MAX_US)
+}
+
+/// Where the staged version's activation moves when the interval changes at `now_us`.
+///
+/// The new time is the first point of the new grid that leaves clients the new minimum window
+/// to download, and is at least one check-in period of the old table away, so every client
+/// hears of it before it comes. The current time stays when it is sooner: clients have armed
+/// it already, and one that has not checked in since would still activate at it, so moving it
+/// later would split the farm.
+pub fn rescheduled_activation(
+    current_us: i64,
+    old_interval_us: i64,
+    interval_us: i64,
+    min_window_us: i64,
+    now_us: i64,
+) -> Option<i64> {
+    let lead = min_window_us.max(checkin_period_us(old_interval_us));
+    let first_on_new_grid = ceil_to_grid(now_us.checked_add(lead)?, interval_us)?;
+    Some(current_us.min(first_on_new_grid))
 }
 
 #[cfg(test)]
@@ -45,7 +84,7 @@ mod tests {
         let t = 1_700_000_400 * S; // on the 10-minute grid
                                    // Nobody checked in for three days and a bit.
         let now = t + 3 * 86_400 * S + 7 * 60 * S + 123;
-        let next = next_activation(t, interval, window, now);
+        let next = next_activation(t, interval, window, now).unwrap();
         assert_eq!(next % interval, 0, "off the grid");
         assert!(next - now >= window, "less than the retrieval window ahead");
         assert!(
@@ -58,9 +97,12 @@ mod tests {
     fn on_time_rotation_takes_the_next_grid_point() {
         let interval = 10 * S;
         let t = 100 * S;
-        assert_eq!(next_activation(t, interval, 5 * S, t + 1), 110 * S);
+        assert_eq!(next_activation(t, interval, 5 * S, t + 1), Some(110 * S));
         // A rotation too late for the next point moves one further.
-        assert_eq!(next_activation(t, interval, 5 * S, t + 6 * S), 120 * S);
+        assert_eq!(
+            next_activation(t, interval, 5 * S, t + 6 * S),
+            Some(120 * S)
+        );
     }
 
     #[test]
@@ -68,7 +110,7 @@ mod tests {
         let interval = 7;
         for prev in -20..20 {
             for now in -20..40 {
-                let n = next_activation(prev, interval, 0, now);
+                let n = next_activation(prev, interval, 0, now).unwrap();
                 assert!(n > prev && n >= now && n % interval == 0);
             }
         }
@@ -77,7 +119,42 @@ mod tests {
     #[test]
     fn midnight_is_on_a_ten_minute_grid() {
         let midnight = 1_795_737_600 * S; // 2026-11-27T00:00:00Z
-        assert_eq!(ceil_to_grid(midnight, 10 * 60 * S), midnight);
-        assert_eq!(ceil_to_grid(midnight - 1, 10 * 60 * S), midnight);
+        assert_eq!(ceil_to_grid(midnight, 10 * 60 * S), Some(midnight));
+        assert_eq!(ceil_to_grid(midnight - 1, 10 * 60 * S), Some(midnight));
+    }
+
+    #[test]
+    fn grid_times_that_do_not_fit_are_none_never_negative() {
+        let huge = 200_000 * 366 * 86_400 * S;
+        assert_eq!(ceil_to_grid(i64::MAX - 3, 10), None);
+        assert_eq!(ceil_to_grid(i64::MIN + 3, 10), None);
+        assert_eq!(first_activation(huge, huge, 1_700_000_000 * S), None);
+        assert_eq!(
+            next_activation(1_700_000_000 * S, huge, huge, 1_700_000_000 * S),
+            None
+        );
+        assert_eq!(next_activation(i64::MAX, 10, 1, 0), None);
+        // i64::MAX is a multiple of 7: a saturated sum would land on the grid.
+        assert_eq!(next_activation(0, 7, 10, i64::MAX - 3), None);
+    }
+
+    #[test]
+    fn a_shorter_interval_moves_the_activation_to_the_first_new_grid_point_after_the_window() {
+        let now = 1_000_000 * S + 123;
+        let far = now + 9 * 60 * S; // on a 10-minute grid, nine minutes away
+                                    // 10m -> 1s, window 500ms: clients of the 10m table poll every 15 s, so the new time is
+                                    // the first whole second at least 15 s away.
+        let t = rescheduled_activation(far, 600 * S, S, S / 2, now).unwrap();
+        assert_eq!(t, 1_000_016 * S);
+        // 400ms -> 200ms, window 100ms: clients poll every 200 ms, which the window does not
+        // cover, so the lead is the poll period.
+        let t = rescheduled_activation(far, 400_000, 200_000, 100_000, now).unwrap();
+        assert_eq!(t, 1_000_000 * S + 400_000);
+        // A sooner current time stays.
+        let soon = now + 2 * S;
+        assert_eq!(
+            rescheduled_activation(soon, 600 * S, 60 * S, 30 * S, now),
+            Some(soon)
+        );
     }
 }

@@ -15,12 +15,12 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use lockstep::format::{self, Content};
 use lockstep::wire::{
-    Blob, ChangedEntry, DiffResponse, Entry, FarmMember, KeyInfo, RotationRecord, ScheduledChange,
-    StatusResponse, SyncTable, VersionInfo,
+    Blob, ChangedEntry, DiffResponse, Entry, FarmMember, KeyChanges, KeyInfo, RotationRecord,
+    ScheduledChange, StatusResponse, SyncTable, VersionInfo,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::rotation;
+use crate::{clock, farm, rotation};
 
 /// Why a store operation did not happen. Every variant leaves the database unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ pub enum StoreError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is valid but the state it was made against has changed.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -76,6 +79,33 @@ pub struct StoredVersion {
 pub struct SyncSettings {
     pub interval_us: i64,
     pub min_window_us: i64,
+}
+
+/// What [`Store::set_interval`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct IntervalChange {
+    pub before: SyncTable,
+    pub after: SyncTable,
+    /// The activation time stayed because the staged version holds changes scheduled for it,
+    /// which must not go live sooner.
+    pub held_by_schedule: bool,
+}
+
+/// What [`Store::rollback`] did, or with `dry_run` would do.
+#[derive(Debug, Clone)]
+pub struct RollbackOutcome {
+    /// The new staged version; `None` on a dry run.
+    pub version: Option<u64>,
+    /// Production's changes: from its content before to the rolled-back content.
+    pub production: KeyChanges,
+    pub activation_time_us: i64,
+}
+
+fn overflow(what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{what} does not fit the data server's clock; set the interval again \
+         (lockstep interval) to reschedule"
+    ))
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -373,6 +403,8 @@ impl Store {
             let initialised: bool =
                 tx.query_row("SELECT COUNT(*) > 0 FROM sync", [], |r| r.get(0))?;
             if !initialised {
+                clock::check_interval(settings.interval_us, settings.min_window_us)
+                    .map_err(StoreError::BadRequest)?;
                 let empty = Content::new();
                 let digest = format::content_digest(&empty);
                 let v = insert_version(&tx, &empty, &digest, 0, now_us, "initial")?;
@@ -384,7 +416,8 @@ impl Store {
                     settings.interval_us,
                     settings.min_window_us,
                     now_us,
-                );
+                )
+                .ok_or_else(|| overflow("the first activation time"))?;
                 tx.execute(
                     "INSERT INTO sync (id, activation_us, interval_us, min_window_us,
                                        staged_version, active_version, production_gen)
@@ -484,7 +517,8 @@ impl Store {
                 return Ok((sync, false));
             }
             let due = sync.activation_time_us;
-            let next = rotation::next_activation(due, sync.interval_us, sync.min_window_us, now_us);
+            let next = rotation::next_activation(due, sync.interval_us, sync.min_window_us, now_us)
+                .ok_or_else(|| overflow("the next activation time"))?;
             let new_active = sync.staged_version;
             tx.execute(
                 "UPDATE versions SET activated_us = ?2 WHERE number = ?1 AND activated_us IS NULL",
@@ -576,8 +610,17 @@ impl Store {
             )?;
             let id = tx.last_insert_rowid();
             if effective_us > sync.activation_time_us {
-                return Ok(rotation::ceil_to_grid(effective_us, sync.interval_us)
-                    .max(sync.activation_time_us));
+                let live = rotation::ceil_to_grid(effective_us, sync.interval_us)
+                    .filter(|t| *t <= clock::LATEST_US)
+                    .ok_or_else(|| {
+                        StoreError::BadRequest(format!(
+                            "the first activation at or after {} falls after {}, the latest \
+                             time there is; pick an earlier time",
+                            clock::format_us(effective_us),
+                            clock::format_us(clock::LATEST_US)
+                        ))
+                    })?;
+                return Ok(live.max(sync.activation_time_us));
             }
             let mut content = version_content_tx(tx, sync.staged_version)?;
             change.apply_to(&mut content);
@@ -594,36 +637,135 @@ impl Store {
         })
     }
 
-    /// Changes the interval (and minimum retrieval window) from the next rotation on.
-    pub fn set_interval(&self, interval_us: i64, min_window_us: i64) -> Result<SyncTable> {
+    /// Changes the interval and the minimum retrieval window; `None` keeps what the table has,
+    /// except that a window not given becomes half of an interval that changes.
+    ///
+    /// The staged version keeps its content; its activation moves to the first point of the new
+    /// grid that leaves the new window (see [`rotation::rescheduled_activation`]), unless the
+    /// current time is sooner or the staged version holds changes scheduled for its time.
+    pub fn set_interval(
+        &self,
+        interval_us: Option<i64>,
+        min_window_us: Option<i64>,
+        now_us: i64,
+    ) -> Result<IntervalChange> {
         self.with_write_tx(|tx| {
+            let (before, _) = read_sync(tx)?;
+            let interval = interval_us.unwrap_or(before.interval_us);
+            let window = match min_window_us {
+                Some(w) => w,
+                None if interval == before.interval_us => before.min_window_us,
+                None => interval / 2,
+            };
+            clock::check_interval(interval, window).map_err(StoreError::BadRequest)?;
+            if (interval, window) == (before.interval_us, before.min_window_us) {
+                return Ok(IntervalChange {
+                    before,
+                    after: before,
+                    held_by_schedule: false,
+                });
+            }
+            let mut activation = rotation::rescheduled_activation(
+                before.activation_time_us,
+                before.interval_us,
+                interval,
+                window,
+                now_us,
+            )
+            .ok_or_else(|| overflow("the rescheduled activation time"))?;
+            let held_by_schedule = activation < before.activation_time_us
+                && tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM scheduled
+                                    WHERE effective_us > ?1 AND effective_us <= ?2)",
+                    params![activation, before.activation_time_us],
+                    |r| r.get::<_, bool>(0),
+                )?;
+            if held_by_schedule {
+                activation = before.activation_time_us;
+            }
             tx.execute(
-                "UPDATE sync SET interval_us = ?1, min_window_us = ?2 WHERE id = 1",
-                params![interval_us, min_window_us],
+                "UPDATE sync SET interval_us = ?1, min_window_us = ?2, activation_us = ?3
+                 WHERE id = 1",
+                params![interval, window, activation],
             )?;
-            Ok(read_sync(tx)?.0)
+            Ok(IntervalChange {
+                before,
+                after: read_sync(tx)?.0,
+                held_by_schedule,
+            })
+        })
+    }
+
+    /// Moves an activation time that has been rotated already to the first grid point after
+    /// the minimum window. An older release could leave one behind (a time that wrapped around
+    /// to a negative number); the rotation log's primary key then refused every rotation, so
+    /// every check-in failed. Returns the times before and after, if it moved.
+    pub fn reschedule_if_rotated(&self, now_us: i64) -> Result<Option<(i64, i64)>> {
+        self.with_write_tx(|tx| {
+            let (sync, _) = read_sync(tx)?;
+            let rotated_up_to: Option<i64> =
+                tx.query_row("SELECT MAX(activation_us) FROM rotations", [], |r| r.get(0))?;
+            if rotated_up_to.is_none_or(|done| done < sync.activation_time_us) {
+                return Ok(None);
+            }
+            let next = rotation::first_activation(sync.interval_us, sync.min_window_us, now_us)
+                .ok_or_else(|| overflow("the rescheduled activation time"))?;
+            tx.execute(
+                "UPDATE sync SET activation_us = ?1 WHERE id = 1",
+                params![next],
+            )?;
+            Ok(Some((sync.activation_time_us, next)))
         })
     }
 
     /// A new version with the content of `version`, staged for the next activation; production
-    /// becomes that content too, so the next rotation does not undo the rollback.
-    pub fn rollback(&self, version: u64, by: &str, now_us: i64) -> Result<u64> {
+    /// becomes that content too, so the next rotation does not undo the rollback. Edits made to
+    /// production since are discarded from it (they stay in history); with `discard_edits`
+    /// false the rollback is refused if there are any. A dry run reports and changes nothing.
+    pub fn rollback(
+        &self,
+        version: u64,
+        dry_run: bool,
+        discard_edits: bool,
+        by: &str,
+        now_us: i64,
+    ) -> Result<RollbackOutcome> {
         self.with_write_tx(|tx| {
             let content = version_content_tx(tx, version)?;
+            let production = key_changes(&load_production(tx)?, &content);
+            let (sync, _) = read_sync(tx)?;
+            let mut outcome = RollbackOutcome {
+                version: None,
+                production,
+                activation_time_us: sync.activation_time_us,
+            };
+            if dry_run {
+                return Ok(outcome);
+            }
+            if !discard_edits && !outcome.production.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "production differs from version {version} in {} keys; a rollback would \
+                     discard those edits (preview with dry_run, or allow it with discard_edits)",
+                    outcome.production.added.len()
+                        + outcome.production.removed.len()
+                        + outcome.production.changed.len()
+                )));
+            }
             tx.execute("DELETE FROM production", [])?;
             for (k, v) in &content {
                 write_production(tx, &Change::Put(k.clone(), v.clone()), by, now_us)?;
             }
             bump_production_gen(tx)?;
             let (sync, gen) = read_sync(tx)?;
-            restage(
+            outcome.version = Some(restage(
                 tx,
                 &sync,
                 &content,
                 gen,
                 now_us,
                 &format!("rollback to {version}"),
-            )
+            )?);
+            Ok(outcome)
         })
     }
 
@@ -762,14 +904,15 @@ impl Store {
     }
 
     /// Every version, newest first.
-    pub fn history(&self, limit: usize) -> Result<Vec<VersionInfo>> {
+    pub fn history(&self, limit: u64) -> Result<Vec<VersionInfo>> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT number, checksum, size, entries, created_us, staged_us, activated_us,
                         reason
                  FROM versions ORDER BY number DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![limit], |r| {
                 Ok(VersionInfo {
                     version: r.get::<_, i64>(0)? as u64,
                     checksum: format!("{:016x}", r.get::<_, i64>(1)? as u64),
@@ -789,33 +932,11 @@ impl Store {
     pub fn diff(&self, a: u64, b: u64) -> Result<DiffResponse> {
         let old = self.version_content(a)?;
         let new = self.version_content(b)?;
-        let mut out = DiffResponse {
+        Ok(DiffResponse {
             a,
             b,
-            added: Vec::new(),
-            removed: Vec::new(),
-            changed: Vec::new(),
-        };
-        for (k, v) in &new {
-            match old.get(k) {
-                None => out.added.push(Entry {
-                    key: Blob::from_bytes(k),
-                    value: Blob::from_bytes(v),
-                }),
-                Some(o) if o != v => out.changed.push(ChangedEntry {
-                    key: Blob::from_bytes(k),
-                    old: Blob::from_bytes(o),
-                    new: Blob::from_bytes(v),
-                }),
-                Some(_) => {}
-            }
-        }
-        for k in old.keys() {
-            if !new.contains_key(k) {
-                out.removed.push(Blob::from_bytes(k));
-            }
-        }
-        Ok(out)
+            changes: key_changes(&old, &new),
+        })
     }
 
     /// Remembers a client's check-in; written to the database by [`Store::flush_farm`].
@@ -829,8 +950,9 @@ impl Store {
 
     /// Writes the check-ins seen since the last flush in one transaction, without an fsync:
     /// the farm view is a status display, rebuilt by the next check-ins after a crash, and an
-    /// fsync a second would hold the write lock that rotations and edits wait for.
-    pub fn flush_farm(&self) -> Result<()> {
+    /// fsync a second would hold the write lock that rotations and edits wait for. Members
+    /// silent for [`farm::EXPIRE_AFTER_US`] are deleted in the same transaction.
+    pub fn flush_farm(&self, now_us: i64) -> Result<()> {
         let batch: Vec<FarmMember> = {
             let mut farm = self.farm.lock().unwrap_or_else(|e| e.into_inner());
             farm.drain().map(|(_, m)| m).collect()
@@ -842,14 +964,15 @@ impl Store {
         // In WAL mode, NORMAL skips the commit's fsync but never risks corruption; the next
         // FULL commit makes these frames durable too.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = write_farm(&mut conn, &batch);
+        let result = write_farm(&mut conn, &batch, now_us - farm::EXPIRE_AFTER_US);
         conn.pragma_update(None, "synchronous", "FULL")?;
         result
     }
 
-    /// The sync table, counts and the farm.
+    /// The sync table, counts and the farm: members silent for [`farm::EXPIRE_AFTER_US`] left
+    /// out, those silent for [`farm::stale_after_us`] marked stale.
     pub fn status(&self, now_us: i64) -> Result<StatusResponse> {
-        self.flush_farm()?;
+        self.flush_farm(now_us)?;
         self.with_reader(|c| {
             let (sync, _) = read_sync(c)?;
             let count = |sql: &str| -> rusqlite::Result<u64> {
@@ -858,10 +981,14 @@ impl Store {
             };
             let mut stmt = c.prepare_cached(
                 "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
-                        last_checkin_us FROM farm ORDER BY name, host, pid",
+                        last_checkin_us FROM farm WHERE last_checkin_us >= ?1
+                 ORDER BY name, host, pid",
             )?;
+            let stale_after = farm::stale_after_us(sync.interval_us);
             let farm = stmt
-                .query_map([], |r| {
+                .query_map(params![now_us - farm::EXPIRE_AFTER_US], |r| {
+                    let last_checkin_us: i64 = r.get(8)?;
+                    let silent_us = now_us.saturating_sub(last_checkin_us).max(0);
                     Ok(FarmMember {
                         name: r.get(0)?,
                         host: r.get(1)?,
@@ -871,7 +998,9 @@ impl Store {
                         offset_us: r.get(5)?,
                         error_us: r.get(6)?,
                         lagging: r.get(7)?,
-                        last_checkin_us: r.get(8)?,
+                        last_checkin_us,
+                        silent_us,
+                        stale: silent_us > stale_after,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -912,6 +1041,31 @@ impl Store {
     }
 }
 
+/// What changes from `old` to `new`, key by key.
+fn key_changes(old: &Content, new: &Content) -> KeyChanges {
+    let mut out = KeyChanges::default();
+    for (k, v) in new {
+        match old.get(k) {
+            None => out.added.push(Entry {
+                key: Blob::from_bytes(k),
+                value: Blob::from_bytes(v),
+            }),
+            Some(o) if o != v => out.changed.push(ChangedEntry {
+                key: Blob::from_bytes(k),
+                old: Blob::from_bytes(o),
+                new: Blob::from_bytes(v),
+            }),
+            Some(_) => {}
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.removed.push(Blob::from_bytes(k));
+        }
+    }
+    out
+}
+
 fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
     Ok(KeyInfo {
         key: Blob::from_bytes(&r.get::<_, Vec<u8>>(0)?),
@@ -921,8 +1075,12 @@ fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
     })
 }
 
-fn write_farm(conn: &mut Connection, batch: &[FarmMember]) -> Result<()> {
+fn write_farm(conn: &mut Connection, batch: &[FarmMember], expired_before_us: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM farm WHERE last_checkin_us < ?1",
+        params![expired_before_us],
+    )?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,

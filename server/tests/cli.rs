@@ -3,7 +3,8 @@
 #[path = "../../tests/support/mod.rs"]
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -94,7 +95,7 @@ fn cli_round_trips_put_get_ls_import_rollback() {
     assert!(diff.contains("- price:fig"), "{diff}");
     assert!(diff.contains("~ price:apple\t1.25 -> 9.99"), "{diff}");
 
-    let r = json(&s, &["rollback", &good.to_string()]);
+    let r = json(&s, &["rollback", &good.to_string(), "--yes"]);
     let v = r["version"].as_u64().unwrap();
     assert_eq!(ok(&s, &["get", "price:apple"]).trim(), "1.25");
     assert_eq!(
@@ -146,4 +147,302 @@ fn cli_errors_exit_non_zero_with_one_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lockstep serve"));
+}
+
+fn fails(s: &Server, args: &[&str]) -> (String, String) {
+    let out = lockstep(s, args);
+    assert_eq!(out.status.code(), Some(1), "lockstep {args:?}: {out:?}");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly_with_status_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    for args in [&["status"][..], &["history"], &["--json", "status"]] {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("LOCKSTEP_SERVER", &s.url)
+            .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the answer arrives, as `| head -1` is after one line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And through a real shell pipe.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' status | head -1",
+            bin().display()
+        ))
+        .env("LOCKSTEP_SERVER", &s.url)
+        .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_print_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    for args in [
+        &["put"][..],
+        &["put", "k", "v", "--bogus"],
+        &["nosuch"],
+        &["history", "--limit", "0"],
+        &["rollback", "seven"],
+    ] {
+        let (stdout, stderr) = fails(&s, args);
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("lockstep: error: "), "{stderr}");
+        assert!(
+            stderr.contains("usage: lockstep") || stderr.contains("--help"),
+            "{stderr}"
+        );
+    }
+    // Help is not an error.
+    let out = lockstep(&s, &["put", "--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+}
+
+#[test]
+fn under_json_every_error_is_one_json_object_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    for args in [
+        &["--json", "get", "missing"][..],
+        &["--json", "interval", "2y"],
+        &["--json", "put"],
+        &["put", "--json"],
+        &["--json", "import", "/nonexistent/file.json"],
+    ] {
+        let (stdout, stderr) = fails(&s, args);
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stderr)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stderr}"));
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.len() > 10, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn intervals_outside_the_range_clients_accept_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
+    let before = json(&s, &["status"])["sync"].clone();
+    for args in [
+        &["interval", "10d"][..],
+        &["interval", "2y"],
+        &["interval", "18446744073709551615ns"],
+        &["interval", "200000y", "--min-window", "200000y"],
+        &["interval", "99ms"],
+        &["interval", "1s", "--min-window", "2s"],
+        &["interval", "1s", "--min-window", "1ms"],
+    ] {
+        let (_, stderr) = fails(&s, args);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("between"), "{args:?}: {stderr}");
+    }
+    let after = json(&s, &["status"])["sync"].clone();
+    assert_eq!(before, after, "a refused interval changed the sync table");
+    // The bounds themselves are accepted.
+    ok(&s, &["interval", "1d", "--min-window", "1d"]);
+    ok(&s, &["interval", "100ms", "--min-window", "10ms"]);
+
+    // `serve` refuses them too, before it listens.
+    for args in [&["--interval", "2d"][..], &["--min-window", "20m"]] {
+        let out = Command::new(bin())
+            .arg("serve")
+            .arg("--db")
+            .arg(dir.path().join("other.db"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("between"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn far_future_scheduled_times_print_as_dates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]); // a 10-minute grid
+    let said = ok(&s, &["put", "k", "v", "--at", "9999-12-31T23:45:00Z"]);
+    assert!(
+        said.contains("scheduled for 9999-12-31T23:45:00Z")
+            && said.contains("goes live at the activation at 9999-12-31T23:50:00Z"),
+        "{said}"
+    );
+    // Its activation would fall after the last time there is: refused, in words.
+    let (_, err) = fails(&s, &["put", "k", "v", "--at", "9999-12-31T23:55:00Z"]);
+    assert!(err.contains("9999-12-31T23:59:59.999Z"), "{err}");
+    assert!(!err.contains("µs"), "{err}");
+}
+
+#[test]
+fn rollback_lists_the_production_keys_it_changes_and_needs_yes_to_discard_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    ok(&s, &["put", "a", "1"]);
+    ok(&s, &["put", "b", "1"]);
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    let good = wait_rotation_past(&s, t).staged_version.to_string();
+    ok(&s, &["put", "a", "2"]);
+    ok(&s, &["rm", "b"]);
+    ok(&s, &["put", "c", "3"]);
+
+    let (listed, err) = fails(&s, &["rollback", &good]);
+    let mut lines: Vec<&str> = listed.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(lines, ["+ b\t1", "- c", "~ a\t2 -> 1"], "{listed}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(
+        ok(&s, &["get", "a"]).trim(),
+        "2",
+        "a refused rollback changed production"
+    );
+    assert_eq!(ok(&s, &["get", "c"]).trim(), "3");
+
+    let done = ok(&s, &["rollback", &good, "--yes"]);
+    for line in ["+ b\t1", "- c", "~ a\t2 -> 1"] {
+        assert!(done.lines().any(|l| l == line), "{line:?} missing: {done}");
+    }
+    assert_eq!(ok(&s, &["get", "a"]).trim(), "1");
+    assert_eq!(ok(&s, &["get", "b"]).trim(), "1");
+    assert!(!lockstep(&s, &["get", "c"]).status.success());
+    // Nothing left to discard: no --yes needed.
+    let again = json(&s, &["rollback", &good]);
+    assert!(again["version"].is_u64(), "{again}");
+    assert_eq!(again["production"]["changed"], serde_json::json!([]));
+}
+
+#[test]
+fn history_shows_the_newest_100_and_says_when_it_cuts_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    // A change scheduled before the next activation is staged at once, as version 2.
+    let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    ok(&s, &["put", "k", "v", "--at", &soon]);
+    // Each rollback to the other content stages a new version at once.
+    let mut versions = 2;
+    for i in 0..105 {
+        admin_post(
+            &s,
+            "/v1/admin/rollback",
+            serde_json::json!({"version": if i % 2 == 0 { 1 } else { 2 }}),
+        );
+        versions += 1;
+    }
+    let rows = |text: &str| {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .count()
+    };
+    let out = ok(&s, &["history"]);
+    assert_eq!(rows(&out), 100, "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .contains(&format!("showing the newest 100 of {versions} versions")),
+        "{out}"
+    );
+    let out = ok(&s, &["history", "--limit", "3"]);
+    assert_eq!(rows(&out), 3, "{out}");
+    assert!(
+        out.contains(&format!("showing the newest 3 of {versions}")),
+        "{out}"
+    );
+    let out = ok(&s, &["history", "--all"]);
+    assert_eq!(rows(&out), versions, "{out}");
+    assert!(!out.contains("showing"), "{out}");
+    assert_eq!(
+        json(&s, &["history", "--all"]).as_array().unwrap().len(),
+        versions
+    );
+    assert_eq!(
+        json(&s, &["history", "--limit", "5"])
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn status_marks_a_silent_member_stale_and_says_how_long_each_has_been_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    // Interval 200 ms: clients check in every 200 ms, so stale means silent over 5.6 s.
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    checkin(&s, "gone");
+    let until = std::time::Instant::now() + Duration::from_millis(6_500);
+    while std::time::Instant::now() < until {
+        checkin(&s, "alive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = json(&s, &["status"]);
+    let member = |name: &str| {
+        status["farm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {status}"))
+            .clone()
+    };
+    let gone = member("gone");
+    assert_eq!(gone["stale"], true, "{gone}");
+    assert!(gone["silent_us"].as_i64().unwrap() >= 6_000_000, "{gone}");
+    let alive = member("alive");
+    assert_eq!(alive["stale"], false, "{alive}");
+    assert!(alive["silent_us"].as_i64().unwrap() < 1_000_000, "{alive}");
+
+    let text = ok(&s, &["status"]);
+    assert!(
+        text.contains("2 processes holding a handle, 1 of them stale"),
+        "{text}"
+    );
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {text}"))
+            .to_owned()
+    };
+    assert!(line("gone").ends_with("s ago, stale"), "{text}");
+    assert!(line("alive").ends_with("ms ago"), "{text}");
 }

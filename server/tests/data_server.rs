@@ -606,3 +606,370 @@ fn sigterm_shuts_the_server_down_cleanly() {
         .unwrap();
     assert_eq!(members, 1);
 }
+
+fn sync_of(s: &Server) -> wire::SyncTable {
+    serde_json::from_value(admin_get(s, "/v1/admin/status")["sync"].clone()).unwrap()
+}
+
+fn set_interval(s: &Server, body: serde_json::Value) -> serde_json::Value {
+    admin_post(s, "/v1/admin/interval", body)
+}
+
+#[test]
+fn serve_changes_only_the_settings_it_is_given_on_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = Server::start(&db, &["--interval", "2s", "--min-window", "1s"]);
+    s.kill9();
+    let mut s = Server::start(&db, &["--min-window", "300ms"]);
+    let sync = sync_of(&s);
+    assert_eq!(
+        (sync.interval_us, sync.min_window_us),
+        (2_000_000, 300_000),
+        "--min-window alone changed the interval"
+    );
+    s.kill9();
+    // The same interval again keeps the window it has.
+    let mut s = Server::start(&db, &["--interval", "2s"]);
+    let sync = sync_of(&s);
+    assert_eq!((sync.interval_us, sync.min_window_us), (2_000_000, 300_000));
+    s.kill9();
+    let s = Server::start(&db, &[]);
+    let sync = sync_of(&s);
+    assert_eq!((sync.interval_us, sync.min_window_us), (2_000_000, 300_000));
+}
+
+#[test]
+fn a_change_of_the_window_alone_is_a_new_sync_table_etag() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "1h"]);
+    let url = format!("{}/v1/checkin?name=x", s.url);
+    let first = get(&url, None, &[]);
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(get(&url, None, &[("If-None-Match", &etag)]).status, 304);
+    set_interval(
+        &s,
+        serde_json::json!({"interval": "1h", "min_window": "10m"}),
+    );
+    let after = get(&url, None, &[("If-None-Match", &etag)]);
+    assert_eq!(
+        after.status, 200,
+        "a client holding the old table got a 304"
+    );
+    assert_eq!(after.json()["min_window_us"], 600_000_000);
+}
+
+#[test]
+fn intervals_outside_the_range_clients_accept_get_a_400_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
+    let before = sync_of(&s);
+    for (interval, window) in [
+        ("10d", None),
+        ("2y", None),
+        ("18446744073709551615ns", None),
+        ("200000y", Some("200000y")),
+        ("99ms", None),
+        ("1d 1us", None),
+        ("1s", Some("9ms")),
+        ("1s", Some("1001ms")),
+    ] {
+        let mut body = serde_json::json!({ "interval": interval });
+        if let Some(w) = window {
+            body["min_window"] = w.into();
+        }
+        let a = post(
+            &format!("{}/v1/admin/interval", s.url),
+            Some(TOKEN),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(
+            a.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let msg = a.json()["error"].as_str().unwrap().to_owned();
+        assert!(msg.contains("between"), "{body}: {msg}");
+    }
+    assert_eq!(sync_of(&s), before);
+    assert_eq!(
+        get(&format!("{}/v1/checkin?name=x", s.url), None, &[]).status,
+        200
+    );
+}
+
+#[test]
+fn a_client_accepts_the_shortest_and_the_longest_cycle_the_server_allows() {
+    for args in [
+        ["--interval", "100ms", "--min-window", "10ms"],
+        ["--interval", "1d", "--min-window", "1d"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&dir.path().join("db"), &args);
+        put(&s, "k", "v");
+        let client = lockstep::client::Client::open(&format!(
+            "url={};name=edge;bootstrap_wait_ms=5000",
+            s.url
+        ))
+        .unwrap_or_else(|e| panic!("{args:?}: {e:?}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while client.stats().checkins < 1 || client.stats().consecutive_failures > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{args:?}: the client stopped checking in: {}",
+                client.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !client.last_error().contains("nonsensical"),
+            "{args:?}: {}",
+            client.last_error()
+        );
+    }
+}
+
+#[test]
+fn a_shorter_interval_moves_the_staged_activation_to_the_new_grid_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Clients of a 20 s table check in every 5 s; its window is 10 s.
+    let s = Server::start(&dir.path().join("db"), &["--interval", "20s"]);
+    put(&s, "price", "8");
+    let t0 = checkin(&s, "probe").sync.activation_time_us;
+    let before = wait_rotation_past(&s, t0);
+    assert!(before.activation_time_us - now_us() >= 9_000_000);
+    let staged = before.staged_version;
+    assert_eq!(value_in_version(&s, "price", staged).as_deref(), Some("8"));
+
+    let changed_at = now_us();
+    let r = set_interval(
+        &s,
+        serde_json::json!({"interval": "200ms", "min_window": "100ms"}),
+    );
+    let t = r["activation_time_us"].as_i64().unwrap();
+    assert_eq!(
+        r["previous_activation_us"].as_i64(),
+        Some(before.activation_time_us)
+    );
+    assert_eq!(
+        r["staged_version"].as_u64(),
+        Some(staged),
+        "the staged content changed"
+    );
+    assert_eq!(t % 200_000, 0, "{t} is off the new grid");
+    // Far enough for every client to hear of it (one check-in period of the old table, 5 s,
+    // which is more than the new window), and no further than the next grid point after that.
+    assert!(
+        t - changed_at >= 5_000_000,
+        "moved too close: {}",
+        t - changed_at
+    );
+    assert!(
+        t - now_us() <= 5_200_000,
+        "not moved to the first grid point"
+    );
+    assert!(t < before.activation_time_us);
+    // Clients holding the old table get the new one.
+    assert_eq!(checkin(&s, "probe").sync.activation_time_us, t);
+
+    let after = wait_rotation_past(&s, t);
+    assert_eq!(
+        after.active_version, staged,
+        "the staged version did not activate at {t}"
+    );
+    assert_eq!(after.interval_us, 200_000);
+    let log = admin_get(&s, "/v1/admin/rotations");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["activation_time_us"].as_i64() == Some(t)),
+        "no rotation at {t}: {log}"
+    );
+}
+
+#[test]
+fn a_longer_interval_keeps_the_sooner_activation_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "20s"]);
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    let r = set_interval(&s, serde_json::json!({"interval": "1h"}));
+    assert_eq!(r["activation_time_us"].as_i64(), Some(t));
+    assert_eq!(r["min_window_us"], 1_800_000_000);
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("stays"), "{msg}");
+}
+
+#[test]
+fn a_staged_scheduled_change_keeps_its_activation_time_when_the_interval_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "20s"]);
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    let x = t - 1_000_000;
+    assert!(x > now_us() + 6_000_000, "test too slow");
+    let r = admin_post(
+        &s,
+        "/v1/admin/put",
+        serde_json::json!({"key": "price", "value": "7", "at": rfc3339(x)}),
+    );
+    assert_eq!(r["live_by_us"].as_i64(), Some(t));
+    // The new grid's first usable point (about 5 s away) comes before `x`: the change would go
+    // live early, so the activation stays where the schedule put it.
+    let r = set_interval(&s, serde_json::json!({"interval": "200ms"}));
+    assert_eq!(r["activation_time_us"].as_i64(), Some(t));
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("scheduled"), "{msg}");
+}
+
+/// Puts a database in the state an older release left after `interval 200000y`: the
+/// activation time wrapped around to a negative number that the rotation log already holds.
+fn wedge(db: &std::path::Path, interval_us: i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "UPDATE sync SET interval_us = ?1, min_window_us = ?1 / 2, activation_us = -42",
+        [interval_us],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT OR IGNORE INTO rotations (activation_us, rotated_at_us, active_version,
+                                          staged_version, next_activation_us, rotated_by)
+         VALUES (-42, 0, 1, 1, -42, 'overflow')",
+        [],
+    )
+    .unwrap();
+}
+
+fn assert_rotates_again(s: &Server) {
+    let r = checkin(s, "probe");
+    let now = now_us();
+    assert!(r.sync.activation_time_us > now, "{:?}", r.sync);
+    assert!(r.sync.activation_time_us <= now + 2_000_000, "{:?}", r.sync);
+    let after = wait_rotation_past(s, r.sync.activation_time_us);
+    assert!(after.activation_time_us > r.sync.activation_time_us);
+    assert_eq!(
+        value_in_version(s, "k", after.active_version).as_deref(),
+        Some("v")
+    );
+}
+
+#[test]
+fn a_database_wedged_by_an_overflowed_activation_time_recovers_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = Server::start(&db, &["--interval", "1s"]);
+    put(&s, "k", "v");
+    wait_active(&s, "k", "v");
+    s.kill9();
+
+    // With the absurd interval still stored, the server will not start without a new one.
+    wedge(&db, 200_000 * 365 * 86_400 * 1_000_000);
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+        .env("LOCKSTEP_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--interval"), "{err}");
+    let mut s = Server::start(&db, &["--interval", "1s"]);
+    assert_rotates_again(&s);
+    s.kill9();
+
+    // The older release's `interval 1s` fixed the interval but not the time: every check-in
+    // answered 500. Started as it is, the server reschedules.
+    wedge(&db, 1_000_000);
+    let s = Server::start(&db, &[]);
+    assert_rotates_again(&s);
+}
+
+#[test]
+fn a_rollback_dry_run_lists_production_changes_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    put(&s, "a", "1");
+    put(&s, "b", "1");
+    let good = wait_rotation_past(&s, checkin(&s, "p").sync.activation_time_us).staged_version;
+    put(&s, "a", "2");
+    admin_post(&s, "/v1/admin/delete", serde_json::json!({"key": "b"}));
+    put(&s, "c", "3");
+    let before = admin_get(&s, "/v1/admin/keys");
+    let versions = admin_get(&s, "/v1/admin/status")["versions"].clone();
+
+    let r = admin_post(
+        &s,
+        "/v1/admin/rollback",
+        serde_json::json!({"version": good, "dry_run": true}),
+    );
+    assert_eq!(r["dry_run"], true);
+    assert!(r.get("version").is_none(), "{r}");
+    assert_eq!(
+        r["production"]["added"],
+        serde_json::json!([{"key": "b", "value": "1"}])
+    );
+    assert_eq!(r["production"]["removed"], serde_json::json!(["c"]));
+    assert_eq!(
+        r["production"]["changed"],
+        serde_json::json!([{"key": "a", "old": "2", "new": "1"}])
+    );
+    assert_eq!(
+        admin_get(&s, "/v1/admin/keys"),
+        before,
+        "a dry run changed production"
+    );
+    assert_eq!(admin_get(&s, "/v1/admin/status")["versions"], versions);
+
+    // Refused when told not to discard edits and there are some.
+    let a = post(
+        &format!("{}/v1/admin/rollback", s.url),
+        Some(TOKEN),
+        serde_json::json!({"version": good, "discard_edits": false})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(admin_get(&s, "/v1/admin/keys"), before);
+}
+
+#[test]
+fn a_member_silent_for_ten_minutes_leaves_the_farm_view_and_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = Server::start(&db, &[]);
+    checkin(&s, "old");
+    checkin(&s, "new");
+    admin_get(&s, "/v1/admin/status"); // writes the farm out
+    s.kill9();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE farm SET last_checkin_us = last_checkin_us - 601000000 WHERE name = 'old'",
+        [],
+    )
+    .unwrap();
+    let old_rows = || -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM farm WHERE name = 'old'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(old_rows(), 1);
+
+    let s = Server::start(&db, &[]);
+    let names = |status: &serde_json::Value| -> Vec<String> {
+        status["farm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&admin_get(&s, "/v1/admin/status")), ["new"]);
+    checkin(&s, "new");
+    admin_get(&s, "/v1/admin/status");
+    assert_eq!(old_rows(), 0, "the expired member stayed in the database");
+}
