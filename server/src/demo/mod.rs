@@ -116,6 +116,7 @@ fn drive(
         url: &url,
         keys: &keys,
         faketime: faketime.as_deref(),
+        hosts_dir: dir,
     };
     let (tx, rx) = mpsc::channel();
     let mut farm = Vec::new();

@@ -119,6 +119,8 @@ pub struct WebLaunch<'a> {
     pub keys: &'a str,
     /// libfaketime to skew wall clocks with; `None`: the library's `clock_skew_us` hook.
     pub faketime: Option<&'a Path>,
+    /// Where each web server gets a host cache of its own.
+    pub hosts_dir: &'a Path,
 }
 
 /// Starts web server `i` (named `web-i`, skewed by [`skew_of`]) and a thread that forwards
@@ -131,6 +133,10 @@ pub fn start_web(launch: &WebLaunch, i: usize, tx: mpsc::Sender<FromWeb>) -> Res
         .args(["--url", launch.url, "--name", &name, "--keys", launch.keys])
         .arg("--library")
         .arg(launch.library)
+        // Each web server is a host of its own, as in a farm: processes sharing a host cache
+        // would follow one leader's schedule, clock offset and all, and the demo would show
+        // one host's activation, not a farm's.
+        .env("LOCKSTEP_CACHE_DIR", launch.hosts_dir.join(&name))
         .stdout(Stdio::piped());
     match launch.faketime {
         Some(lib) => {

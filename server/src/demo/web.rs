@@ -248,7 +248,9 @@ impl<'a> Reader<'a> {
         });
         loop {
             self.read_once();
-            if Instant::now() >= self.next_poll {
+            // Near the instant, look at every turn: each check-in re-arms the staged version
+            // with the latest clock estimate, and the instant reported must be the final one.
+            if self.near_planned() || Instant::now() >= self.next_poll {
                 self.poll_staged();
             }
             self.pace();
@@ -308,12 +310,15 @@ impl<'a> Reader<'a> {
         self.next_poll = Instant::now() + POLL_EVERY;
     }
 
+    fn near_planned(&self) -> bool {
+        let until = self.next_planned_ns - mono_ns();
+        self.next_planned_ns != 0 && (-SPIN_AFTER_NS..=SPIN_BEFORE_NS).contains(&until)
+    }
+
     /// Back to back around an armed instant; otherwise a short sleep that leaves the CPU to
     /// others.
     fn pace(&self) {
-        let until = self.next_planned_ns - mono_ns();
-        let near = self.next_planned_ns != 0 && (-SPIN_AFTER_NS..=SPIN_BEFORE_NS).contains(&until);
-        if !near {
+        if !self.near_planned() {
             std::thread::sleep(IDLE_READ_GAP);
         }
     }
