@@ -112,6 +112,18 @@ typedef struct sync_stats {
   int64_t last_activation_mono_ns;
   // CLOCK_MONOTONIC instant at which the staged version becomes active, ns (0: none).
   int64_t next_activation_mono_ns;
+  // What this handle does on its host: 0 no host cache (`cache_dir=`), 1 leader (talks to
+  // the data server for the host), 2 follower (follows the leader through the host cache),
+  // 3 the host cache could not be used (this process alone; `sync_last_error` says why).
+  uint32_t host_role;
+  // 1 while the version served came from the host cache at open and nothing has confirmed
+  // it since (the data server may be down); 0 once a check-in has.
+  uint32_t unconfirmed;
+  // Data server's clock when the version served was last confirmed current, µs: its age.
+  int64_t confirmed_us;
+  // Host-cache operations that failed (a full disk, a corrupt file); reads never fail
+  // for them.
+  uint64_t cache_failures;
 } sync_stats;
 
 #ifdef __cplusplus

@@ -28,11 +28,31 @@ use arc_swap::ArcSwap;
 use crate::clock::mono_ns;
 use crate::format::{self, FormatError, VersionBuf};
 
+/// Where a version's bytes live.
+enum Bytes {
+    /// Downloaded into this process.
+    Heap(VersionBuf),
+    /// A file of the host cache, mapped read-only: every process on the host shares its pages.
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Heap(b) => b,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
 /// One verified version held in memory, queried in place.
 pub struct Version {
     number: u64,
     checksum: u64,
-    buf: VersionBuf,
+    buf: Bytes,
 }
 
 impl std::fmt::Debug for Version {
@@ -47,6 +67,19 @@ impl std::fmt::Debug for Version {
 impl Version {
     /// Accepts downloaded bytes only if they verify completely and are the version asked for.
     pub fn verify(buf: VersionBuf, expected: Option<u64>) -> Result<Version, FormatError> {
+        Self::verify_bytes(Bytes::Heap(buf), expected)
+    }
+
+    /// Accepts a mapped file of the host cache only if it verifies completely: a file is
+    /// never trusted for having been written by a process of this host.
+    pub fn verify_mapped(
+        map: memmap2::Mmap,
+        expected: Option<u64>,
+    ) -> Result<Version, FormatError> {
+        Self::verify_bytes(Bytes::Mapped(map), expected)
+    }
+
+    fn verify_bytes(buf: Bytes, expected: Option<u64>) -> Result<Version, FormatError> {
         let (header, _) = format::validate(&buf)?;
         if let Some(expected) = expected {
             if header.version != expected {
@@ -61,6 +94,16 @@ impl Version {
             checksum: header.checksum,
             buf,
         })
+    }
+
+    /// The version's bytes, exactly as encoded.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// True if the bytes are a mapped host-cache file rather than this process's memory.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.buf, Bytes::Mapped(_))
     }
 
     pub fn number(&self) -> u64 {

@@ -32,6 +32,7 @@ static ATFORK: Once = Once::new();
 extern "C" fn after_fork_in_child() {
     // Only async-signal-safe work: the child of a multi-threaded process may do little else.
     FORK_MONO_NS.store(mono_ns(), Relaxed);
+    crate::host_cache::close_in_child();
     FORK_GENERATION.fetch_add(1, Release);
 }
 
@@ -82,6 +83,11 @@ impl Client {
         let wait = options.bootstrap_wait;
         let allow_not_ready = options.allow_not_ready;
         let shared = Arc::new(Shared::new(options));
+        // The host's last word, from disk: a process that opens while the data server is
+        // down serves what its host last activated, at once.
+        if shared.take_host_schedule() {
+            shared.stats.unconfirmed.store(1, Relaxed);
+        }
         let control = Arc::new(Control::default());
         let thread = retrieval::spawn(shared.clone(), control.clone())
             .map_err(|e| OpenError::Thread(format!("cannot start the retrieval thread: {e}")))?;
@@ -133,8 +139,10 @@ impl Client {
             .shared
             .activation
             .disarm_after_fork(FORK_MONO_NS.load(Relaxed));
-        // Serving the parent's active version, unconfirmed until the first check-in.
+        // Serving the parent's active version, unconfirmed until the first check-in; or, with
+        // a host cache, what the host's schedule says now (a local read, no network).
         self.shared.stats.lagging.store(1, Relaxed);
+        self.shared.take_host_schedule();
         self.read_generation.store(now, Release);
         let control = Arc::new(Control::after_fork(inherited));
         self.control.store(control.clone());

@@ -112,7 +112,23 @@ pub struct sync_stats {
     pub last_activation_mono_ns: i64,
     /// CLOCK_MONOTONIC instant at which the staged version becomes active, ns (0: none).
     pub next_activation_mono_ns: i64,
+    /// What this handle does on its host: 0 no host cache (`cache_dir=`), 1 leader (talks to
+    /// the data server for the host), 2 follower (follows the leader through the host cache),
+    /// 3 the host cache could not be used (this process alone; `sync_last_error` says why).
+    pub host_role: u32,
+    /// 1 while the version served came from the host cache at open and nothing has confirmed
+    /// it since (the data server may be down); 0 once a check-in has.
+    pub unconfirmed: u32,
+    /// Data server's clock when the version served was last confirmed current, µs: its age.
+    pub confirmed_us: i64,
+    /// Host-cache operations that failed (a full disk, a corrupt file); reads never fail
+    /// for them.
+    pub cache_failures: u64,
 }
+
+/// The size of `sync_stats` before fields were added at its end: callers built against that
+/// header get that prefix filled.
+const SYNC_STATS_V1_SIZE: usize = std::mem::offset_of!(sync_stats, host_role);
 
 thread_local! {
     /// Detail of the last failure on this thread, for `sync_error_message`.
@@ -377,12 +393,12 @@ pub extern "C" fn sync_stats_get(handle: *const sync_handle, out: *mut sync_stat
         let out = try_out!(out);
         // SAFETY: out is non-NULL; struct_size is the first field of every version.
         let size = unsafe { (*out).struct_size } as usize;
-        if size < std::mem::size_of::<sync_stats>() {
+        if size < SYNC_STATS_V1_SIZE {
             return fail(
                 SYNC_INVALID_PARAMETER,
                 format!(
-                    "sync_stats.struct_size is {size}; this library needs {}",
-                    std::mem::size_of::<sync_stats>()
+                    "sync_stats.struct_size is {size}; this library needs at least \
+                     {SYNC_STATS_V1_SIZE}"
                 ),
             );
         }
@@ -403,9 +419,23 @@ pub extern "C" fn sync_stats_get(handle: *const sync_handle, out: *mut sync_stat
             last_activation_us: s.last_activation_us,
             last_activation_mono_ns: s.last_activation_mono_ns,
             next_activation_mono_ns: s.next_activation_mono_ns,
+            host_role: s.host_role,
+            unconfirmed: s.unconfirmed as u32,
+            confirmed_us: s.confirmed_us,
+            cache_failures: s.cache_failures,
         };
-        // SAFETY: out is non-NULL and at least size_of::<sync_stats>() bytes (checked above).
-        unsafe { *out = stats };
+        // A caller built against an older header gets the fields its struct has.
+        let n = size.min(std::mem::size_of::<sync_stats>());
+        // SAFETY: out is non-NULL with `size` writable bytes (the caller's struct_size), and
+        // n <= size; the source is a whole sync_stats.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&stats as *const sync_stats).cast::<u8>(),
+                out.cast::<u8>(),
+                n,
+            );
+            (*out).struct_size = n as u32;
+        }
         SYNC_OK as u32
     })
 }

@@ -32,6 +32,9 @@ pub struct Options {
     /// not available. Activations never use the wall clock, so this changes only the offset
     /// reported to the farm view.
     pub clock_skew_us: i64,
+    /// The host cache's root directory (see [`crate::host_cache`]); None: off, every
+    /// process on its own.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             allow_not_ready: false,
             max_version_bytes: 4 << 30,
             clock_skew_us: 0,
+            cache_dir: Some(crate::host_cache::default_root()),
         }
     }
 }
@@ -105,6 +109,8 @@ impl Options {
                         format!("option 'clock_skew_us' wants a number, got '{value}'")
                     })?
                 }
+                // Empty turns the host cache off.
+                "cache_dir" => o.cache_dir = Some(value).filter(|v| !v.is_empty()).map(Into::into),
                 other => return Err(format!("unknown option '{other}'")),
             }
         }
@@ -137,5 +143,11 @@ mod tests {
         assert!(Options::parse("url=ftp://x").is_err());
         assert!(Options::parse("bootstrap_wait_ms=soon").is_err());
         assert!(Options::parse("").unwrap().name.starts_with("pid-"));
+        assert_eq!(Options::parse("cache_dir=").unwrap().cache_dir, None);
+        assert_eq!(
+            Options::parse("cache_dir=/srv/c").unwrap().cache_dir,
+            Some("/srv/c".into())
+        );
+        assert!(Options::parse("").unwrap().cache_dir.is_some());
     }
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use crate::activation::{Activation, Version};
 use crate::clock::{mono_ns, wall_us, ClockSync, Estimate, Sample};
+use crate::following;
 use crate::format::VersionBuf;
+use crate::host_cache::{FileRef, HostCache, LeaderLock, Member};
 use crate::options::Options;
 use crate::wire::{self, CheckinResponse, ErrorBody, SyncTable};
 
@@ -35,6 +37,30 @@ pub struct Stats {
     pub last_activation_us: AtomicI64,
     pub last_activation_mono_ns: AtomicI64,
     pub next_activation_us: AtomicI64,
+    /// [`HostRole`] as a number.
+    pub host_role: AtomicU64,
+    /// 1 while the version served was read from the host cache and no check-in (this
+    /// process's or the leader's) has confirmed it since.
+    pub unconfirmed: AtomicU64,
+    /// The data server's clock when the active version was last confirmed current, µs.
+    pub confirmed_us: AtomicI64,
+    /// Host-cache operations that failed (a full disk, a corrupt file); reads never did.
+    pub cache_failures: AtomicU64,
+}
+
+/// What a handle does on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HostRole {
+    /// No host cache (`cache_dir=`): this process alone.
+    Off = 0,
+    /// Talks to the data server for the host and writes its schedule.
+    Leader = 1,
+    /// Follows the leader's schedule through the host cache, without the network.
+    Follower = 2,
+    /// The host cache could not be used (permissions, full disk): this process alone, and
+    /// `sync_error_message` says why.
+    Failed = 3,
 }
 
 /// A plain copy of [`Stats`].
@@ -56,6 +82,11 @@ pub struct StatsSnapshot {
     pub last_activation_mono_ns: i64,
     /// CLOCK_MONOTONIC instant the staged version activates at, ns (0: none staged).
     pub next_activation_mono_ns: i64,
+    /// [`HostRole`] as a number.
+    pub host_role: u32,
+    pub unconfirmed: bool,
+    pub confirmed_us: i64,
+    pub cache_failures: u64,
 }
 
 /// What a handle and its retrieval thread share.
@@ -63,6 +94,8 @@ pub struct Shared {
     pub options: Options,
     pub activation: Activation,
     pub stats: Stats,
+    /// This data server's directory in the host cache, if it is usable.
+    pub cache: Option<HostCache>,
     /// The last failure, for `sync_error_message` and for a failed open.
     last_error: Mutex<String>,
     ready: Mutex<bool>,
@@ -71,11 +104,26 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(options: Options) -> Shared {
+        let (cache, cache_error) = match options.cache_dir.as_deref() {
+            None => (None, None),
+            Some(root) => match HostCache::open(root, &options.url) {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        let stats = Stats::default();
+        let role = match (&cache, &cache_error) {
+            (Some(_), _) => HostRole::Follower,
+            (None, Some(_)) => HostRole::Failed,
+            (None, None) => HostRole::Off,
+        };
+        stats.host_role.store(role as u64, Relaxed);
         Shared {
+            cache,
+            stats,
+            last_error: Mutex::new(cache_error.unwrap_or_default()),
             options,
             activation: Activation::new(),
-            stats: Stats::default(),
-            last_error: Mutex::new(String::new()),
             ready: Mutex::new(false),
             ready_cv: Condvar::new(),
         }
@@ -88,13 +136,30 @@ impl Shared {
             .clone()
     }
 
-    fn set_error(&self, e: &str) {
+    pub(crate) fn set_error(&self, e: &str) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e.to_owned();
     }
 
-    fn mark_ready(&self) {
+    pub(crate) fn mark_ready(&self) {
         *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.ready_cv.notify_all();
+    }
+
+    /// Applies the host cache's schedule, if there is one; true if a version is held after.
+    pub fn take_host_schedule(&self) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        match cache.read_schedule() {
+            Ok(Some(s)) => following::apply_schedule(self, cache, &s)
+                .map_err(|e| self.set_error(&e))
+                .is_ok_and(|()| self.activation.current_number() != 0),
+            Ok(None) => false,
+            Err(e) => {
+                self.set_error(&e.to_string());
+                false
+            }
+        }
     }
 
     /// Waits up to `timeout` for the first version; true if it arrived.
@@ -125,6 +190,10 @@ impl Shared {
             last_activation_us: s.last_activation_us.load(Relaxed),
             last_activation_mono_ns: s.last_activation_mono_ns.load(Relaxed),
             next_activation_mono_ns: staged.map_or(0, |(_, _, at)| at),
+            host_role: s.host_role.load(Relaxed) as u32,
+            unconfirmed: s.unconfirmed.load(Relaxed) != 0,
+            confirmed_us: s.confirmed_us.load(Relaxed),
+            cache_failures: s.cache_failures.load(Relaxed),
         }
     }
 }
@@ -252,7 +321,28 @@ struct Retriever {
     /// In a `fork()` child until its first check-in: the parent's disarmed versions, which
     /// may be re-armed without a download if the data server still means them.
     inherited: Option<Vec<Arc<Version>>>,
+    /// Leadership of the host cache, once this handle has it.
+    lead: Option<LeaderLock>,
+    /// When to try for the leadership next (CLOCK_MONOTONIC ns).
+    next_lead_try_ns: i64,
+    /// When to write this follower's heartbeat next.
+    next_member_ns: i64,
+    /// When this retrieval thread started: a schedule written after it confirms what the
+    /// process serves.
+    started_ns: i64,
+    /// When this handle's last check-in succeeded (CLOCK_MONOTONIC ns; 0: never).
+    confirmed_mono_ns: i64,
 }
+
+/// How often a follower reads the host's schedule: well inside any retrieval window, and a
+/// small-file read is cheap.
+const FOLLOW_PERIOD_NS: i64 = 50_000_000;
+/// How often a follower tries for the leadership: a dead leader's host is led again within
+/// about this long.
+const LEAD_RETRY_NS: i64 = 500_000_000;
+/// How often a follower writes its heartbeat, and how old one may be and still count.
+const MEMBER_PERIOD_NS: i64 = 1_000_000_000;
+const MEMBER_STALE_NS: i64 = 5 * MEMBER_PERIOD_NS;
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -290,14 +380,26 @@ impl Retriever {
             pid,
             failures: 0,
             inherited,
+            lead: None,
+            next_lead_try_ns: 0,
+            next_member_ns: 0,
+            started_ns: mono_ns(),
+            confirmed_mono_ns: 0,
             shared,
         }
     }
 
     fn run(mut self, control: &Control) {
+        self.follow_loop(control);
+        if let Some(cache) = &self.shared.cache {
+            cache.remove_member(self.pid);
+        }
+    }
+
+    fn follow_loop(&mut self, control: &Control) {
         loop {
             self.promote_due();
-            let wake = match self.cycle() {
+            let wake = match self.step() {
                 Ok(next_checkin) => {
                     self.failures = 0;
                     self.shared.stats.consecutive_failures.store(0, Relaxed);
@@ -322,7 +424,9 @@ impl Retriever {
                 if control.sleep_until(until) {
                     return;
                 }
-                self.promote_due();
+                if self.promote_due() && self.lead.is_some() {
+                    self.write_schedule();
+                }
                 if until >= wake {
                     break;
                 }
@@ -343,14 +447,100 @@ impl Retriever {
         self.rng.i64(ceiling / 2..=ceiling)
     }
 
-    fn promote_due(&self) {
-        if let Some(p) = self.shared.activation.promote_due(mono_ns()) {
-            let s = &self.shared.stats;
-            s.activations.fetch_add(1, Relaxed);
-            s.last_activation_us.store(p.activation_us, Relaxed);
-            s.last_activation_mono_ns.store(p.at_mono_ns, Relaxed);
-            s.lagging.store(0, Relaxed);
+    /// True if an armed version became active.
+    fn promote_due(&self) -> bool {
+        let Some(p) = self.shared.activation.promote_due(mono_ns()) else {
+            return false;
+        };
+        let s = &self.shared.stats;
+        s.activations.fetch_add(1, Relaxed);
+        s.last_activation_us.store(p.activation_us, Relaxed);
+        s.last_activation_mono_ns.store(p.at_mono_ns, Relaxed);
+        s.lagging.store(0, Relaxed);
+        true
+    }
+
+    /// This handle's share of its host's work: the network cycle if it leads the host (or
+    /// has no host cache), else following the leader's schedule.
+    fn step(&mut self) -> Result<i64, String> {
+        let shared = self.shared.clone();
+        let Some(cache) = shared.cache.as_ref() else {
+            return self.cycle();
+        };
+        let now = mono_ns();
+        if self.lead.is_none() && now >= self.next_lead_try_ns {
+            self.next_lead_try_ns = now + LEAD_RETRY_NS + self.rng.i64(0..LEAD_RETRY_NS / 2);
+            match cache.try_lead() {
+                Ok(Some(lock)) => {
+                    self.lead = Some(lock);
+                    self.shared
+                        .stats
+                        .host_role
+                        .store(HostRole::Leader as u64, Relaxed);
+                    cache.remove_member(self.pid);
+                }
+                Ok(None) => {}
+                Err(e) => self.shared.set_error(&e.to_string()),
+            }
         }
+        if self.lead.is_some() {
+            let result = self.cycle();
+            // A heartbeat even after a failure: followers see the leader is alive.
+            self.write_schedule();
+            return result;
+        }
+        self.follow()
+    }
+
+    /// A follower's step: apply the leader's schedule from the host cache; fetch a version
+    /// from the network only if the host cache lacks it (a corrupt file, a full disk).
+    fn follow(&mut self) -> Result<i64, String> {
+        let shared = self.shared.clone();
+        let Some(cache) = shared.cache.as_ref() else {
+            return self.cycle();
+        };
+        let now = mono_ns();
+        let schedule = cache.read_schedule().map_err(|e| e.to_string())?;
+        if let Some(s) = &schedule {
+            if let Err(e) = following::apply_schedule(&self.shared, cache, s) {
+                self.shared.set_error(&e);
+                return self.cycle();
+            }
+            if s.confirmed_us > 0 && s.confirmed_mono_ns >= self.started_ns {
+                self.shared.stats.unconfirmed.store(0, Relaxed);
+            }
+        }
+        if now >= self.next_member_ns {
+            self.next_member_ns = now + MEMBER_PERIOD_NS;
+            let st = self.shared.stats();
+            let _ = cache.write_member(&Member {
+                pid: self.pid,
+                name: self.shared.options.name.clone(),
+                active: st.active_version,
+                staged: st.staged_version,
+                lagging: st.lagging,
+                written_mono_ns: now,
+            });
+        }
+        Ok(now + FOLLOW_PERIOD_NS)
+    }
+
+    /// The leader's word to its host: what is active and staged, and when.
+    fn write_schedule(&self) {
+        let (Some(cache), Some(_)) = (&self.shared.cache, &self.lead) else {
+            return;
+        };
+        let confirmed = self.shared.stats.confirmed_us.load(Relaxed);
+        let s = following::leader_schedule(&self.shared, confirmed, self.confirmed_mono_ns);
+        if let Err(e) = cache.write_schedule(&s) {
+            self.shared.set_error(&e.to_string());
+        }
+        let keep: Vec<FileRef> = s
+            .active
+            .into_iter()
+            .chain(s.staged.map(|st| st.file))
+            .collect();
+        cache.prune(&keep);
     }
 
     fn auth(&self) -> Option<String> {
@@ -389,6 +579,22 @@ impl Retriever {
             )
             .query("error_us", previous.map_or(0, |e| e.error_us).to_string())
             .query("lagging", stats.lagging.load(Relaxed).to_string());
+        if let (Some(cache), Some(_)) = (&self.shared.cache, &self.lead) {
+            let members: Vec<wire::ReportedMember> = cache
+                .members(mono_ns() - MEMBER_STALE_NS)
+                .iter()
+                .map(|m| wire::ReportedMember {
+                    pid: m.pid,
+                    active: m.active,
+                    staged: m.staged,
+                    lagging: m.lagging,
+                    name: m.name.clone(),
+                })
+                .collect();
+            req = req
+                .query("role", "leader")
+                .query("members", wire::ReportedMember::encode(&members));
+        }
         if let Some(a) = self.auth() {
             req = req.header("Authorization", &a);
         }
@@ -549,10 +755,40 @@ impl Retriever {
                 .find(|v| v.number() == number && self.announced_matches(v))
                 .cloned()
         });
-        match inherited {
-            Some(v) => Ok(v),
-            None => self.download(number),
+        if let Some(v) = inherited {
+            return Ok(v);
         }
+        let announced = self.announced_checksum(number);
+        let shared = self.shared.clone();
+        let Some(cache) = shared.cache.as_ref() else {
+            return self.download(number);
+        };
+        // Another process of the host may have fetched it already (a leader since gone).
+        if let Some(checksum) = announced {
+            if let Ok(Some(v)) = cache.load(FileRef {
+                version: number,
+                checksum,
+            }) {
+                return Ok(v);
+            }
+        }
+        let v = self.download(number)?;
+        match cache.publish(&v) {
+            Ok(mapped) => Ok(mapped),
+            Err(e) => {
+                // A full disk or a broken directory costs this process memory, never a read.
+                self.shared.set_error(&e.to_string());
+                self.shared.stats.cache_failures.fetch_add(1, Relaxed);
+                Ok(v)
+            }
+        }
+    }
+
+    fn announced_checksum(&self, number: u64) -> Option<u64> {
+        self.announced
+            .iter()
+            .find(|(v, _)| *v == number)
+            .and_then(|(_, c)| *c)
     }
 
     /// One retrieval cycle; returns the monotonic instant of the next check-in.
@@ -620,6 +856,12 @@ impl Retriever {
         }
 
         self.inherited = None;
+        let stats = &self.shared.stats;
+        stats.unconfirmed.store(0, Relaxed);
+        stats
+            .confirmed_us
+            .store(stats.last_checkin_us.load(Relaxed), Relaxed);
+        self.confirmed_mono_ns = mono_ns();
         let now = mono_ns();
         let at = est.mono_at(table.activation_time_us);
         let poll = clamp_ns(table.interval_us * 1000 / 4, 200_000_000, 15_000_000_000);

@@ -21,6 +21,11 @@ pub const PATH_ADMIN: &str = "/v1/admin";
 /// Data-server clock when it answered, µs since the Unix epoch. Sent on every check-in answer,
 /// 304 included, so each round trip is also a clock sample.
 pub const HEADER_SERVER_TIME: &str = "x-lockstep-server-time-us";
+/// Data-server clock when the request arrived, µs since the Unix epoch; sent on every answer
+/// with [`HEADER_SERVER_TIME`], which is then stamped as late as possible. The two are NTP's
+/// second and third timestamps: the time the server spent between them is not network delay,
+/// so a client takes it out of the round trip and of the offset.
+pub const HEADER_SERVER_RECEIVED: &str = "x-lockstep-server-received-us";
 /// Number of the version in a version response.
 pub const HEADER_VERSION: &str = "x-lockstep-version";
 /// Checksum of the version in a version response, as 16 hex digits.
@@ -133,6 +138,79 @@ pub struct CheckinQuery {
     /// 1 when the client missed an activation and is catching up.
     #[serde(default)]
     pub lagging: u8,
+    /// "leader" when this client checks in for its whole host (its host cache's other
+    /// processes follow it); empty for a process on its own.
+    #[serde(default)]
+    pub role: String,
+    /// The host's followers, encoded by [`ReportedMember::encode`] (at most
+    /// [`MAX_REPORTED_MEMBERS`]).
+    #[serde(default)]
+    pub members: String,
+}
+
+/// The most followers a leader lists in one check-in; a larger host reports the first ones.
+pub const MAX_REPORTED_MEMBERS: usize = 256;
+
+/// One follower as a leader reports it in [`CheckinQuery::members`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedMember {
+    pub pid: u32,
+    pub active: u64,
+    pub staged: u64,
+    pub lagging: bool,
+    /// The follower's `name` option.
+    pub name: String,
+}
+
+/// `,`, `:` and `%` in a name, escaped so that the list stays parseable.
+fn escape_name(name: &str) -> String {
+    name.replace('%', "%25")
+        .replace(',', "%2C")
+        .replace(':', "%3A")
+}
+
+fn unescape_name(name: &str) -> String {
+    name.replace("%3A", ":")
+        .replace("%2C", ",")
+        .replace("%25", "%")
+}
+
+impl ReportedMember {
+    /// `pid:active:staged:lagging:name` items separated by `,`.
+    pub fn encode(members: &[ReportedMember]) -> String {
+        members
+            .iter()
+            .take(MAX_REPORTED_MEMBERS)
+            .map(|m| {
+                format!(
+                    "{}:{}:{}:{}:{}",
+                    m.pid,
+                    m.active,
+                    m.staged,
+                    m.lagging as u8,
+                    escape_name(&m.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses [`ReportedMember::encode`]'s form, skipping items that do not parse.
+    pub fn decode(s: &str) -> Vec<ReportedMember> {
+        s.split(',')
+            .take(MAX_REPORTED_MEMBERS)
+            .filter_map(|item| {
+                let mut f = item.splitn(5, ':');
+                Some(ReportedMember {
+                    pid: f.next()?.parse().ok()?,
+                    active: f.next()?.parse().ok()?,
+                    staged: f.next()?.parse().ok()?,
+                    lagging: f.next()? == "1",
+                    name: unescape_name(f.next().unwrap_or("")),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Bytes in JSON: a plain string when they are UTF-8, otherwise `{"b64": "..."}`.
@@ -430,6 +508,26 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["staged_version"], 3);
         assert_eq!(serde_json::from_value::<CheckinResponse>(v).unwrap(), r);
+        let members = vec![
+            ReportedMember {
+                pid: 7,
+                active: 3,
+                staged: 4,
+                lagging: true,
+                name: "php:fpm,1%".into(),
+            },
+            ReportedMember {
+                pid: 8,
+                active: 3,
+                staged: 0,
+                lagging: false,
+                name: String::new(),
+            },
+        ];
+        assert_eq!(
+            ReportedMember::decode(&ReportedMember::encode(&members)),
+            members
+        );
         assert_eq!(checksum_hex(0xab), "00000000000000ab");
         assert_eq!(parse_checksum_hex("00000000000000ab"), Some(0xab));
     }

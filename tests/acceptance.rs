@@ -115,7 +115,9 @@ fn invariant_2_no_read_outside_the_activation_window() {
     let mut checked = 0;
     for o in &observers {
         let r = o.report();
-        let eps_ns = r.stat("error_us").unwrap() * 1000;
+        // The bound that held when each activation was armed: the estimate improves over
+        // the run, so the largest bound the client reported covers every arming.
+        let eps_ns = r.stat_history("error_us", 0).into_iter().max().unwrap() * 1000;
         // ε is the client's own word: capped here, so a client that inflated it could not
         // make the check vacuous.
         assert!(

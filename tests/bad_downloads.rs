@@ -61,6 +61,7 @@ fn bad_version(lie: Lie) -> Vec<u8> {
 
 /// Serves version 1 (good, price=2.00) as active and announces version 2, which it lies about.
 fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
+    support::host_cache_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();

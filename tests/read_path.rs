@@ -173,6 +173,7 @@ fn retrieval_thread_blocks_every_async_signal() {
 
 #[test]
 fn close_does_not_wait_out_a_hanging_request() {
+    host_cache_root();
     // A data server that accepts connections and never answers.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -29,6 +29,7 @@ typedef struct {
   ngx_str_t token;
   ngx_str_t name;
   ngx_msec_t bootstrap_wait;
+  ngx_str_t cache_dir; /* unset: the library's default; "off": no host cache */
 } ngx_http_lockstep_main_conf_t;
 
 static sync_handle *lockstep_handle; /* this worker's handle */
@@ -50,6 +51,8 @@ static ngx_command_t ngx_http_lockstep_commands[] = {
     {ngx_string("lockstep_bootstrap_wait"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
      offsetof(ngx_http_lockstep_main_conf_t, bootstrap_wait), NULL},
+    {ngx_string("lockstep_cache_dir"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_lockstep_main_conf_t, cache_dir), NULL},
     {ngx_string("lockstep_serve"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, ngx_http_lockstep_serve,
      NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
     ngx_null_command};
@@ -115,6 +118,11 @@ static ngx_int_t ngx_http_lockstep_init_process(ngx_cycle_t *cycle) {
                              ngx_pid, conf->bootstrap_wait);
   if (conf->token.len) {
     end = ngx_snprintf(end, options + sizeof options - 1 - end, ";token=%V", &conf->token);
+  }
+  if (conf->cache_dir.len == 3 && ngx_strncmp(conf->cache_dir.data, "off", 3) == 0) {
+    end = ngx_snprintf(end, options + sizeof options - 1 - end, ";cache_dir=");
+  } else if (conf->cache_dir.len) {
+    end = ngx_snprintf(end, options + sizeof options - 1 - end, ";cache_dir=%V", &conf->cache_dir);
   }
   sync_handle *h = NULL;
   sync_result r = sync_open((const char *)options, (size_t)(end - options), &h);

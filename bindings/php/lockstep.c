@@ -42,6 +42,8 @@ PHP_INI_ENTRY("lockstep.token", "", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.name", "php", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.bootstrap_wait_ms", "5000", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.allow_not_ready", "0", PHP_INI_ALL, NULL)
+/* Unset: the library's default host cache (/var/tmp/lockstep-<uid>); empty: off. */
+PHP_INI_ENTRY("lockstep.cache_dir", NULL, PHP_INI_SYSTEM, NULL)
 PHP_INI_END()
 
 static void throw_result(sync_result r) {
@@ -63,11 +65,13 @@ static sync_handle *process_handle(void) {
   const char *name = INI_STR("lockstep.name");
   zend_long wait = INI_INT("lockstep.bootstrap_wait_ms");
   zend_long lazy = INI_INT("lockstep.allow_not_ready");
+  const char *cache_dir = INI_STR("lockstep.cache_dir");
   char options[2048];
   int len = snprintf(options, sizeof options,
-                     "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s",
+                     "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s",
                      url ? url : "", name && *name ? name : "php", (long)getpid(), (long)wait,
-                     lazy ? 1 : 0, token && *token ? ";token=" : "", token && *token ? token : "");
+                     lazy ? 1 : 0, token && *token ? ";token=" : "", token && *token ? token : "",
+                     cache_dir ? ";cache_dir=" : "", cache_dir ? cache_dir : "");
   if (len < 0 || (size_t)len >= sizeof options) {
     zend_throw_exception(lockstep_exception_ce, "lockstep ini settings are too long",
                          SYNC_BAD_OPTION);

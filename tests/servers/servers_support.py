@@ -31,6 +31,17 @@ def render(template, out, **values):
     return out
 
 
+def host_cache(workdir, user):
+    """A host-cache directory for workers running as `user`: theirs, mode 0700."""
+    import pwd
+    path = os.path.join(str(workdir), "cache")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(path, 0o700)
+    return path
+
+
 class Daemon:
     def __init__(self, args, log):
         self.proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)

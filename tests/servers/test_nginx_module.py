@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 
 from servers_support import (REPO, Daemon, Poller, Server, edit_and_watch_every_worker_switch,
-                      free_port, render, wait_for)
+                      free_port, host_cache, render, wait_for)
 
 MODULE = os.path.join(REPO, "target", "nginx-module", "ngx_http_lockstep_module.so")
 TEMPLATE = os.path.join(REPO, "bindings", "nginx", "example", "nginx.conf")
@@ -15,7 +15,10 @@ TEMPLATE = os.path.join(REPO, "bindings", "nginx", "example", "nginx.conf")
 def start_nginx(nginx_bin, workdir, url, port):
     (workdir / "static.txt").write_text("1.25")
     os.chmod(workdir / "static.txt", 0o644)
-    conf = render(TEMPLATE, workdir / "nginx.conf", MODULE=MODULE, DIR=workdir, PORT=port, URL=url)
+    # Workers of a root master run as nobody (nginx's default user).
+    cache = host_cache(workdir, "nobody")
+    conf = render(TEMPLATE, workdir / "nginx.conf", MODULE=MODULE, DIR=workdir, PORT=port, URL=url,
+                  CACHE=cache)
     d = Daemon([nginx_bin, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.out")
     assert wait_for(lambda: fetch(port, "/version")[0] == 200, timeout=20), \
         open(workdir / "nginx-error.log").read()

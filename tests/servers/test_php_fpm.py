@@ -4,7 +4,7 @@ import json
 import os
 
 from servers_support import (REPO, Daemon, Poller, Server, edit_and_watch_every_worker_switch,
-                      free_port, render, wait_for)
+                      free_port, host_cache, render, wait_for)
 
 EXT = os.path.join(REPO, "target", "php-ext", "modules", "lockstep.so")
 EXAMPLE = os.path.join(REPO, "bindings", "php", "example")
@@ -33,7 +33,8 @@ def test_an_edit_goes_live_in_every_fpm_worker_at_the_activation_time(nginx_bin,
         server.put("price:apple", "1.25")
         server.wait_active("price:apple", "1.25")
         fpm_conf = render(os.path.join(EXAMPLE, "php-fpm.conf"), workdir / "php-fpm.conf",
-                          DIR=workdir, URL=server.url, USER="root", GROUP="root")
+                          DIR=workdir, URL=server.url, USER="root", GROUP="root",
+                          CACHE=host_cache(workdir, "root"))
         fpm = Daemon(["php-fpm8.2", "-R", "-F", "-d", f"extension={EXT}", "-y", str(fpm_conf),
                       "-p", str(workdir)],
                      workdir / "fpm.out")

@@ -28,12 +28,49 @@ pub fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_owned()
 }
 
+/// The host-cache root of this test process, exported as `LOCKSTEP_CACHE_DIR` to every
+/// client it opens or starts: clients of a data server that a test started never find a
+/// schedule another test run left for the same port. Roots of test processes that are gone
+/// are removed.
+pub fn host_cache_root() -> &'static PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = target_dir().join("host-caches");
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let alive = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        // Rust's environment functions take one lock, so this is safe beside other test
+        // threads reading it; no C code in a test process reads this variable.
+        std::env::set_var("LOCKSTEP_CACHE_DIR", &dir);
+        dir
+    })
+}
+
+/// A fresh host-cache directory of its own: a process given it is a host of its own.
+pub fn own_host_cache(label: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    host_cache_root().join(format!("host-{label}-{n}"))
+}
+
 /// Builds the data server binary and the shared library once per test process. A test of the
 /// root crate does not get them from cargo by itself: the binary belongs to the server crate
 /// and the `.so` is not linked into tests.
 fn built() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        host_cache_root();
         let mut args = vec!["build", "-p", "lockstep", "-p", "lockstep-server"];
         if target_dir().file_name().is_some_and(|n| n == "release") {
             args.push("--release"); // benches run from target/release
@@ -138,6 +175,7 @@ impl Server {
 
     /// Starts on a given address, so a restarted server comes back where clients look.
     pub fn start_at(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        host_cache_root();
         let mut child = Command::new(bin())
             .arg("serve")
             .arg("--db")

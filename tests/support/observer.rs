@@ -95,8 +95,18 @@ impl Observer {
         faketime: Option<&str>,
         options: &str,
     ) -> Observer {
+        // Each observer is a host of its own unless the options say otherwise, so every
+        // one measures its own clock and talks to the data server itself.
+        let options = if options.contains("cache_dir=") {
+            options.to_owned()
+        } else {
+            format!(
+                "{options};cache_dir={}",
+                super::own_host_cache(name).display()
+            )
+        };
         let mut cmd = Command::new(observer_exe());
-        cmd.args([url, name, key, &seconds.to_string(), options])
+        cmd.args([url, name, key, &seconds.to_string(), &options])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(skew) = faketime {
@@ -190,6 +200,16 @@ impl Observer {
                 self.report()
             )
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -39,7 +39,7 @@ pub struct Proxy {
     pub url: String,
     mode: Arc<Mutex<Mode>>,
     stop: Arc<AtomicBool>,
-    /// Version requests that reached the data server, by path.
+    /// Requests that reached the data server, by path without the query.
     downloads: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
@@ -82,7 +82,23 @@ impl Proxy {
 
     /// How many times each version path was requested through the proxy.
     pub fn downloads(&self) -> BTreeMap<String, u64> {
-        self.downloads.lock().unwrap().clone()
+        self.downloads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.starts_with("/v1/versions/"))
+            .map(|(p, n)| (p.clone(), *n))
+            .collect()
+    }
+
+    /// How many check-ins reached the data server through the proxy.
+    pub fn checkins(&self) -> u64 {
+        self.downloads
+            .lock()
+            .unwrap()
+            .get("/v1/checkin")
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -139,9 +155,8 @@ fn serve(
         hold_until(stop);
         return;
     }
-    if path.starts_with("/v1/versions/") {
-        *downloads.lock().unwrap().entry(path.clone()).or_default() += 1;
-    }
+    let route = path.split('?').next().unwrap_or("").to_owned();
+    *downloads.lock().unwrap().entry(route).or_default() += 1;
     if mode == Mode::Garbage {
         let junk: Vec<u8> = (0..(n * 37 % 500 + 1))
             .map(|i| ((i * 131 + n * 7) % 256) as u8)

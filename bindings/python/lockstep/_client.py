@@ -27,10 +27,15 @@ class Client:
 
     def __init__(self, url="http://127.0.0.1:7420", *, token=None, name=None,
                  bootstrap_wait=5.0, allow_not_ready=False, connect_timeout=None,
-                 checkin_timeout=None, download_timeout=None, library=None):
+                 checkin_timeout=None, download_timeout=None, cache_dir=None, library=None):
+        """``cache_dir``: the host cache shared by this host's processes (None: the library's
+        default, ``$LOCKSTEP_CACHE_DIR`` or ``/var/tmp/lockstep-<uid>``; ``""``: off, this
+        process on its own). Times are in seconds."""
         self._lib = load_library(library)
         pairs = [("url", url), ("bootstrap_wait_ms", _ms(bootstrap_wait)),
                  ("allow_not_ready", "1" if allow_not_ready else "0")]
+        if cache_dir is not None:
+            pairs.append(("cache_dir", str(cache_dir)))
         if token:
             pairs.append(("token", token))
         if name:

@@ -58,6 +58,10 @@ class sync_stats(ctypes.Structure):
         ("last_activation_us", ctypes.c_int64),
         ("last_activation_mono_ns", ctypes.c_int64),
         ("next_activation_mono_ns", ctypes.c_int64),
+        ("host_role", ctypes.c_uint32),
+        ("unconfirmed", ctypes.c_uint32),
+        ("confirmed_us", ctypes.c_int64),
+        ("cache_failures", ctypes.c_uint64),
     ]
 
 

@@ -1,0 +1,102 @@
+//! Following the host: how a process takes the leader's schedule from the host cache, and how
+//! the leader writes it.
+//!
+//! The leader talks to the data server for the whole host (see [`crate::host_cache`]); every
+//! other process of the host applies its schedule: the version active now, and the staged
+//! version with its activation instant on CLOCK_MONOTONIC. A follower arms that very instant,
+//! so a host's processes switch together to within a clock read. The same step serves a
+//! process that opens while the data server is down (it serves the host's last active
+//! version at once) and a `fork()` child's first call (it takes the schedule from disk before
+//! its first read, without the network).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::clock::mono_ns;
+use crate::host_cache::{FileRef, HostCache, Schedule, StagedRef};
+use crate::retrieval::Shared;
+
+/// The version a schedule says reads see at monotonic `now`: the staged one once its instant
+/// has passed (on this boot), else the active one.
+fn due_now(s: &Schedule, now: i64) -> Option<FileRef> {
+    match s.staged {
+        Some(st) if s.same_boot() && st.at_mono_ns <= now => Some(st.file),
+        _ => s.active,
+    }
+}
+
+/// Makes `shared` hold what the schedule says: the version due now, active; the staged one,
+/// armed for its instant. Loads from the host cache only what it does not already hold.
+/// An error means a version file is missing or does not verify: the caller falls back to the
+/// network for it.
+pub fn apply_schedule(shared: &Shared, cache: &HostCache, s: &Schedule) -> Result<(), String> {
+    let act = &shared.activation;
+    let now = mono_ns();
+    if let Some(due) = due_now(s, now) {
+        if act.pin().map(|v| FileRef::of(&v)) != Some(due) {
+            let armed = act
+                .armed_version(due.version)
+                .map(|(v, _)| v)
+                .filter(|v| v.checksum() == due.checksum);
+            let version = match armed {
+                Some(v) => v,
+                None => cache
+                    .load(due)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("version {} is not in the host cache", due.version))?,
+            };
+            act.activate_now(version);
+            shared.stats.activations.fetch_add(1, Relaxed);
+        }
+        shared.mark_ready();
+    }
+    if let Some(st) = s.staged.filter(|st| s.same_boot() && st.at_mono_ns > now) {
+        let armed_here = act
+            .armed_version(st.file.version)
+            .is_some_and(|(v, at)| v.checksum() == st.file.checksum && at == st.at_mono_ns);
+        if !armed_here {
+            let v = cache
+                .load(st.file)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("version {} is not in the host cache", st.file.version))?;
+            act.arm(v, st.activation_us, st.at_mono_ns);
+        }
+        shared
+            .stats
+            .next_activation_us
+            .store(st.activation_us, Relaxed);
+    }
+    let stats = &shared.stats;
+    stats.clock_offset_us.store(s.clock_offset_us, Relaxed);
+    stats.clock_error_us.store(s.clock_error_us, Relaxed);
+    stats.lagging.store(s.lagging as u64, Relaxed);
+    if s.confirmed_us > 0 {
+        stats.confirmed_us.store(s.confirmed_us, Relaxed);
+        stats.last_checkin_us.store(s.confirmed_us, Relaxed);
+    }
+    Ok(())
+}
+
+/// What the leader writes after each cycle and each activation.
+pub fn leader_schedule(shared: &Shared, confirmed_us: i64, confirmed_mono_ns: i64) -> Schedule {
+    let act = &shared.activation;
+    let stats = &shared.stats;
+    let mut s = Schedule::new(std::process::id());
+    s.written_mono_ns = mono_ns();
+    s.confirmed_us = confirmed_us;
+    s.confirmed_mono_ns = confirmed_mono_ns;
+    s.active = act.pin().map(|v| FileRef::of(&v));
+    s.staged = act
+        .staged()
+        .and_then(|(number, activation_us, at_mono_ns)| {
+            let (v, _) = act.armed_version(number)?;
+            Some(StagedRef {
+                file: FileRef::of(&v),
+                activation_us,
+                at_mono_ns,
+            })
+        });
+    s.clock_offset_us = stats.clock_offset_us.load(Relaxed);
+    s.clock_error_us = stats.clock_error_us.load(Relaxed);
+    s.lagging = stats.lagging.load(Relaxed) != 0;
+    s
+}
