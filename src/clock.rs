@@ -1,11 +1,13 @@
 //! The client's estimate of the data server's clock, expressed on the local monotonic clock.
 //!
-//! Every check-in is a clock sample: the monotonic time the request left (`t0`), the data
-//! server's time in the answer (`s`), and the monotonic time the answer arrived (`t1`). The
-//! server read its clock somewhere inside `[t0, t1]`, so `s - (t0 + t1)/2` estimates the
-//! offset with an error of at most `(t1 - t0)/2` (Cristian's algorithm). We keep the recent
-//! sample whose error bound — half its round trip, plus the drift that can have built up since
-//! it was taken — is the smallest.
+//! Every check-in is a clock sample, with NTP's four timestamps: the monotonic time the request
+//! left (`t0`), the data server's clock when the request arrived (`s0`) and when the answer
+//! left (`s1`), and the monotonic time the answer arrived (`t1`). The server's work `s1 - s0`
+//! drops out: the network's share of the round trip is `d = (t1 - t0) - (s1 - s0)`, and
+//! `(s0 + s1)/2 - (t0 + t1)/2` estimates the offset with an error of at most `d/2`. A server
+//! that sends only `s1` gives `s0 = s1` (Cristian's algorithm: the work counts as network, so
+//! the bound still holds, only wider). We keep the recent sample whose error bound — half its
+//! network delay, plus the drift that can have built up since it was taken — is the smallest.
 //!
 //! Activations are scheduled as monotonic instants: `server_time - offset`. The monotonic clock
 //! never steps, so moving the wall clock (NTP, an operator, libfaketime) cannot move an
@@ -49,8 +51,10 @@ pub struct Sample {
     pub sent_ns: i64,
     /// Monotonic ns when the answer arrived.
     pub received_ns: i64,
-    /// The data server's clock in its answer, µs since the Unix epoch.
+    /// The data server's clock when it sent its answer, µs since the Unix epoch.
     pub server_us: i64,
+    /// The data server's clock when the request arrived, µs, if it said.
+    pub server_received_us: Option<i64>,
     /// Local wall clock at the midpoint, µs (for reporting only).
     pub wall_mid_us: i64,
 }
@@ -60,15 +64,32 @@ impl Sample {
         (self.received_ns - self.sent_ns).max(0)
     }
 
-    /// Server time in ns minus monotonic ns.
-    fn mono_offset_ns(&self) -> i64 {
-        self.server_us * 1000 - (self.sent_ns + self.rtt_ns() / 2)
+    /// The server's time inside the round trip, ns: what it says, but never less than zero
+    /// nor more than the round trip itself (a number from the network is not trusted).
+    fn server_work_ns(&self) -> i64 {
+        self.server_received_us
+            .map_or(0, |r| self.server_us.saturating_sub(r).saturating_mul(1000))
+            .clamp(0, self.rtt_ns())
     }
 
-    /// The error bound of this sample, seen from monotonic time `now_ns`.
+    /// Server time in ns minus monotonic ns: the server's midpoint against ours.
+    fn mono_offset_ns(&self) -> i64 {
+        let work = self.server_work_ns();
+        let server_mid = self.server_us.saturating_mul(1000) - work / 2;
+        server_mid - (self.sent_ns + self.rtt_ns() / 2)
+    }
+
+    /// The error bound of this sample, seen from monotonic time `now_ns`: half the network's
+    /// share of the round trip, the stamps' µs resolution, and drift since.
     fn error_ns(&self, now_ns: i64) -> i64 {
         let age = (now_ns - self.received_ns).max(0);
-        self.rtt_ns() / 2 + age.saturating_mul(MAX_DRIFT_PPM) / 1_000_000
+        let network = self.rtt_ns() - self.server_work_ns();
+        let resolution = if self.server_received_us.is_some() {
+            1_000
+        } else {
+            500
+        };
+        network / 2 + resolution + age.saturating_mul(MAX_DRIFT_PPM) / 1_000_000
     }
 }
 
@@ -136,8 +157,44 @@ mod tests {
             sent_ns: sent,
             received_ns: sent + rtt,
             server_us: (sent + server_read_at + true_offset_ns) / 1000,
+            server_received_us: None,
             wall_mid_us: 0,
         }
+    }
+
+    #[test]
+    fn the_servers_work_drops_out_of_the_offset_and_its_bound() {
+        let offset = 42_000_000_000;
+        // 10 ms round trip: 1 ms out, 8 ms of server work, 1 ms back.
+        let s = Sample {
+            sent_ns: 0,
+            received_ns: 10_000_000,
+            server_received_us: Some((1_000_000 + offset) / 1000),
+            server_us: (9_000_000 + offset) / 1000,
+            wall_mid_us: 0,
+        };
+        let e = ClockSync::new().add(s);
+        assert!((e.mono_offset_ns - offset).abs() <= 1_000, "{e:?}");
+        assert!(e.error_us <= 1_000 + 1, "{e:?}");
+        // A server that stamps once, after its work, is 4 ms off at the midpoint, and says so.
+        let once = Sample {
+            server_received_us: None,
+            ..s
+        };
+        let e = ClockSync::new().add(once);
+        assert!(
+            (e.mono_offset_ns - offset - 4_000_000).abs() <= 1_000,
+            "{e:?}"
+        );
+        assert!(e.error_us >= 5_000);
+        // A lying server cannot claim more work than the round trip.
+        let liar = Sample {
+            server_received_us: Some(i64::MIN),
+            ..s
+        };
+        let e = ClockSync::new().add(liar);
+        assert!(e.error_us >= 1, "{e:?}");
+        assert!((e.mono_offset_ns - offset).abs() <= 5_000_000);
     }
 
     #[test]
@@ -146,10 +203,10 @@ mod tests {
         let mut c = ClockSync::new();
         // A slow round trip where the server answered at the very end: a bad estimate.
         let e1 = c.add(sample(0, 40_000_000, offset, 40_000_000));
-        assert_eq!(e1.error_us, 20_000);
+        assert_eq!(e1.error_us, 20_001);
         // A fast one shortly after.
         let e2 = c.add(sample(50_000_000, 200_000, offset, 100_000));
-        assert!(e2.error_us <= 101, "{e2:?}");
+        assert!(e2.error_us <= 102, "{e2:?}");
         assert!((e2.mono_offset_ns - offset).abs() <= 100_000);
         // A later slow sample does not replace it.
         let e3 = c.add(sample(60_000_000, 30_000_000, offset, 0));
@@ -177,7 +234,7 @@ mod tests {
         // (600 s × 100 ppm = 60 ms) now exceeds 0.5 ms.
         let later = 600_000_000_000;
         let e = c.add(sample(later, 1_000_000, 5_000_000, 500_000));
-        assert_eq!(e.error_us, 500);
+        assert_eq!(e.error_us, 501);
         assert!((e.mono_offset_ns - 5_000_000).abs() < 1_000);
     }
 

@@ -614,6 +614,11 @@ impl Retriever {
             .get(wire::HEADER_SERVER_TIME)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i64>().ok());
+        let server_received_us = resp
+            .headers()
+            .get(wire::HEADER_SERVER_RECEIVED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
         let body = resp
             .body_mut()
             .with_config()
@@ -652,6 +657,7 @@ impl Retriever {
             sent_ns,
             received_ns,
             server_us,
+            server_received_us,
             wall_mid_us: wall_sent + (wall_received - wall_sent) / 2,
         });
         self.table = Some(table);
