@@ -870,7 +870,13 @@ impl Retriever {
         self.confirmed_mono_ns = mono_ns();
         let now = mono_ns();
         let at = est.mono_at(table.activation_time_us);
-        let poll = clamp_ns(table.interval_us * 1000 / 4, 200_000_000, 15_000_000_000);
+        // The data server counts on this cadence (see `wire::CHECKIN_PERIOD_MIN_US`) when it
+        // moves an activation earlier and when it decides a member has gone silent.
+        let poll = clamp_ns(
+            table.interval_us * 1000 / 4,
+            wire::CHECKIN_PERIOD_MIN_US * 1000,
+            wire::CHECKIN_PERIOD_MAX_US * 1000,
+        );
         // Spread the check-ins that follow an activation so the farm does not stampede the
         // data server; the first one to arrive performs the rotation.
         let spread = clamp_ns(table.min_window_us * 1000 / 10, 1_000_000, 1_000_000_000);
