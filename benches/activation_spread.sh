@@ -6,7 +6,8 @@
 # late, early or missed it, the spread of the instants the libraries armed ("planned") and of
 # the first reads of the new version ("observed"), and the widest switch bracket (a reader's
 # last read of the old version to its first read of the new, on CLOCK_MONOTONIC, which every
-# process on a host shares); then that round's summary. At the end, each summary figure as the
+# process on a host shares), and for late servers how long after the activation time they still
+# served the old version; then that round's summary. At the end, each summary figure as the
 # median over the rounds with its range [min–max].
 #
 #   benches/activation_spread.sh [SERVERS] [ACTIVATIONS] [INTERVAL] [ROUNDS]
@@ -49,6 +50,7 @@ for text in rounds:
         ("observed, on time", r"spread, observed \(first reads of the new version, servers on time\): (.*)"),
         ("observed, all", r"spread, observed \(first reads, every server .*?\): (.*)"),
         ("bracket", r"switch bracket .*? switches: (.*)"),
+        ("late switches, old version served after T", r"late switches, last read of the old version .*?: (.*)"),
     ]:
         m = re.search(pattern, text)
         if m:

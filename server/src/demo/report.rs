@@ -168,9 +168,14 @@ fn activation_line(s: &Settled, webs: &[Web]) -> String {
             .filter(|(_, x)| x.outcome == o)
             .map(|(w, _)| w.name.as_str())
             .collect();
-        if !names.is_empty() {
-            line.push_str(&format!("; {}: {}", outcome_word(o), names.join(", ")));
+        if names.is_empty() {
+            continue;
         }
+        line.push_str(&format!("; {}", outcome_word(o)));
+        if let (Outcome::Late, Some(worst)) = (o, s.lateness_ns().max()) {
+            line.push_str(&format!(" (old version served until {})", signed_ms(worst)));
+        }
+        line.push_str(&format!(": {}", names.join(", ")));
     }
     line
 }
@@ -284,6 +289,7 @@ pub struct Summary {
     observed_on_time: Vec<i64>,
     observed_all: Vec<i64>,
     widths: Vec<i64>,
+    lateness: Vec<i64>,
     inside: (usize, usize),
 }
 
@@ -297,6 +303,7 @@ impl Summary {
         self.observed_on_time.extend(s.observed_spread_ns(true));
         self.observed_all.extend(s.observed_spread_ns(false));
         self.widths.extend(s.widths_ns());
+        self.lateness.extend(s.lateness_ns());
         let (inside, of) = s.planned_inside_bracket();
         self.inside.0 += inside;
         self.inside.1 += of;
@@ -352,6 +359,11 @@ impl Summary {
         println!(
             "  per web server, on time/late/early/missed: {}",
             counts.join(", ")
+        );
+        println!(
+            "  late switches, last read of the old version after the activation time, over {}: {}",
+            self.lateness.len(),
+            percentiles(&mut self.lateness)
         );
         println!(
             "  (late: a read saw the old version more than the server's clock-error bound + {} ms after the activation time; early: one saw the new version that much before it; missed: never served it)",

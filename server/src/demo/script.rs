@@ -22,6 +22,8 @@ pub const PRICES: &[(&str, &str)] = &[
 const SCHEDULE_ON_ROTATION: u64 = 2;
 const SCHEDULED_KEY: &str = "promo:winter";
 const SCHEDULED_VALUE: &str = "25%";
+/// Attempts at scheduling it, each one activation later than the last.
+const SCHEDULE_TRIES: u32 = 3;
 
 /// Comma-separated keys for the web servers to read, `price:apple` (edited every cycle) first.
 pub fn keys() -> String {
@@ -102,8 +104,21 @@ impl Script {
     /// ahead.
     fn schedule_change(&mut self) -> Result<(i64, String), String> {
         let status: StatusResponse = self.admin.get("/v1/admin/status", &[]).map_err(err)?;
-        let at_us = status.sync.activation_time_us + status.sync.interval_us;
-        let answer = self.put(SCHEDULED_KEY, SCHEDULED_VALUE, Some(at_us))?;
+        let interval_us = status.sync.interval_us;
+        let mut at_us = status.sync.activation_time_us + interval_us;
+        // On a loaded machine the put can reach the data server after that time has passed
+        // (it refuses a time in the past): then aim one activation further.
+        let mut tries = 1;
+        let answer = loop {
+            match self.put(SCHEDULED_KEY, SCHEDULED_VALUE, Some(at_us)) {
+                Ok(answer) => break answer,
+                Err(_) if tries < SCHEDULE_TRIES && at_us <= clock::now_us() + interval_us => {
+                    at_us += interval_us;
+                    tries += 1;
+                }
+                Err(e) => return Err(format!("cannot schedule {SCHEDULED_KEY}: {e}")),
+            }
+        };
         let promised = match answer.live_by_us {
             Some(t) if t == at_us => "goes live at exactly that activation".to_owned(),
             Some(t) => format!("the data server says it goes live at {}", format_us(t)),

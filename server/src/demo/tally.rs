@@ -121,6 +121,16 @@ impl Settled {
         spread(self.switches(on_time_only).map(|s| s.first_new_read_ns))
     }
 
+    /// For each late server, how long after the activation time it still served the old
+    /// version (the start of its last read of it).
+    pub fn lateness_ns(&self) -> impl Iterator<Item = i64> + '_ {
+        self.servers
+            .iter()
+            .filter(|s| s.outcome == Outcome::Late)
+            .filter_map(|s| s.switch.as_ref())
+            .map(|s| s.last_old_read_ns - self.time_ns)
+    }
+
     pub fn widths_ns(&self) -> impl Iterator<Item = i64> + '_ {
         self.switches(false).map(Switch::width_ns)
     }
