@@ -50,15 +50,22 @@ pub fn apply_schedule(shared: &Shared, cache: &HostCache, s: &Schedule) -> Resul
         shared.mark_ready();
     }
     if let Some(st) = s.staged.filter(|st| s.same_boot() && st.at_mono_ns > now) {
-        let armed_here = act
+        let armed = act
             .armed_version(st.file.version)
-            .is_some_and(|(v, at)| v.checksum() == st.file.checksum && at == st.at_mono_ns);
-        if !armed_here {
-            let v = cache
-                .load(st.file)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("version {} is not in the host cache", st.file.version))?;
-            act.arm(v, st.activation_us, st.at_mono_ns);
+            .filter(|(v, _)| v.checksum() == st.file.checksum);
+        match armed {
+            Some((_, at)) if at == st.at_mono_ns => {}
+            // The leader refined its clock estimate: the same version, a new instant.
+            Some((v, _)) => act.arm(v, st.activation_us, st.at_mono_ns),
+            None => {
+                let v = cache
+                    .load(st.file)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("version {} is not in the host cache", st.file.version)
+                    })?;
+                act.arm(v, st.activation_us, st.at_mono_ns);
+            }
         }
         shared
             .stats

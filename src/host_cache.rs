@@ -379,8 +379,9 @@ impl HostCache {
     }
 
     /// Followers whose heartbeat is newer than `since_mono_ns`; older files are removed
-    /// (their processes are gone).
+    /// (their processes are gone), and so are files from the future (another boot's clock).
     pub fn members(&self, since_mono_ns: i64) -> Vec<Member> {
+        let future = crate::clock::mono_ns() + 60_000_000_000;
         let mut out = Vec::new();
         for name in self.names() {
             if !(name.starts_with("m-") && name.ends_with(".json")) {
@@ -392,7 +393,7 @@ impl HostCache {
                 .flatten()
                 .and_then(|b| serde_json::from_slice::<Member>(&b).ok())
             {
-                Some(m) if m.written_mono_ns >= since_mono_ns => out.push(m),
+                Some(m) if (since_mono_ns..future).contains(&m.written_mono_ns) => out.push(m),
                 _ => self.unlink(&name),
             }
         }
