@@ -222,10 +222,30 @@ fn a_killed_leader_is_replaced_and_no_activation_is_missed() {
         .is_some()
     });
     assert!(new_leader.is_some(), "nobody took the lead");
+    // Now kill the new leader at the activation boundary itself.
     put(&s, "price", "v2");
-    for o in &os {
-        o.wait_value("v2", Duration::from_secs(10));
-    }
+    let leader = os.iter().position(|o| role(o) == 1).expect("a leader");
+    os[leader]
+        .wait_for(Duration::from_secs(10), |r| {
+            r.stat("staged")
+                .filter(|v| *v > r.stat("active").unwrap_or(0))
+        })
+        .expect("v2 never staged");
+    let table = checkin(&s, "judge").sync;
+    let t = wall_us_to_mono_ns(table.activation_time_us);
+    sleep_until_us(table.activation_time_us);
+    let mut dead = os.remove(leader);
+    dead.kill9();
+    let survivor = &os[0];
+    let c = survivor.wait_value("v2", Duration::from_secs(10));
+    assert!(
+        (c.first_new_ns - t).abs() < 20_000_000,
+        "the survivor switched {} ms from the activation time",
+        (c.first_new_ns - t) / 1_000_000
+    );
+    wait_role(survivor, 1);
+    put(&s, "price", "v3");
+    survivor.wait_value("v3", Duration::from_secs(10));
 }
 
 #[test]
