@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -236,11 +237,23 @@ fn blob(what: &str, b: Blob) -> ApiResult<Vec<u8>> {
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
 }
 
-fn server_time_header(now_us: i64) -> (header::HeaderName, HeaderValue) {
-    (
+/// Stamps every answer with the server's clock when the request arrived and when the answer
+/// leaves: NTP's second and third timestamps. Outermost layer, so the first is taken before
+/// any routing, authentication or database work and the second after all of it, and a client
+/// can subtract exactly the time the server spent.
+async fn stamp_server_clock(request: Request, next: Next) -> Response {
+    let received_us = clock::now_us();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::HeaderName::from_static(wire::HEADER_SERVER_RECEIVED),
+        HeaderValue::from(received_us),
+    );
+    headers.insert(
         header::HeaderName::from_static(wire::HEADER_SERVER_TIME),
-        HeaderValue::from(now_us),
-    )
+        HeaderValue::from(clock::now_us()),
+    );
+    response
 }
 
 pub fn router(state: Shared) -> Router {
@@ -270,16 +283,12 @@ pub fn router(state: Shared) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(stamp_server_clock))
         .with_state(state)
 }
 
 async fn health() -> Response {
-    let now = clock::now_us();
-    (
-        [server_time_header(now)],
-        Json(serde_json::json!({ "status": "ok", "server_time_us": now })),
-    )
-        .into_response()
+    Json(serde_json::json!({ "status": "ok", "server_time_us": clock::now_us() })).into_response()
 }
 
 /// The retrieval step: rotate if due, remember the client, answer with the sync table and the
@@ -336,11 +345,7 @@ async fn checkin(
         HeaderValue::from_str(&etag).expect("ascii etag"),
     );
     if !rotated && if_none_match(&headers, &etag) {
-        return Ok((
-            StatusCode::NOT_MODIFIED,
-            [server_time_header(now), etag_header],
-        )
-            .into_response());
+        return Ok((StatusCode::NOT_MODIFIED, [etag_header]).into_response());
     }
     let body = CheckinResponse {
         sync,
@@ -349,7 +354,7 @@ async fn checkin(
         staged_checksum: wire::checksum_hex(staged_checksum),
         active_checksum: wire::checksum_hex(active_checksum),
     };
-    Ok(([server_time_header(now), etag_header], Json(body)).into_response())
+    Ok(([etag_header], Json(body)).into_response())
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
@@ -378,7 +383,6 @@ async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> Ap
             header::HeaderName::from_static(wire::HEADER_CHECKSUM),
             HeaderValue::from_str(&wire::checksum_hex(stored.checksum)).expect("hex"),
         ),
-        server_time_header(clock::now_us()),
     ];
     if if_none_match(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());

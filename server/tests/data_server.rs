@@ -973,3 +973,117 @@ fn a_member_silent_for_ten_minutes_leaves_the_farm_view_and_the_database() {
     admin_get(&s, "/v1/admin/status");
     assert_eq!(old_rows(), 0, "the expired member stayed in the database");
 }
+
+/// The data-server clock stamps of one answer, checked against the test's clock (the same
+/// host's) read just before the request and just after the answer.
+struct Stamps {
+    received_us: i64,
+    sent_us: i64,
+    answer: Answer,
+}
+
+fn stamped(what: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Stamps {
+    let before = now_us();
+    let answer = get(url, token, headers);
+    let after = now_us();
+    let stamp = |name: &str| -> i64 {
+        answer
+            .headers
+            .get(name)
+            .unwrap_or_else(|| panic!("{what} ({}): no {name}", answer.status))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let received_us = stamp(wire::HEADER_SERVER_RECEIVED);
+    let sent_us = stamp(wire::HEADER_SERVER_TIME);
+    assert!(
+        before <= received_us && received_us <= sent_us && sent_us <= after,
+        "{what}: sent at {before}, received at {received_us}, answered at {sent_us}, back at \
+         {after}"
+    );
+    Stamps {
+        received_us,
+        sent_us,
+        answer,
+    }
+}
+
+#[test]
+fn every_answer_says_when_the_server_received_the_request_and_when_it_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fast_server(&dir.path().join("db"));
+    put(&s, "k", "v");
+    let u = |p: &str| format!("{}{p}", s.url);
+    let first = stamped("check-in", &u("/v1/checkin?name=a"), None, &[]);
+    assert_eq!(first.answer.status, 200);
+    let etag = first.answer.headers["etag"].to_str().unwrap().to_owned();
+    let again = stamped(
+        "check-in with its ETag",
+        &u("/v1/checkin?name=a"),
+        None,
+        &[("If-None-Match", &etag)],
+    );
+    // A rotation between the two makes the second a 200; either is a clock sample.
+    assert!([200, 304].contains(&again.answer.status));
+    let v = first.answer.json()["active_version"].as_u64().unwrap();
+    let version = stamped("version", &u(&format!("/v1/versions/{v}")), None, &[]);
+    assert_eq!(version.answer.status, 200);
+    let etag = version.answer.headers["etag"].to_str().unwrap().to_owned();
+    let cached = stamped(
+        "version with its ETag",
+        &u(&format!("/v1/versions/{v}")),
+        None,
+        &[("If-None-Match", &etag)],
+    );
+    assert_eq!(cached.answer.status, 304);
+    let cases = [
+        ("health", u("/v1/health"), None, 200),
+        ("current version", u("/v1/versions/current"), None, 200),
+        ("status", u("/v1/admin/status"), Some(TOKEN), 200),
+        ("status without a token", u("/v1/admin/status"), None, 401),
+        ("bad check-in", u("/v1/checkin?pid=x"), None, 400),
+        ("unknown path", u("/v1/nothing"), None, 404),
+    ];
+    for (what, url, token, status) in cases {
+        assert_eq!(
+            stamped(what, &url, token, &[]).answer.status,
+            status,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_rotating_checkins_two_clock_stamps_bracket_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fast_server(&dir.path().join("db"));
+    put(&s, "k", "v");
+    let t = checkin(&s, "probe").sync.activation_time_us;
+    sleep_until_us(t + 1_000);
+    let url = format!("{}/v1/checkin?name=rotator", s.url);
+    let r = stamped("rotating check-in", &url, None, &[]);
+    let body: wire::CheckinResponse = serde_json::from_slice(&r.answer.body).unwrap();
+    assert!(body.rotated, "the check-in after {t} did not rotate");
+    let log = admin_get(&s, "/v1/admin/rotations");
+    let rotation = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["activation_time_us"] == t)
+        .unwrap_or_else(|| panic!("no rotation of {t}: {log}"));
+    // The rotation began after the request arrived; the body's clock was read after it, and the
+    // answer left after that: the server's work lies between the two stamps, not in the offset.
+    let rotated_at = rotation["rotated_at_us"].as_i64().unwrap();
+    assert!(
+        r.received_us <= rotated_at
+            && rotated_at < body.server_time_us
+            && body.server_time_us <= r.sent_us,
+        "received {}, rotated {rotated_at}, body {}, sent {}",
+        r.received_us,
+        body.server_time_us,
+        r.sent_us
+    );
+    assert!(r.sent_us > r.received_us);
+}
