@@ -64,9 +64,11 @@ impl Drop for Editor {
 
 #[test]
 fn invariant_1_at_most_one_rotation_per_activation_time() {
-    // 256 concurrent check-ins at the boundary, on one data server...
+    // 256 concurrent check-ins at the boundary, on one data server. The interval is long
+    // enough that all of them land before the next activation time, even on a loaded
+    // machine: a check-in after it would rightly perform the next rotation...
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
+    let s = Server::start(&dir.path().join("db"), &["--interval", "4s"]);
     put(&s, "k", "v");
     let t = checkin(&s, "probe").sync.activation_time_us;
     let results = concurrent_checkins(std::slice::from_ref(&s.url), 256, t);
@@ -74,7 +76,7 @@ fn invariant_1_at_most_one_rotation_per_activation_time() {
 
     // ...and on two data-server processes sharing one database.
     let db = dir.path().join("shared");
-    let a = Server::start(&db, &["--interval", "1s"]);
+    let a = Server::start(&db, &["--interval", "4s"]);
     let b = Server::start(&db, &[]);
     put(&a, "k", "v");
     let t = checkin(&a, "probe").sync.activation_time_us;
