@@ -15,16 +15,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lockstep::wire::{
-    self, Blob, CheckinQuery, CheckinResponse, DeleteRequest, ErrorBody, FarmMember, ImportRequest,
+    self, Blob, CheckinQuery, CheckinResponse, DeleteRequest, ErrorBody, ImportRequest,
     IntervalRequest, IntervalResponse, PutRequest, RollbackRequest, RollbackResponse,
     WriteResponse,
 };
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::clock;
 use crate::clock::{format_duration_us, format_us};
 use crate::store::{Change, IntervalChange, Store, StoreError};
+use crate::{clock, farm};
 
 /// Size limits on what admins may send.
 #[derive(Debug, Clone, Copy)]
@@ -326,19 +326,7 @@ async fn checkin(
         }
     };
     let now = clock::now_us();
-    state.store.record_checkin(FarmMember {
-        name: q.name,
-        host: q.host,
-        pid: q.pid,
-        staged: q.staged,
-        active: q.active,
-        offset_us: q.offset_us,
-        error_us: q.error_us,
-        lagging: q.lagging != 0,
-        last_checkin_us: now,
-        silent_us: 0,
-        stale: false,
-    });
+    state.store.record_checkin(farm::members_of_checkin(q, now));
     let etag = sync.etag();
     let etag_header = (
         header::ETAG,
@@ -387,6 +375,7 @@ async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> Ap
     if if_none_match(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
+    state.store.count_download(stored.version);
     Ok((
         common,
         [(

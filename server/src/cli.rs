@@ -14,12 +14,14 @@ use std::time::Duration;
 use lockstep::wire::{
     Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest,
     IntervalResponse, KeyChanges, KeyInfo, PutRequest, RollbackRequest, RollbackResponse,
-    StatusResponse, VersionInfo, WriteResponse,
+    WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clock::{format_duration_us, format_us};
+use crate::farm::{HostView, Member, Role};
+use crate::store::{Status, VersionRow};
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
@@ -221,7 +223,7 @@ impl Cli {
     }
 
     pub fn status(&self) -> CliResult {
-        let s: StatusResponse = self.get("/v1/admin/status", &[])?;
+        let s: Status = self.get("/v1/admin/status", &[])?;
         self.print(&s, |s, out| {
             outln!(out, "data server time   {}", format_us(s.server_time_us));
             outln!(
@@ -250,60 +252,19 @@ impl Cli {
                 s.versions,
                 s.rotations
             );
-            // Every process holding a handle checks in, a pre-fork master that opened one
-            // included, so this counts processes, not the ones that serve requests.
-            let stale = s.farm.iter().filter(|m| m.stale).count();
-            outln!(
-                out,
-                "farm               {} processes holding a handle{}",
-                s.farm.len(),
-                match stale {
-                    0 => String::new(),
-                    n => format!(", {n} of them stale (silent too long; probably gone)"),
-                }
-            );
-            if !s.farm.is_empty() {
-                outln!(
-                    out,
-                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12} {:>9} {:>8}  last seen",
-                    "name",
-                    "host",
-                    "pid",
-                    "staged",
-                    "active",
-                    "offset ms",
-                    "±ms",
-                    "lagging"
-                );
-            }
-            for m in &s.farm {
-                outln!(
-                    out,
-                    "  {:<20} {:<16} {:>7} {:>7} {:>7} {:>12.3} {:>9.3} {:>8}  {} ago{}",
-                    m.name,
-                    m.host,
-                    m.pid,
-                    m.staged,
-                    m.active,
-                    m.offset_us as f64 / 1e3,
-                    m.error_us as f64 / 1e3,
-                    if m.lagging { "yes" } else { "no" },
-                    format_duration_us(m.silent_us),
-                    if m.stale { ", stale" } else { "" }
-                );
-            }
+            write_farm(out, &s.farm, &s.hosts);
         })
     }
 
     /// The newest `limit` versions (every one with `None`), saying so when the list is cut.
     pub fn history(&self, limit: Option<u64>) -> CliResult {
-        let h: Vec<VersionInfo> = self.get(
+        let h: Vec<VersionRow> = self.get(
             "/v1/admin/history",
             &[("limit", limit.unwrap_or(u64::MAX).to_string())],
         )?;
         let total = match limit {
             Some(n) if h.len() as u64 >= n => {
-                let s: StatusResponse = self.get("/v1/admin/status", &[])?;
+                let s: Status = self.get("/v1/admin/status", &[])?;
                 s.versions
             }
             _ => h.len() as u64,
@@ -311,22 +272,24 @@ impl Cli {
         self.print(&h, |h, out| {
             outln!(
                 out,
-                "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} reason",
+                "{:>7} {:>8} {:>10} {:>9} {:<24} {:<24} {:<24} reason",
                 "version",
                 "keys",
                 "bytes",
+                "downloads",
                 "created",
                 "staged",
                 "activated"
             );
             let t = |v: Option<i64>| v.map(format_us).unwrap_or_else(|| "-".into());
-            for v in h {
+            for VersionRow { info: v, downloads } in h {
                 outln!(
                     out,
-                    "{:>7} {:>8} {:>10} {:<24} {:<24} {:<24} {}",
+                    "{:>7} {:>8} {:>10} {:>9} {:<24} {:<24} {:<24} {}",
                     v.version,
                     v.entries,
                     v.size,
+                    downloads,
                     format_us(v.created_us),
                     t(v.staged_us),
                     t(v.activated_us),
@@ -390,6 +353,180 @@ impl Cli {
             outln!(out, "{}", r.message);
         })
     }
+}
+
+/// A host with more processes than this lists only those that need a look (its leader, and
+/// stale, lagging or behind ones), this many at most, and counts the others: with a thousand
+/// processes on a few hosts the view stays a screen or two.
+const LISTED_PER_HOST: usize = 8;
+
+/// Combinations of versions a host's summary names; the rest are counted.
+const NAMED_VERSION_SETS: usize = 3;
+
+/// The farm, host by host: each host's leader, how many follow it, what its processes hold,
+/// then its processes.
+fn write_farm(out: &mut String, farm: &[Member], hosts: &[HostView]) {
+    // Every process holding a handle is listed, a pre-fork master that opened one included,
+    // so this counts processes, not the ones that serve requests.
+    let stale = farm.iter().filter(|m| m.process.stale).count();
+    outln!(
+        out,
+        "farm               {} processes holding a handle on {} {}{}",
+        farm.len(),
+        hosts.len(),
+        if hosts.len() == 1 { "host" } else { "hosts" },
+        match stale {
+            0 => String::new(),
+            n => format!(", {n} of them stale (silent too long; probably gone)"),
+        }
+    );
+    if farm.is_empty() {
+        return;
+    }
+    outln!(
+        out,
+        "  {:>9}  {:<20} {:<12} {:>7} {:>7} {:>10} {:>8} {:>7}  last seen",
+        "pid",
+        "name",
+        "role",
+        "staged",
+        "active",
+        "offset ms",
+        "±ms",
+        "lagging"
+    );
+    let mut rest = farm;
+    for host in hosts {
+        // The farm comes in host order, as `hosts` does.
+        let n = rest
+            .iter()
+            .take_while(|m| m.process.host == host.host)
+            .count();
+        let (members, after) = rest.split_at(n);
+        rest = after;
+        write_host(out, host, members);
+    }
+}
+
+fn write_host(out: &mut String, host: &HostView, members: &[Member]) {
+    let name = if host.host.is_empty() {
+        "(no host name given)"
+    } else {
+        &host.host
+    };
+    let alone = members
+        .iter()
+        .filter(|m| m.role == Role::Alone && !m.process.stale)
+        .count();
+    let mut about = vec![processes(host.processes)];
+    if let Some(pid) = host.leader_pid {
+        about.push(format!("leader pid {pid}, {} following", host.following));
+    }
+    if alone > 0 {
+        about.push(format!("{alone} on their own"));
+    }
+    if host.lagging > 0 {
+        about.push(format!("{} lagging", host.lagging));
+    }
+    if host.stale > 0 {
+        about.push(format!("{} stale", host.stale));
+    }
+    outln!(out, "  host {name}: {}", about.join(", "));
+    if !host.versions.is_empty() {
+        let mut held: Vec<String> = host
+            .versions
+            .iter()
+            .take(NAMED_VERSION_SETS)
+            .map(|v| {
+                format!(
+                    "active {}, staged {}: {}",
+                    v.active,
+                    v.staged,
+                    processes(v.processes)
+                )
+            })
+            .collect();
+        if host.versions.len() > NAMED_VERSION_SETS {
+            held.push(format!(
+                "{} other combinations",
+                host.versions.len() - NAMED_VERSION_SETS
+            ));
+        }
+        outln!(out, "    versions     {}", held.join("; "));
+    }
+    let typical = host.versions.first().map(|v| (v.active, v.staged));
+    let needs_a_look = |m: &Member| {
+        m.role == Role::Leader
+            || m.process.stale
+            || m.process.lagging
+            || Some((m.process.active, m.process.staged)) != typical
+    };
+    let listed: Vec<&Member> = if members.len() <= LISTED_PER_HOST {
+        members.iter().collect()
+    } else {
+        members
+            .iter()
+            .filter(|m| needs_a_look(m))
+            .take(LISTED_PER_HOST)
+            .collect()
+    };
+    for m in &listed {
+        write_member(out, m);
+    }
+    let unlisted: Vec<&Member> = members
+        .iter()
+        .filter(|m| !listed.iter().any(|l| std::ptr::eq(*l, *m)))
+        .collect();
+    if unlisted.is_empty() {
+        return;
+    }
+    let all = |role| unlisted.iter().all(|m| m.role == role);
+    let who = match unlisted.len() {
+        n if all(Role::Follower) => format!("{n} more following"),
+        n if all(Role::Alone) => format!("{n} more on their own"),
+        n => format!("{n} more"),
+    };
+    match typical {
+        Some((active, staged)) if !unlisted.iter().any(|m| needs_a_look(m)) => outln!(
+            out,
+            "    … and {who}, each live, not lagging, with active {active}, staged {staged}"
+        ),
+        _ => outln!(
+            out,
+            "    … and {who}, not listed (lockstep status --json lists every process)"
+        ),
+    }
+}
+
+fn processes(n: u64) -> String {
+    match n {
+        1 => "1 process".to_owned(),
+        n => format!("{n} processes"),
+    }
+}
+
+fn write_member(out: &mut String, m: &Member) {
+    let p = &m.process;
+    let role = match (m.role, m.leader_pid) {
+        (Role::Leader, _) => "leader".to_owned(),
+        (Role::Alone, _) => "alone".to_owned(),
+        (Role::Follower, Some(leader)) => format!("follows {leader}"),
+        (Role::Follower, None) => "follower".to_owned(),
+    };
+    outln!(
+        out,
+        "  {:>9}  {:<20} {:<12} {:>7} {:>7} {:>10.3} {:>8.3} {:>7}  {} ago{}",
+        p.pid,
+        if p.name.is_empty() { "-" } else { &p.name },
+        role,
+        p.staged,
+        p.active,
+        p.offset_us as f64 / 1e3,
+        p.error_us as f64 / 1e3,
+        if p.lagging { "yes" } else { "no" },
+        format_duration_us(p.silent_us),
+        if p.stale { ", stale" } else { "" }
+    );
 }
 
 /// Key changes as `diff` prints them: `+ key<TAB>value`, `- key`, `~ key<TAB>old -> new`.

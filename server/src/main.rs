@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod clock;
 mod demo;
+mod downloads;
 mod farm;
 mod rotation;
 mod store;
@@ -255,9 +256,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 loop {
                     tick.tick().await;
                     let s = store.clone();
-                    let flush = move || s.flush_farm(clock::now_us());
+                    let flush = move || s.flush_batched(clock::now_us());
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
-                        tracing::warn!("farm flush failed: {e}");
+                        tracing::warn!("farm and downloads flush failed: {e}");
                     }
                 }
             })
@@ -268,7 +269,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("server failed: {e}"))?;
         flusher.abort();
         let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.flush_farm(clock::now_us())).await;
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || s.flush_batched(clock::now_us())).await
+        {
+            tracing::warn!("last farm and downloads flush failed: {e}");
+        }
         tracing::info!("data server stopped");
         Ok::<_, String>(())
     })

@@ -16,11 +16,14 @@ use bytes::Bytes;
 use lockstep::format::{self, Content};
 use lockstep::wire::{
     Blob, ChangedEntry, DiffResponse, Entry, FarmMember, KeyChanges, KeyInfo, RotationRecord,
-    ScheduledChange, StatusResponse, SyncTable, VersionInfo,
+    ScheduledChange, SyncTable, VersionInfo,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 
-use crate::{clock, farm, rotation};
+use crate::downloads::{self, Downloads};
+use crate::farm::{self, HostView, Member, Role};
+use crate::{clock, rotation};
 
 /// Why a store operation did not happen. Every variant leaves the database unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, host, pid)
     );
     "#,
+    // 2: the farm by host (see `farm`): what each member is to its host.
+    r#"
+    ALTER TABLE farm ADD COLUMN role TEXT NOT NULL DEFAULT '';
+    ALTER TABLE farm ADD COLUMN leader_pid INTEGER;
+    "#,
+    // 3: downloads per version.
+    downloads::SCHEMA,
 ];
 
 /// How long a check-in may be answered from the sync table this process read last.
@@ -195,7 +205,33 @@ pub struct Store {
     /// The sync table as this process last read or wrote it, and when: lets most check-ins
     /// answer without a database read (see [`Store::recent_sync_table`]).
     recent_sync: Mutex<Option<(SyncTable, std::time::Instant)>>,
-    farm: Mutex<HashMap<(String, String, u32), FarmMember>>,
+    /// Members seen since the last flush, by (name, host, pid).
+    farm: Mutex<HashMap<(String, String, u32), Member>>,
+    downloads: Downloads,
+}
+
+/// `GET /v1/admin/status`: [`lockstep::wire::StatusResponse`]'s fields, its farm members
+/// carrying their role, and the farm grouped by host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub sync: SyncTable,
+    pub server_time_us: i64,
+    pub production_keys: u64,
+    pub pending_scheduled: u64,
+    pub versions: u64,
+    pub rotations: u64,
+    /// Every process, in [`farm::sort_for_view`]'s order.
+    pub farm: Vec<Member>,
+    pub hosts: Vec<HostView>,
+}
+
+/// One row of `GET /v1/admin/history`: [`VersionInfo`] and how many times the version was
+/// downloaded (see [`crate::downloads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRow {
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    pub downloads: u64,
 }
 
 fn open_writer(path: &Path) -> Result<Connection> {
@@ -440,6 +476,7 @@ impl Store {
             checksums: Mutex::new(HashMap::new()),
             recent_sync: Mutex::new(None),
             farm: Mutex::new(HashMap::new()),
+            downloads: Downloads::default(),
         })
     }
 
@@ -517,6 +554,9 @@ impl Store {
                 return Ok((sync, false));
             }
             let due = sync.activation_time_us;
+            // The write lock may have been waited for (an import, another rotation's fsync):
+            // the next activation leaves its window after now, not after the check-in came.
+            let now_us = now_us.max(clock::now_us());
             let next = rotation::next_activation(due, sync.interval_us, sync.min_window_us, now_us)
                 .ok_or_else(|| overflow("the next activation time"))?;
             let new_active = sync.staged_version;
@@ -903,8 +943,8 @@ impl Store {
         Ok(map)
     }
 
-    /// Every version, newest first.
-    pub fn history(&self, limit: u64) -> Result<Vec<VersionInfo>> {
+    /// The newest `limit` versions, newest first, with their downloads counted up to now.
+    pub fn history(&self, limit: u64) -> Result<Vec<VersionRow>> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT number, checksum, size, entries, created_us, staged_us, activated_us,
@@ -924,8 +964,24 @@ impl Store {
                     reason: r.get(7)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let versions = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let (Some(newest), Some(oldest)) = (versions.first(), versions.last()) else {
+                return Ok(Vec::new());
+            };
+            let downloads = self.downloads.totals(c, oldest.version, newest.version)?;
+            Ok(versions
+                .into_iter()
+                .map(|info| VersionRow {
+                    downloads: downloads.get(&info.version).copied().unwrap_or(0),
+                    info,
+                })
+                .collect())
         })
+    }
+
+    /// Counts one download of `version`: a 200 answer carrying its bytes.
+    pub fn count_download(&self, version: u64) {
+        self.downloads.count(version);
     }
 
     /// What changes from version `a` to version `b`.
@@ -939,40 +995,51 @@ impl Store {
         })
     }
 
-    /// Remembers a client's check-in; written to the database by [`Store::flush_farm`].
-    pub fn record_checkin(&self, member: FarmMember) {
-        let key = (member.name.clone(), member.host.clone(), member.pid);
-        self.farm
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, member);
+    /// Remembers what a check-in told about the farm (the process, and a leader's followers);
+    /// written to the database by [`Store::flush_batched`].
+    pub fn record_checkin(&self, members: Vec<Member>) {
+        let mut farm = self.farm.lock().unwrap_or_else(|e| e.into_inner());
+        for m in members {
+            let key = (
+                m.process.name.clone(),
+                m.process.host.clone(),
+                m.process.pid,
+            );
+            farm.insert(key, m);
+        }
     }
 
-    /// Writes the check-ins seen since the last flush in one transaction, without an fsync:
-    /// the farm view is a status display, rebuilt by the next check-ins after a crash, and an
-    /// fsync a second would hold the write lock that rotations and edits wait for. Members
-    /// silent for [`farm::EXPIRE_AFTER_US`] are deleted in the same transaction.
-    pub fn flush_farm(&self, now_us: i64) -> Result<()> {
-        let batch: Vec<FarmMember> = {
+    /// Writes the check-ins and the downloads counted since the last flush, without an fsync:
+    /// the farm view is a status display, rebuilt by the next check-ins after a crash, download
+    /// counts may lose the last second's on a crash (see [`crate::downloads`]), and an fsync a
+    /// second would hold the write lock that rotations and edits wait for. Members silent for
+    /// [`farm::EXPIRE_AFTER_US`] are deleted in the same transaction as the farm's.
+    pub fn flush_batched(&self, now_us: i64) -> Result<()> {
+        let batch: Vec<Member> = {
             let mut farm = self.farm.lock().unwrap_or_else(|e| e.into_inner());
             farm.drain().map(|(_, m)| m).collect()
         };
-        if batch.is_empty() {
+        if batch.is_empty() && self.downloads.nothing_pending() {
             return Ok(());
         }
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // In WAL mode, NORMAL skips the commit's fsync but never risks corruption; the next
         // FULL commit makes these frames durable too.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = write_farm(&mut conn, &batch, now_us - farm::EXPIRE_AFTER_US);
+        let result = match batch.is_empty() {
+            true => Ok(()),
+            false => write_farm(&mut conn, &batch, now_us - farm::EXPIRE_AFTER_US),
+        }
+        .and_then(|()| self.downloads.flush(&mut conn));
         conn.pragma_update(None, "synchronous", "FULL")?;
         result
     }
 
-    /// The sync table, counts and the farm: members silent for [`farm::EXPIRE_AFTER_US`] left
-    /// out, those silent for [`farm::stale_after_us`] marked stale.
-    pub fn status(&self, now_us: i64) -> Result<StatusResponse> {
-        self.flush_farm(now_us)?;
+    /// The sync table, counts and the farm, by process and by host: members silent for
+    /// [`farm::EXPIRE_AFTER_US`] left out, those silent for [`farm::stale_after_us`] marked
+    /// stale.
+    pub fn status(&self, now_us: i64) -> Result<Status> {
+        self.flush_batched(now_us)?;
         self.with_reader(|c| {
             let (sync, _) = read_sync(c)?;
             let count = |sql: &str| -> rusqlite::Result<u64> {
@@ -981,30 +1048,35 @@ impl Store {
             };
             let mut stmt = c.prepare_cached(
                 "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
-                        last_checkin_us FROM farm WHERE last_checkin_us >= ?1
-                 ORDER BY name, host, pid",
+                        last_checkin_us, role, leader_pid
+                 FROM farm WHERE last_checkin_us >= ?1",
             )?;
             let stale_after = farm::stale_after_us(sync.interval_us);
-            let farm = stmt
+            let mut members = stmt
                 .query_map(params![now_us - farm::EXPIRE_AFTER_US], |r| {
                     let last_checkin_us: i64 = r.get(8)?;
                     let silent_us = now_us.saturating_sub(last_checkin_us).max(0);
-                    Ok(FarmMember {
-                        name: r.get(0)?,
-                        host: r.get(1)?,
-                        pid: r.get(2)?,
-                        staged: r.get::<_, i64>(3)? as u64,
-                        active: r.get::<_, i64>(4)? as u64,
-                        offset_us: r.get(5)?,
-                        error_us: r.get(6)?,
-                        lagging: r.get(7)?,
-                        last_checkin_us,
-                        silent_us,
-                        stale: silent_us > stale_after,
+                    Ok(Member {
+                        process: FarmMember {
+                            name: r.get(0)?,
+                            host: r.get(1)?,
+                            pid: r.get(2)?,
+                            staged: r.get::<_, i64>(3)? as u64,
+                            active: r.get::<_, i64>(4)? as u64,
+                            offset_us: r.get(5)?,
+                            error_us: r.get(6)?,
+                            lagging: r.get(7)?,
+                            last_checkin_us,
+                            silent_us,
+                            stale: silent_us > stale_after,
+                        },
+                        role: Role::parse(&r.get::<_, String>(9)?),
+                        leader_pid: r.get(10)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(StatusResponse {
+            farm::sort_for_view(&mut members);
+            Ok(Status {
                 sync,
                 server_time_us: now_us,
                 production_keys: count("SELECT COUNT(*) FROM production")?,
@@ -1013,7 +1085,8 @@ impl Store {
                 )?,
                 versions: count("SELECT COUNT(*) FROM versions")?,
                 rotations: count("SELECT COUNT(*) FROM rotations")?,
-                farm,
+                hosts: farm::by_host(&members),
+                farm: members,
             })
         })
     }
@@ -1075,7 +1148,7 @@ fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
     })
 }
 
-fn write_farm(conn: &mut Connection, batch: &[FarmMember], expired_before_us: i64) -> Result<()> {
+fn write_farm(conn: &mut Connection, batch: &[Member], expired_before_us: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         "DELETE FROM farm WHERE last_checkin_us < ?1",
@@ -1084,10 +1157,15 @@ fn write_farm(conn: &mut Connection, batch: &[FarmMember], expired_before_us: i6
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,
-                                          lagging, last_checkin_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                          lagging, last_checkin_us, role, leader_pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
-        for m in batch {
+        for Member {
+            process: m,
+            role,
+            leader_pid,
+        } in batch
+        {
             stmt.execute(params![
                 m.name,
                 m.host,
@@ -1097,7 +1175,9 @@ fn write_farm(conn: &mut Connection, batch: &[FarmMember], expired_before_us: i6
                 m.offset_us,
                 m.error_us,
                 m.lagging,
-                m.last_checkin_us
+                m.last_checkin_us,
+                role.as_str(),
+                leader_pid
             ])?;
         }
     }

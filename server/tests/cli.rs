@@ -415,6 +415,7 @@ fn status_marks_a_silent_member_stale_and_says_how_long_each_has_been_silent() {
         checkin(&s, "alive");
         std::thread::sleep(Duration::from_millis(100));
     }
+    checkin(&s, "alive");
     let status = json(&s, &["status"]);
     let member = |name: &str| {
         status["farm"]
@@ -430,19 +431,164 @@ fn status_marks_a_silent_member_stale_and_says_how_long_each_has_been_silent() {
     assert!(gone["silent_us"].as_i64().unwrap() >= 6_000_000, "{gone}");
     let alive = member("alive");
     assert_eq!(alive["stale"], false, "{alive}");
-    assert!(alive["silent_us"].as_i64().unwrap() < 1_000_000, "{alive}");
+    // Starting the CLI takes a moment on a loaded machine; stale is over 5.6 s.
+    assert!(alive["silent_us"].as_i64().unwrap() < 3_000_000, "{alive}");
+
+    checkin(&s, "alive");
+    let text = ok(&s, &["status"]);
+    assert!(
+        text.contains("2 processes holding a handle on 1 host, 1 of them stale"),
+        "{text}"
+    );
+    let line = |name: &str| member_line(&text, name);
+    assert!(line("gone").ends_with("s ago, stale"), "{text}");
+    assert!(line("alive").ends_with(" ago"), "{text}");
+}
+
+/// The line of `lockstep status` that lists the process named `name` (pid, then name).
+fn member_line(text: &str, name: &str) -> String {
+    text.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("{name}: {text}"))
+        .to_owned()
+}
+
+fn checkin_as(s: &Server, query: &str) {
+    let a = get(&format!("{}/v1/checkin?{query}", s.url), None, &[]);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+}
+
+#[test]
+fn status_groups_the_farm_by_host_with_its_leader_its_followers_and_what_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    checkin_as(
+        &s,
+        "name=web&host=h1&pid=10&role=leader&active=3&staged=4\
+         &members=11:3:4:0:worker-a,12:2:4:1",
+    );
+    checkin_as(&s, "name=cron&host=h1&pid=20&active=3&staged=4");
+    checkin_as(&s, "name=solo&host=h2&pid=30&active=3&staged=4");
 
     let text = ok(&s, &["status"]);
     assert!(
-        text.contains("2 processes holding a handle, 1 of them stale"),
+        text.contains("5 processes holding a handle on 2 hosts\n"),
         "{text}"
     );
-    let line = |name: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("{name}: {text}"))
-            .to_owned()
+    let h1 = text.find("host h1:").unwrap_or_else(|| panic!("{text}"));
+    let h2 = text.find("host h2:").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        text[h1..].starts_with(
+            "host h1: 4 processes, leader pid 10, 2 following, 1 on their own, 1 lagging\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text[h1..h2].contains(
+            "versions     active 3, staged 4: 3 processes; active 2, staged 4: 1 process\n"
+        ),
+        "{text}"
+    );
+    // Each process under its host: the leader first, then those on their own, then followers.
+    let order: Vec<&str> = text[h1..h2]
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|w| ["web", "cron", "worker-a", "-"].contains(w))
+        .collect();
+    assert_eq!(order, ["web", "cron", "worker-a", "-"], "{text}");
+    let words = |name: &str| -> Vec<String> {
+        member_line(&text, name)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
     };
-    assert!(line("gone").ends_with("s ago, stale"), "{text}");
-    assert!(line("alive").ends_with("ms ago"), "{text}");
+    assert_eq!(words("web")[..3], ["10", "web", "leader"]);
+    assert_eq!(words("cron")[..3], ["20", "cron", "alone"]);
+    assert_eq!(words("worker-a")[..4], ["11", "worker-a", "follows", "10"]);
+    // A follower whose name its leader did not give: pid, no name, its leader, lagging.
+    let unnamed = member_line(&text, "-");
+    assert!(unnamed.trim_start().starts_with("12  -"), "{text}");
+    assert!(unnamed.contains("follows 10"), "{text}");
+    assert!(unnamed.contains(" yes "), "{text}");
+    assert!(
+        text[h2..].contains("host h2: 1 process, 1 on their own\n"),
+        "{text}"
+    );
+
+    let j = json(&s, &["status"]);
+    assert_eq!(j["hosts"][0]["leader_pid"], 10, "{j}");
+    assert_eq!(j["hosts"][0]["following"], 2, "{j}");
+    assert_eq!(j["farm"].as_array().unwrap().len(), 5, "{j}");
+}
+
+#[test]
+fn status_shows_a_thousand_processes_in_a_few_dozen_lines_listing_the_ones_that_need_a_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    for h in 0..4 {
+        // 250 followers each, one of them lagging and one still on version 2.
+        let members: Vec<String> = (100..350)
+            .map(|pid| match pid {
+                300 => format!("{pid}:3:4:1"),
+                340 => format!("{pid}:2:4:0"),
+                _ => format!("{pid}:3:4:0"),
+            })
+            .collect();
+        checkin_as(
+            &s,
+            &format!(
+                "name=web&host=h{h}&pid=10&role=leader&active=3&staged=4&members={}",
+                members.join(",")
+            ),
+        );
+    }
+    let text = ok(&s, &["status"]);
+    assert!(
+        text.contains("1004 processes holding a handle on 4 hosts\n"),
+        "{text}"
+    );
+    let lines = text.lines().count();
+    assert!(lines <= 40, "{lines} lines:\n{text}");
+    for h in 0..4 {
+        let at = text.find(&format!("host h{h}:")).unwrap();
+        let block: Vec<&str> = text[at..].lines().take(12).collect();
+        let pids: Vec<&str> = block
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        // The leader, the lagging one and the one behind are listed; the rest are counted.
+        for pid in ["10", "300", "340"] {
+            assert!(pids.contains(&pid), "h{h} lacks pid {pid}:\n{text}");
+        }
+        assert!(
+            block.iter().any(|l| l.trim_start().starts_with(
+                "… and 248 more following, each \
+                 live, not lagging, with active 3, staged 4"
+            )),
+            "h{h}:\n{text}"
+        );
+    }
+    assert_eq!(
+        json(&s, &["status"])["farm"].as_array().unwrap().len(),
+        1004
+    );
+}
+
+#[test]
+fn history_shows_how_many_times_each_version_was_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    for _ in 0..3 {
+        let a = get(&format!("{}/v1/versions/current", s.url), None, &[]);
+        assert_eq!(a.status, 200);
+    }
+    let j = json(&s, &["history"]);
+    assert_eq!(j[0]["version"], 1, "{j}");
+    assert_eq!(j[0]["downloads"], 3, "{j}");
+    let text = ok(&s, &["history"]);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let column = header.iter().position(|w| *w == "downloads");
+    assert_eq!(column.map(|c| row[c]), Some("3"), "{text}");
 }

@@ -941,23 +941,27 @@ fn a_member_silent_for_ten_minutes_leaves_the_farm_view_and_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let mut s = Server::start(&db, &[]);
-    checkin(&s, "old");
+    // A leader and the follower it lists expire alike.
+    checkin_as(
+        &s,
+        "name=old&host=h-old&pid=1&role=leader&members=2:1:1:0:old-worker",
+    );
     checkin(&s, "new");
     admin_get(&s, "/v1/admin/status"); // writes the farm out
     s.kill9();
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
-        "UPDATE farm SET last_checkin_us = last_checkin_us - 601000000 WHERE name = 'old'",
+        "UPDATE farm SET last_checkin_us = last_checkin_us - 601000000 WHERE host = 'h-old'",
         [],
     )
     .unwrap();
     let old_rows = || -> i64 {
-        conn.query_row("SELECT COUNT(*) FROM farm WHERE name = 'old'", [], |r| {
+        conn.query_row("SELECT COUNT(*) FROM farm WHERE host = 'h-old'", [], |r| {
             r.get(0)
         })
         .unwrap()
     };
-    assert_eq!(old_rows(), 1);
+    assert_eq!(old_rows(), 2);
 
     let s = Server::start(&db, &[]);
     let names = |status: &serde_json::Value| -> Vec<String> {
@@ -1086,4 +1090,213 @@ fn a_rotating_checkins_two_clock_stamps_bracket_the_rotation() {
         r.sent_us
     );
     assert!(r.sent_us > r.received_us);
+}
+
+/// A check-in with the given query (`name=..&host=..`), as a client sends it.
+fn checkin_as(s: &Server, query: &str) {
+    let a = get(&format!("{}/v1/checkin?{query}", s.url), None, &[]);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+}
+
+/// The farm member with this host and pid in a status.
+fn member<'a>(status: &'a serde_json::Value, host: &str, pid: u32) -> &'a serde_json::Value {
+    status["farm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["host"] == host && m["pid"] == pid)
+        .unwrap_or_else(|| panic!("no pid {pid} on {host} in {status}"))
+}
+
+#[test]
+fn a_leaders_checkin_puts_its_followers_in_the_farm_view_under_its_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &[]);
+    checkin_as(
+        &s,
+        "name=web&host=h1&pid=10&role=leader&active=3&staged=4&offset_us=1500&error_us=70\
+         &members=11:3:4:0:worker-a,12:2:4:1,10:1:1:0",
+    );
+    checkin_as(&s, "name=cron&host=h1&pid=20&active=2&staged=4");
+    checkin_as(
+        &s,
+        "name=solo&host=h2&pid=30&active=3&staged=4&members=31:3:4:0",
+    );
+    let status = admin_get(&s, "/v1/admin/status");
+
+    let leader = member(&status, "h1", 10);
+    assert_eq!(
+        (&leader["role"], &leader["active"], &leader["leader_pid"]),
+        (&"leader".into(), &3.into(), &serde_json::Value::Null),
+        "{leader}"
+    );
+    let a = member(&status, "h1", 11);
+    assert_eq!(a["role"], "follower", "{a}");
+    assert_eq!(a["leader_pid"], 10, "{a}");
+    assert_eq!(a["name"], "worker-a", "{a}");
+    assert_eq!(
+        (&a["active"], &a["staged"], &a["lagging"]),
+        (&3.into(), &4.into(), &false.into())
+    );
+    // A follower arms the instant its leader computed, so it carries the leader's estimate.
+    assert_eq!(
+        (&a["offset_us"], &a["error_us"]),
+        (&1500.into(), &70.into())
+    );
+    let b = member(&status, "h1", 12);
+    assert_eq!(
+        (&b["name"], &b["active"], &b["lagging"]),
+        (&"".into(), &2.into(), &true.into())
+    );
+    assert_eq!(b["leader_pid"], 10, "{b}");
+    let cron = member(&status, "h1", 20);
+    assert_eq!(
+        (&cron["role"], &cron["leader_pid"]),
+        (&"".into(), &serde_json::Value::Null)
+    );
+    // Only a leader speaks for others.
+    assert_eq!(member(&status, "h2", 30)["role"], "");
+    assert_eq!(status["farm"].as_array().unwrap().len(), 5, "{status}");
+
+    let hosts = status["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{status}");
+    assert_eq!(hosts[0]["host"], "h1");
+    assert_eq!(hosts[0]["leader_pid"], 10);
+    assert_eq!(hosts[0]["following"], 2);
+    assert_eq!(hosts[0]["processes"], 4);
+    assert_eq!(hosts[0]["lagging"], 1);
+    assert_eq!(
+        hosts[0]["versions"],
+        serde_json::json!([
+            {"active": 2, "staged": 4, "processes": 2},
+            {"active": 3, "staged": 4, "processes": 2},
+        ])
+    );
+    assert_eq!(hosts[1]["host"], "h2");
+    assert_eq!(hosts[1]["leader_pid"], serde_json::Value::Null);
+    assert_eq!(hosts[1]["following"], 0);
+}
+
+#[test]
+fn followers_are_refreshed_by_each_leader_checkin_and_go_stale_when_it_stops_listing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Interval 200 ms: stale means silent for over 5.6 s.
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    checkin_as(
+        &s,
+        "name=web&host=h1&pid=10&role=leader&members=11:1:1:0,12:1:1:0",
+    );
+    let until = std::time::Instant::now() + Duration::from_millis(6_500);
+    while std::time::Instant::now() < until {
+        // Process 12 has exited; 11 moved on to version 2.
+        checkin_as(
+            &s,
+            "name=web&host=h1&pid=10&role=leader&active=2&staged=2&members=11:2:2:0",
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = admin_get(&s, "/v1/admin/status");
+    let kept = member(&status, "h1", 11);
+    assert_eq!(
+        (&kept["active"], &kept["stale"]),
+        (&2.into(), &false.into()),
+        "{kept}"
+    );
+    assert!(kept["silent_us"].as_i64().unwrap() < 1_000_000, "{kept}");
+    let gone = member(&status, "h1", 12);
+    assert_eq!(gone["stale"], true, "{gone}");
+    assert!(gone["silent_us"].as_i64().unwrap() >= 6_000_000, "{gone}");
+    let host = &status["hosts"][0];
+    assert_eq!(
+        (&host["following"], &host["stale"]),
+        (&1.into(), &1.into()),
+        "{host}"
+    );
+    // What a probably dead process held says nothing about the host.
+    assert_eq!(
+        host["versions"],
+        serde_json::json!([{"active": 2, "staged": 2, "processes": 2}])
+    );
+}
+
+/// Version → downloads, from `GET /v1/admin/history`.
+fn downloads(s: &Server) -> std::collections::BTreeMap<u64, u64> {
+    admin_get(s, "/v1/admin/history")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["downloads"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Downloads `version` and checks the answer's status.
+fn download(s: &Server, version: &str, headers: &[(&str, &str)], status: u16) -> Answer {
+    let a = get(&format!("{}/v1/versions/{version}", s.url), None, headers);
+    assert_eq!(a.status, status, "{version}");
+    a
+}
+
+/// Two versions, 1 active and 2 staged, and nothing downloaded yet.
+fn two_versions(db: &std::path::Path) -> Server {
+    let s = Server::start(db, &[]);
+    // A change scheduled before the next activation is staged at once, as version 2.
+    let soon = rfc3339(now_us() + 60_000_000);
+    admin_post(
+        &s,
+        "/v1/admin/put",
+        serde_json::json!({"key": "k", "value": "v", "at": soon}),
+    );
+    let sync = checkin(&s, "probe").sync;
+    assert_eq!((sync.active_version, sync.staged_version), (1, 2));
+    assert_eq!(downloads(&s), [(1, 0), (2, 0)].into());
+    s
+}
+
+#[test]
+fn history_counts_every_200_download_of_a_version_once_and_no_304() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_versions(&dir.path().join("db"));
+    let etag = download(&s, "2", &[], 200).headers["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    download(&s, "2", &[], 200);
+    download(&s, "2", &[("If-None-Match", &etag)], 304);
+    download(&s, "current", &[], 200); // version 1
+    download(&s, "3", &[], 404);
+    // Counted the moment they are answered, before any flush.
+    assert_eq!(downloads(&s), [(1, 1), (2, 2)].into());
+    // And exactly the same once flushed (every second).
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(downloads(&s), [(1, 1), (2, 2)].into());
+    download(&s, "1", &[], 200);
+    assert_eq!(downloads(&s), [(1, 2), (2, 2)].into());
+}
+
+#[test]
+fn download_counts_survive_a_clean_stop_and_a_kill_9_after_their_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut s = two_versions(&db);
+    download(&s, "1", &[], 200);
+    download(&s, "2", &[], 200);
+    // Stopped at once: the last flush happens on the way out.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    assert!(s.child.wait().unwrap().success());
+    let mut s = Server::start(&db, &[]);
+    assert_eq!(downloads(&s), [(1, 1), (2, 1)].into());
+    download(&s, "2", &[], 200);
+    std::thread::sleep(Duration::from_millis(2_500));
+    s.kill9();
+    let s = Server::start(&db, &[]);
+    assert_eq!(downloads(&s), [(1, 1), (2, 2)].into());
 }
