@@ -18,8 +18,8 @@ pub const PATH_CURRENT: &str = "/v1/versions/current";
 /// Prefix of every admin endpoint.
 pub const PATH_ADMIN: &str = "/v1/admin";
 
-/// Data-server clock when it answered, µs since the Unix epoch. Sent on every check-in answer,
-/// 304 included, so each round trip is also a clock sample.
+/// Data-server clock when the answer left, µs since the Unix epoch: stamped as late as
+/// possible on every answer, 304 included, so each round trip is also a clock sample.
 pub const HEADER_SERVER_TIME: &str = "x-lockstep-server-time-us";
 /// Data-server clock when the request arrived, µs since the Unix epoch; sent on every answer
 /// with [`HEADER_SERVER_TIME`], which is then stamped as late as possible. The two are NTP's
