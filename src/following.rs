@@ -16,10 +16,10 @@ use crate::host_cache::{FileRef, HostCache, Schedule, StagedRef};
 use crate::retrieval::Shared;
 
 /// The version a schedule says reads see at monotonic `now`: the staged one once its instant
-/// has passed (on this boot), else the active one.
-fn due_now(s: &Schedule, now: i64) -> Option<FileRef> {
+/// has passed (on this boot) if its word is trusted, else the active one.
+fn due_now(s: &Schedule, now: i64, trust_staged: bool) -> Option<FileRef> {
     match s.staged {
-        Some(st) if s.same_boot() && st.at_mono_ns <= now => Some(st.file),
+        Some(st) if trust_staged && s.same_boot() && st.at_mono_ns <= now => Some(st.file),
         _ => s.active,
     }
 }
@@ -27,11 +27,18 @@ fn due_now(s: &Schedule, now: i64) -> Option<FileRef> {
 /// Makes `shared` hold what the schedule says: the version due now, active; the staged one,
 /// armed for its instant. Loads from the host cache only what it does not already hold.
 /// An error means a version file is missing or does not verify: the caller falls back to the
-/// network for it.
-pub fn apply_schedule(shared: &Shared, cache: &HostCache, s: &Schedule) -> Result<(), String> {
+/// network for it. `arm_staged` false takes only the active version: the staged version of a
+/// schedule whose leader is gone was that leader's last word, which a rollback may have
+/// replaced since; it is neither armed nor, past its instant, served.
+pub fn apply_schedule(
+    shared: &Shared,
+    cache: &HostCache,
+    s: &Schedule,
+    arm_staged: bool,
+) -> Result<(), String> {
     let act = &shared.activation;
     let now = mono_ns();
-    if let Some(due) = due_now(s, now) {
+    if let Some(due) = due_now(s, now, arm_staged) {
         if act.pin().map(|v| FileRef::of(&v)) != Some(due) {
             let armed = act
                 .armed_version(due.version)
@@ -49,7 +56,10 @@ pub fn apply_schedule(shared: &Shared, cache: &HostCache, s: &Schedule) -> Resul
         }
         shared.mark_ready();
     }
-    if let Some(st) = s.staged.filter(|st| s.same_boot() && st.at_mono_ns > now) {
+    if let Some(st) = s
+        .staged
+        .filter(|st| arm_staged && s.same_boot() && st.at_mono_ns > now)
+    {
         let armed = act
             .armed_version(st.file.version)
             .filter(|(v, _)| v.checksum() == st.file.checksum);

@@ -276,6 +276,17 @@ impl HostCache {
         Ok(Some(LeaderLock { _fd: fd, slot }))
     }
 
+    /// True if some process (this one included) leads the host now. A schedule whose leader
+    /// is gone may be stale: its staged version was the dead leader's last word.
+    pub fn leader_alive(&self) -> bool {
+        let Ok(fd) = self.open_at("leader.lock", libc::O_RDWR | libc::O_CREAT, 0o600) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; closing it (on drop) releases what we took.
+        let free = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        !free
+    }
+
     fn open_at(&self, name: &str, flags: i32, mode: libc::mode_t) -> Result<OwnedFd, CacheError> {
         let c = cstr(name);
         // SAFETY: a plain openat relative to our directory descriptor, never following a

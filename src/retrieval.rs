@@ -151,7 +151,7 @@ impl Shared {
             return false;
         };
         match cache.read_schedule() {
-            Ok(Some(s)) => following::apply_schedule(self, cache, &s)
+            Ok(Some(s)) => following::apply_schedule(self, cache, &s, cache.leader_alive())
                 .map_err(|e| self.set_error(&e))
                 .is_ok_and(|()| self.activation.current_number() != 0),
             Ok(None) => false,
@@ -502,7 +502,7 @@ impl Retriever {
         let now = mono_ns();
         let schedule = cache.read_schedule().map_err(|e| e.to_string())?;
         if let Some(s) = &schedule {
-            if let Err(e) = following::apply_schedule(&self.shared, cache, s) {
+            if let Err(e) = following::apply_schedule(&self.shared, cache, s, true) {
                 self.shared.set_error(&e);
                 return self.cycle();
             }

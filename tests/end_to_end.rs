@@ -208,8 +208,8 @@ fn a_data_server_started_afresh_reusing_version_numbers_is_followed() {
     o.wait_value("new", Duration::from_secs(10));
 }
 
-#[test]
-fn a_client_never_downloads_a_version_it_already_holds() {
+/// Edits and quiet cycles through a counting proxy: each version is downloaded once.
+fn downloads_each_version_once(options: &str) {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
         &dir.path().join("db"),
@@ -220,7 +220,7 @@ fn a_client_never_downloads_a_version_it_already_holds() {
     // Every download passes the proxy, which counts them by path.
     let proxy =
         support::proxy::Proxy::start("127.0.0.1:0", &s.url, support::proxy::Mode::PassThrough);
-    let o = Observer::start(&proxy.url, "frugal", "price", 60.0, None);
+    let o = Observer::start_with(&proxy.url, "frugal", "price", 60.0, None, options);
     o.wait_value("p0", Duration::from_secs(10));
     for i in 1..=4 {
         let value = format!("p{i}");
@@ -242,4 +242,15 @@ fn a_client_never_downloads_a_version_it_already_holds() {
         5,
         "one download per version: {downloads:?}"
     );
+}
+
+#[test]
+fn a_client_never_downloads_a_version_it_already_holds() {
+    // On its own (no host cache), so only the client's own bookkeeping can spare a download.
+    downloads_each_version_once("cache_dir=");
+}
+
+#[test]
+fn a_host_never_downloads_a_version_it_already_holds() {
+    downloads_each_version_once("");
 }

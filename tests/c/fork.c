@@ -3,7 +3,7 @@
  * a staged version is armed, and forks a worker that stays idle past the activation instant
  * before its first read.
  *
- * usage: fork URL KEY
+ * usage: fork URL KEY [EXTRA_OPTIONS]
  * output: READY active | ARMED staged at_mono_ns | CHILD version value | LATER version value
  */
 #define _POSIX_C_SOURCE 200809L
@@ -42,12 +42,14 @@ static void report(sync_handle *h, const char *what, const char *key) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: %s URL KEY\n", argv[0]);
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: %s URL KEY [EXTRA_OPTIONS]\n", argv[0]);
     return 2;
   }
-  char options[512];
-  int n = snprintf(options, sizeof options, "url=%s;name=preload", argv[1]);
+  char options[1024];
+  int n = snprintf(options, sizeof options, "url=%s;name=preload;%s", argv[1],
+                   argc == 4 ? argv[3] : "");
+  if (n < 0 || (size_t)n >= sizeof options) return 2;
   sync_handle *h = NULL;
   if (sync_open(options, (size_t)n, &h) != SYNC_OK) return 1;
   uint64_t active = 0;

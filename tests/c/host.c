@@ -4,7 +4,7 @@
  * like from the outside: resident memory, and what each handle serves.
  *
  * usage: host OPTIONS KEY SECONDS HANDLES
- * output: READY | TICK rss_kb=.. active=.. failures=.. rejected=.. value=.. | DONE
+ * output: READY | TICK rss_kb=.. vm_kb=.. active=.. failures=.. rejected=.. value=.. | DONE
  * (active, failures and rejected are summed over the handles; value is handle 0's read)
  */
 #define _POSIX_C_SOURCE 200809L
@@ -24,13 +24,17 @@ static long long mono_ns(void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static long rss_kb(void) {
-  long pages_total = 0, pages_resident = 0;
+/* Resident and virtual memory, kB: what the host holds, and what it has reserved. */
+static void memory_kb(long *rss, long *vm) {
+  long pages_total = -1, pages_resident = -1;
   FILE *f = fopen("/proc/self/statm", "r");
-  if (!f) return -1;
-  if (fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = -1;
-  fclose(f);
-  return pages_resident * (sysconf(_SC_PAGESIZE) / 1024);
+  if (f) {
+    if (fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_total = pages_resident = -1;
+    fclose(f);
+  }
+  long kb = sysconf(_SC_PAGESIZE) / 1024;
+  *rss = pages_resident * kb;
+  *vm = pages_total * kb;
 }
 
 int main(int argc, char **argv) {
@@ -80,8 +84,10 @@ int main(int argc, char **argv) {
           rejected += s.rejected_versions;
         }
       }
-      printf("TICK rss_kb=%ld active=%llu failures=%llu rejected=%llu value=%s\n", rss_kb(), active,
-             failures, rejected, value);
+      long rss, vm;
+      memory_kb(&rss, &vm);
+      printf("TICK rss_kb=%ld vm_kb=%ld active=%llu failures=%llu rejected=%llu value=%s\n", rss, vm,
+             active, failures, rejected, value);
       fflush(stdout);
       next_tick = mono_ns() + 100000000LL;
     }

@@ -64,14 +64,16 @@ pub fn own_host_cache(label: &str) -> PathBuf {
     host_cache_root().join(format!("host-{label}-{n}"))
 }
 
-/// Builds the data server binary and the shared library once per test process. A test of the
-/// root crate does not get them from cargo by itself: the binary belongs to the server crate
-/// and the `.so` is not linked into tests.
-fn built() -> &'static PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
+/// Builds `packages` once per test process. A test of the root crate does not get the data
+/// server binary or the `.so` from cargo by itself: the binary belongs to the server crate and
+/// the `.so` is not linked into tests.
+fn cargo_build(once: &'static OnceLock<PathBuf>, packages: &[&str]) -> &'static PathBuf {
+    once.get_or_init(|| {
         host_cache_root();
-        let mut args = vec!["build", "-p", "lockstep", "-p", "lockstep-server"];
+        let mut args = vec!["build"];
+        for p in packages {
+            args.extend(["-p", p]);
+        }
         if target_dir().file_name().is_some_and(|n| n == "release") {
             args.push("--release"); // benches run from target/release
         }
@@ -80,21 +82,23 @@ fn built() -> &'static PathBuf {
             .current_dir(root())
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build of the workspace failed");
+        assert!(status.success(), "cargo build {packages:?} failed");
         target_dir()
     })
 }
 
 pub fn bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     match option_env!("CARGO_BIN_EXE_lockstep") {
         Some(p) => PathBuf::from(p),
-        None => built().join("lockstep"),
+        None => cargo_build(&BUILT, &["lockstep", "lockstep-server"]).join("lockstep"),
     }
 }
 
 /// Path of liblockstep.so, built if needed.
 pub fn library() -> PathBuf {
-    built().join("liblockstep.so")
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    cargo_build(&BUILT, &["lockstep"]).join("liblockstep.so")
 }
 
 /// Compiles a C file against include/lockstep.h and liblockstep.so; returns the executable.
