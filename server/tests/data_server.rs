@@ -647,16 +647,30 @@ fn a_change_of_the_window_alone_is_a_new_sync_table_etag() {
     let first = get(&url, None, &[]);
     let etag = first.headers["etag"].to_str().unwrap().to_owned();
     assert_eq!(get(&url, None, &[("If-None-Match", &etag)]).status, 304);
+    // A longer window never moves the activation sooner, and the current one is kept: only
+    // the window changes in the table.
     set_interval(
         &s,
-        serde_json::json!({"interval": "1h", "min_window": "10m"}),
+        serde_json::json!({"interval": "1h", "min_window": "40m"}),
     );
     let after = get(&url, None, &[("If-None-Match", &etag)]);
     assert_eq!(
         after.status, 200,
         "a client holding the old table got a 304"
     );
-    assert_eq!(after.json()["min_window_us"], 600_000_000);
+    let (before, now) = (first.json(), after.json());
+    assert_eq!(now["min_window_us"], 2_400_000_000u64);
+    for same in [
+        "activation_time_us",
+        "staged_version",
+        "active_version",
+        "interval_us",
+    ] {
+        assert_eq!(
+            before[same], now[same],
+            "{same} changed too: the test would not isolate the window"
+        );
+    }
 }
 
 #[test]
