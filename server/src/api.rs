@@ -97,11 +97,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            StoreError::Db(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -12,32 +12,31 @@
 //! another data-server process on the same database shows once that process flushes it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, TransactionBehavior};
-
+use crate::store::backend::Tx;
 use crate::store::Result;
-
-/// The schema, applied as one of the store's migrations. Its own table rather than a column of
-/// `versions`: SQLite rewrites a whole row on update, and a version row holds the version's
-/// bytes.
-pub const SCHEMA: &str = "
-    CREATE TABLE downloads (
-        version INTEGER PRIMARY KEY,
-        count INTEGER NOT NULL
-    );
-";
 
 /// Downloads counted in memory and not yet in the table.
 #[derive(Default)]
 pub struct Downloads {
     /// Version → downloads since the last flush. Held through a flush's commit and a reader's
-    /// query, which is what makes a total exact; never across a wait for SQLite's write lock.
+    /// query, which is what makes a total exact; never across a wait for the write lock.
     pending: Mutex<HashMap<u64, u64>>,
 }
 
+/// The counts a flush is writing, locked until its transaction has committed or failed.
+pub struct Flushing<'a>(MutexGuard<'a, HashMap<u64, u64>>);
+
+impl Flushing<'_> {
+    /// The transaction committed: the counts are in the table now.
+    pub fn committed(mut self) {
+        self.0.clear();
+    }
+}
+
 impl Downloads {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -50,43 +49,24 @@ impl Downloads {
         self.pending().is_empty()
     }
 
-    /// Adds the pending counts to the table in one transaction on `conn` and forgets them once
-    /// it commits; if it fails they stay pending for the next flush. The caller chooses the
-    /// synchronous mode.
-    pub fn flush(&self, conn: &mut Connection) -> Result<()> {
-        // The write lock first, so that counting never waits behind another writer's fsync.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut pending = self.pending();
-        if pending.is_empty() {
-            return Ok(());
+    /// Adds the pending counts to the table in `tx`, a write transaction that already holds
+    /// the write lock (so counting never waits behind another writer's fsync). The counts stay
+    /// locked until the caller reports the commit with [`Flushing::committed`]; if the
+    /// transaction fails they stay pending for the next flush.
+    pub fn flush<'a>(&'a self, tx: &mut dyn Tx) -> Result<Flushing<'a>> {
+        let pending = self.pending();
+        if !pending.is_empty() {
+            tx.add_downloads(&pending)?;
         }
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO downloads (version, count) VALUES (?1, ?2)
-                 ON CONFLICT (version) DO UPDATE SET count = count + excluded.count",
-            )?;
-            for (version, n) in pending.iter() {
-                stmt.execute(params![*version as i64, *n as i64])?;
-            }
-        }
-        tx.commit()?;
-        pending.clear();
-        Ok(())
+        Ok(Flushing(pending))
     }
 
     /// Downloads of each version from `oldest` to `newest`: the table's counts plus the pending
     /// ones, read under the lock a flush commits under, so each download is in exactly one of
     /// the two.
-    pub fn totals(&self, conn: &Connection, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>> {
+    pub fn totals(&self, tx: &mut dyn Tx, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>> {
         let pending = self.pending();
-        let mut stmt = conn.prepare_cached(
-            "SELECT version, count FROM downloads WHERE version BETWEEN ?1 AND ?2",
-        )?;
-        let mut totals = stmt
-            .query_map(params![oldest as i64, newest as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<rusqlite::Result<HashMap<u64, u64>>>()?;
+        let mut totals = tx.downloads(oldest, newest)?;
         for (version, n) in pending.iter() {
             if (oldest..=newest).contains(version) {
                 *totals.entry(*version).or_default() += n;
@@ -101,26 +81,40 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
     use super::*;
+    use crate::store::backend::{Backend, Durability};
+    use crate::store::sqlite::Sqlite;
 
     #[test]
     fn a_total_never_counts_a_download_twice_or_misses_one_while_flushes_commit() {
         const COUNTING: std::time::Duration = std::time::Duration::from_millis(300);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let mut writer = Connection::open(&path).unwrap();
-        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
-        writer.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        writer.execute_batch(SCHEMA).unwrap();
-        let reader = Connection::open(&path).unwrap();
+        let db = Sqlite::open(&dir.path().join("db"), &mut |_| Ok(())).unwrap();
         let downloads = Downloads::default();
         let (counted, stop) = (AtomicU64::new(0), AtomicBool::new(false));
-        let total = || downloads.totals(&reader, 7, 7).unwrap().get(&7).copied();
+        let flush = || {
+            let mut flushing = None;
+            db.write(Durability::Batched, &mut |tx| {
+                flushing = Some(downloads.flush(tx)?);
+                Ok(())
+            })
+            .unwrap();
+            flushing.unwrap().committed();
+        };
+        let total = || {
+            let mut n = None;
+            db.read(&mut |tx| {
+                n = downloads.totals(tx, 7, 7)?.get(&7).copied();
+                Ok(())
+            })
+            .unwrap();
+            n
+        };
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 while !stop.load(SeqCst) {
-                    downloads.flush(&mut writer).unwrap();
+                    flush();
                 }
-                downloads.flush(&mut writer).unwrap();
+                flush();
             });
             scope.spawn(|| {
                 let start = std::time::Instant::now();

@@ -13,6 +13,7 @@
 //! leaves the view.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use lockstep::wire::{CheckinQuery, FarmMember, ReportedMember};
 use serde::{Deserialize, Serialize};
@@ -221,6 +222,58 @@ pub fn by_host(members: &[Member]) -> Vec<HostView> {
             }
         })
         .collect()
+}
+
+/// Members seen since the last flush, by (name, host, pid): check-ins are written to the
+/// database in one batch a second (see [`crate::store::Store::flush_batched`]), not one
+/// write each.
+#[derive(Default)]
+pub struct Batch {
+    seen: Mutex<HashMap<(String, String, u32), Member>>,
+}
+
+impl Batch {
+    /// Remembers what a check-in told; a later check-in of the same process replaces it.
+    pub fn record(&self, members: Vec<Member>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for m in members {
+            let key = (
+                m.process.name.clone(),
+                m.process.host.clone(),
+                m.process.pid,
+            );
+            seen.insert(key, m);
+        }
+    }
+
+    /// Everything recorded since the last take.
+    pub fn take(&self) -> Vec<Member> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.drain().map(|(_, m)| m).collect()
+    }
+
+    /// Puts back members a failed flush took, unless a newer check-in replaced them.
+    pub fn restore(&self, members: Vec<Member>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for m in members {
+            let key = (
+                m.process.name.clone(),
+                m.process.host.clone(),
+                m.process.pid,
+            );
+            seen.entry(key).or_insert(m);
+        }
+    }
+}
+
+/// Fills in how long each member has been silent at `now_us`, and whether that is stale for a
+/// table with this interval.
+pub fn mark_silence(members: &mut [Member], now_us: i64, interval_us: i64) {
+    let stale_after = stale_after_us(interval_us);
+    for m in members {
+        m.process.silent_us = now_us.saturating_sub(m.process.last_checkin_us).max(0);
+        m.process.stale = m.process.silent_us > stale_after;
+    }
 }
 
 #[cfg(test)]

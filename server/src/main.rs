@@ -8,6 +8,8 @@ mod downloads;
 mod farm;
 mod rotation;
 mod store;
+mod sync_cache;
+mod version_cache;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

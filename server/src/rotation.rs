@@ -1,15 +1,86 @@
-//! Where the next activation time falls.
+//! The rotation, and where the next activation time falls.
+//!
+//! [`rotate`] is the cycle's rotation as `docs/ARCHITECTURE.md` tells it, in its order, written
+//! once for every backend: it runs inside the write transaction of the check-in that found the
+//! activation time passed, which holds the sync row's lock, and the rotation log's activation
+//! time is a unique key, so a second rotation for the same time cannot commit even if the
+//! in-transaction check were wrong.
 //!
 //! Activation times lie on a grid anchored at the Unix epoch: every multiple of the interval.
 //! With an interval that divides a day (500ms, 30s, 10m…), midnight is on the grid, so a price
-//! scheduled for midnight goes live at exactly midnight. The rotation itself — the transaction
-//! that moves staged to active and production to staged — lives in
-//! [`crate::store::Store::rotate_if_due`]; this module is the arithmetic it relies on.
+//! scheduled for midnight goes live at exactly midnight.
 //!
-//! All of it is checked: a time that does not fit is `None`, never a wrapped-around negative
-//! activation time that the rotation log's primary key then refuses on every check-in.
+//! All of the arithmetic is checked: a time that does not fit is `None`, never a wrapped-around
+//! negative activation time that the rotation log's key then refuses on every check-in.
 
-use lockstep::wire;
+use lockstep::wire::{self, RotationRecord, SyncTable};
+
+use crate::clock;
+use crate::store::backend::Tx;
+use crate::store::{overflow, staging, Result};
+
+/// Rotates if `sync` (read in `tx`, under the sync row's lock) is due at `now_us`; returns the
+/// sync table after, and whether it rotated.
+pub fn rotate_if_due(tx: &mut dyn Tx, now_us: i64, by: &str) -> Result<(SyncTable, bool)> {
+    let (sync, production_gen) = tx.sync()?;
+    if now_us < sync.activation_time_us {
+        // Someone else rotated between our read and our lock.
+        return Ok((sync, false));
+    }
+    // The write lock may have been waited for (an import, another rotation's fsync): the next
+    // activation leaves its window after now, not after the check-in came.
+    let now_us = now_us.max(clock::now_us());
+    rotate(tx, sync, production_gen, now_us, by)?;
+    Ok((tx.sync()?.0, true))
+}
+
+/// The rotation of the activation time `sync.activation_time_us`, which has passed.
+fn rotate(
+    tx: &mut dyn Tx,
+    sync: SyncTable,
+    production_gen: i64,
+    now_us: i64,
+    by: &str,
+) -> Result<()> {
+    let due = sync.activation_time_us;
+    let next = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
+        .ok_or_else(|| overflow("the next activation time"))?;
+
+    // 1. active ← staged, and the table moves on to the next activation time.
+    let active = sync.staged_version;
+    tx.mark_activated(active, due)?;
+    tx.set_active(active, next)?;
+
+    // 2. Due scheduled changes → production: those effective by `next` enter production now
+    //    and the staged version built next, so they go live at the first activation time at
+    //    or after their time.
+    let due_changes = tx.pending_changes_until(next)?;
+    let mut gen = production_gen;
+    if !due_changes.is_empty() {
+        for (_, change) in &due_changes {
+            tx.write_production(change, "scheduled", now_us)?;
+        }
+        tx.bump_production_gen()?;
+        gen += 1;
+    }
+
+    // 3. staged ← production: a new version only if production changed since the one that
+    //    just became active was built.
+    let staged = staging::restage_production(tx, active, gen, now_us, "rotation")?;
+    for (id, _) in &due_changes {
+        tx.mark_applied(*id, staged)?;
+    }
+
+    // 4. Log the rotation, under its activation time's unique key.
+    tx.log_rotation(&RotationRecord {
+        activation_time_us: due,
+        rotated_at_us: now_us,
+        active_version: active,
+        staged_version: staged,
+        rotated_by: by.to_owned(),
+        next_activation_us: next,
+    })
+}
 
 /// The first grid point at or after `t`; `None` if it does not fit in an `i64`.
 pub fn ceil_to_grid(t: i64, interval_us: i64) -> Option<i64> {

@@ -1,0 +1,129 @@
+//! The storage interface: what a database must do for the data server, and nothing more.
+//!
+//! The data server's logic (the rotation, scheduling, rollback, the interval, history) is
+//! written once, in [`super`] and [`crate::rotation`], against [`Tx`]: one transaction's
+//! queries, each returning a typed value. A backend ([`super::sqlite`], [`super::postgres`])
+//! only opens connections, migrates its schema, runs a closure in a transaction and answers
+//! these queries in its own SQL.
+//!
+//! A write transaction holds the sync row's lock from its first statement to its commit
+//! (`BEGIN IMMEDIATE` in SQLite, `SELECT … FOR UPDATE` in PostgreSQL), so write transactions
+//! on one database serialize however many data-server processes share it, and a read inside
+//! one sees what the previous one committed.
+
+use std::collections::HashMap;
+
+use lockstep::format::Content;
+use lockstep::wire::{KeyInfo, RotationRecord, ScheduledChange, SyncTable, VersionInfo};
+
+use super::{Change, Result};
+use crate::farm::Member;
+
+/// How a write transaction commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable when the commit returns: edits, schedules, rotations.
+    Full,
+    /// May be lost in a crash, never corrupted: the farm view and download counts, written
+    /// every second, which must not wait for a disk (see [`crate::farm`]).
+    Batched,
+}
+
+/// A row of `versions` as it is written: everything but the times set later.
+pub struct NewVersion<'a> {
+    pub number: u64,
+    pub bytes: &'a [u8],
+    pub checksum: u64,
+    /// [`lockstep::format::content_digest`] of the content: equal content, equal digest.
+    pub digest: &'a str,
+    /// The production generation it was built from; -1 for content that is not production's.
+    pub production_gen: i64,
+    pub entries: u64,
+    pub created_us: i64,
+    pub reason: &'a str,
+}
+
+/// A database that holds the data server's state.
+pub trait Backend: Send + Sync {
+    /// Runs `f` in one write transaction holding the sync row's lock, and commits if it
+    /// returns `Ok`. Nothing `f` wrote is kept if it returns an error.
+    fn write(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Runs `f` on a consistent snapshot, without taking the write lock.
+    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+}
+
+/// One transaction's queries. Reads in a write transaction see its own writes.
+pub trait Tx {
+    // The sync table: one row.
+    /// Whether the sync row exists (false only in a new database, before [`Tx::insert_sync`]).
+    fn initialised(&mut self) -> Result<bool>;
+    fn insert_sync(&mut self, sync: &SyncTable) -> Result<()>;
+    /// The table and production's generation (bumped by every production change).
+    fn sync(&mut self) -> Result<(SyncTable, i64)>;
+    fn set_active(&mut self, version: u64, next_activation_us: i64) -> Result<()>;
+    fn set_staged(&mut self, version: u64) -> Result<()>;
+    fn set_cycle(&mut self, interval_us: i64, min_window_us: i64, activation_us: i64)
+        -> Result<()>;
+    fn bump_production_gen(&mut self) -> Result<()>;
+
+    // Production.
+    fn production(&mut self) -> Result<Content>;
+    /// Writes one change; whether it changed anything (a put of the same value does not).
+    fn write_production(&mut self, change: &Change, by: &str, now_us: i64) -> Result<bool>;
+    fn clear_production(&mut self) -> Result<()>;
+    fn production_get(&mut self, key: &[u8]) -> Result<Option<KeyInfo>>;
+    /// Entries with keys from `from` on, in key order, at most `limit`.
+    fn production_from(&mut self, from: &[u8], limit: usize) -> Result<Vec<KeyInfo>>;
+    fn production_count(&mut self) -> Result<u64>;
+
+    // Scheduled changes.
+    /// Records a change for `effective_us`; returns its id.
+    fn insert_scheduled(
+        &mut self,
+        effective_us: i64,
+        change: &Change,
+        by: &str,
+        now_us: i64,
+    ) -> Result<i64>;
+    /// Changes not applied yet and effective by `until_us`, in effective order.
+    fn pending_changes_until(&mut self, until_us: i64) -> Result<Vec<(i64, Change)>>;
+    fn mark_applied(&mut self, id: i64, version: u64) -> Result<()>;
+    /// Whether any change (applied or not) is effective in `(after_us, until_us]`.
+    fn scheduled_within(&mut self, after_us: i64, until_us: i64) -> Result<bool>;
+    fn scheduled_pending(&mut self) -> Result<Vec<ScheduledChange>>;
+    fn scheduled_pending_count(&mut self) -> Result<u64>;
+
+    // Immutable versions.
+    fn next_version_number(&mut self) -> Result<u64>;
+    fn insert_version(&mut self, v: &NewVersion<'_>) -> Result<()>;
+    /// The version's content digest and production generation.
+    fn version_digest(&mut self, version: u64) -> Result<Option<(String, i64)>>;
+    /// The version's bytes and the checksum it was stored with.
+    fn version_bytes(&mut self, version: u64) -> Result<Option<(Vec<u8>, u64)>>;
+    fn version_checksum(&mut self, version: u64) -> Result<Option<u64>>;
+    fn mark_staged(&mut self, version: u64, at_us: i64) -> Result<()>;
+    /// Sets the activation time of a version activated for the first time.
+    fn mark_activated(&mut self, version: u64, at_us: i64) -> Result<()>;
+    /// The newest `limit` versions, newest first.
+    fn history(&mut self, limit: u64) -> Result<Vec<VersionInfo>>;
+    fn version_count(&mut self) -> Result<u64>;
+
+    // The rotation log: its activation time is a unique key.
+    fn log_rotation(&mut self, r: &RotationRecord) -> Result<()>;
+    fn last_rotation(&mut self) -> Result<Option<i64>>;
+    fn rotations(&mut self) -> Result<Vec<RotationRecord>>;
+    fn rotation_count(&mut self) -> Result<u64>;
+
+    // The farm and downloads: batched writes.
+    /// Upserts the members and deletes those last seen before `expired_before_us`.
+    fn write_farm(&mut self, batch: &[Member], expired_before_us: i64) -> Result<()>;
+    /// Members seen at or after `since_us`, with `silent_us` and `stale` unset.
+    fn farm(&mut self, since_us: i64) -> Result<Vec<Member>>;
+    fn add_downloads(&mut self, counts: &HashMap<u64, u64>) -> Result<()>;
+    fn downloads(&mut self, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>>;
+}

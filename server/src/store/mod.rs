@@ -1,0 +1,631 @@
+//! The data server's durable state: production, scheduled changes, immutable versions, the
+//! sync table, the rotation log and the farm, behind one small interface ([`backend::Tx`])
+//! with a backend per database: embedded SQLite ([`sqlite`]) by default.
+//!
+//! This module is what the data server does with its state, written once for every backend:
+//! every operation that writes is one write transaction, which holds the sync row's lock from
+//! its start (so writers serialize however many data-server processes share the database), and
+//! the rotation itself is [`crate::rotation::rotate_if_due`]. No client ever holds a lock across
+//! the network: the rotation is done entirely inside the request that found it due.
+//!
+//! In memory, beside the database: the sync table read last ([`crate::sync_cache`]), verified
+//! version bytes ([`crate::version_cache`]), check-ins waiting for the farm's batch
+//! ([`crate::farm::Batch`]) and download counts ([`crate::downloads`]).
+
+pub mod backend;
+pub mod sqlite;
+pub mod staging;
+
+use std::path::Path;
+
+use lockstep::format::{self, Content};
+use lockstep::wire::{
+    Blob, ChangedEntry, DiffResponse, Entry, KeyChanges, KeyInfo, RotationRecord, ScheduledChange,
+    SyncTable, VersionInfo,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::downloads::Downloads;
+use crate::farm::{self, HostView, Member};
+use crate::sync_cache::SyncCache;
+pub use crate::version_cache::StoredVersion;
+use crate::version_cache::VersionCache;
+use crate::{clock, rotation};
+use backend::{Backend, Durability, Tx};
+
+/// Why a store operation did not happen. Every variant leaves the database unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the state it was made against has changed.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Corrupt(String),
+    /// The database cannot be reached now (down, restarting, busy); the request may be
+    /// retried.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A change of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Change {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Change::Put(k, _) | Change::Delete(k) => k,
+        }
+    }
+
+    /// A change as a row of `scheduled` stores it: `op` is `put` or `delete`.
+    pub fn from_row(op: &str, key: Vec<u8>, value: Option<Vec<u8>>) -> Change {
+        match (op, value) {
+            ("put", Some(v)) => Change::Put(key, v),
+            _ => Change::Delete(key),
+        }
+    }
+
+    fn apply_to(&self, map: &mut Content) {
+        match self {
+            Change::Put(k, v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            Change::Delete(k) => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+/// Settings a new database starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncSettings {
+    pub interval_us: i64,
+    pub min_window_us: i64,
+}
+
+/// What [`Store::set_interval`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct IntervalChange {
+    pub before: SyncTable,
+    pub after: SyncTable,
+    /// The activation time stayed because the staged version holds changes scheduled for it,
+    /// which must not go live sooner.
+    pub held_by_schedule: bool,
+}
+
+/// What [`Store::rollback`] did, or with `dry_run` would do.
+#[derive(Debug, Clone)]
+pub struct RollbackOutcome {
+    /// The new staged version; `None` on a dry run.
+    pub version: Option<u64>,
+    /// Production's changes: from its content before to the rolled-back content.
+    pub production: KeyChanges,
+    pub activation_time_us: i64,
+}
+
+pub(crate) fn overflow(what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{what} does not fit the data server's clock; set the interval again \
+         (lockstep interval) to reschedule"
+    ))
+}
+
+pub struct Store {
+    db: Box<dyn Backend>,
+    sync: SyncCache,
+    versions: VersionCache,
+    farm: farm::Batch,
+    downloads: Downloads,
+}
+
+/// `GET /v1/admin/status`: [`lockstep::wire::StatusResponse`]'s fields, its farm members
+/// carrying their role, and the farm grouped by host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub sync: SyncTable,
+    pub server_time_us: i64,
+    pub production_keys: u64,
+    pub pending_scheduled: u64,
+    pub versions: u64,
+    pub rotations: u64,
+    /// Every process, in [`farm::sort_for_view`]'s order.
+    pub farm: Vec<Member>,
+    pub hosts: Vec<HostView>,
+}
+
+/// One row of `GET /v1/admin/history`: [`VersionInfo`] and how many times the version was
+/// downloaded (see [`crate::downloads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRow {
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    pub downloads: u64,
+}
+
+/// Seeds a new database: an empty first version, staged and active, and the first activation
+/// time. Changes nothing in a database that has its sync table.
+fn initialise(tx: &mut dyn Tx, settings: SyncSettings, now_us: i64) -> Result<()> {
+    if tx.initialised()? {
+        return Ok(());
+    }
+    clock::check_interval(settings.interval_us, settings.min_window_us)
+        .map_err(StoreError::BadRequest)?;
+    let empty = Content::new();
+    let digest = format::content_digest(&empty);
+    let v = staging::insert_version(tx, &empty, &digest, 0, now_us, "initial")?;
+    tx.mark_staged(v, now_us)?;
+    tx.mark_activated(v, now_us)?;
+    let first = rotation::first_activation(settings.interval_us, settings.min_window_us, now_us)
+        .ok_or_else(|| overflow("the first activation time"))?;
+    tx.insert_sync(&SyncTable {
+        activation_time_us: first,
+        interval_us: settings.interval_us,
+        min_window_us: settings.min_window_us,
+        staged_version: v,
+        active_version: v,
+    })
+}
+
+impl Store {
+    /// Opens (creating and migrating when needed) the SQLite database at `path`.
+    ///
+    /// `settings` seed a new database; for an existing one they change nothing.
+    pub fn open(path: &Path, settings: SyncSettings, now_us: i64) -> Result<Store> {
+        let db = sqlite::Sqlite::open(path, &mut |tx| initialise(tx, settings, now_us))?;
+        Ok(Store::with_backend(Box::new(db)))
+    }
+
+    fn with_backend(db: Box<dyn Backend>) -> Store {
+        Store {
+            db,
+            sync: SyncCache::default(),
+            versions: VersionCache::default(),
+            farm: farm::Batch::default(),
+            downloads: Downloads::default(),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let (mut f, mut out) = (Some(f), None);
+        self.db.read(&mut |tx| {
+            let f = f.take().expect("a backend runs a read once");
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(out.expect("the read ran"))
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T>,
+    ) -> Result<T> {
+        let (mut f, mut out) = (Some(f), None);
+        self.db.write(durability, &mut |tx| {
+            let f = f.take().expect("a backend runs a write once");
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(out.expect("the write ran"))
+    }
+
+    /// One durable write transaction. Any write may have changed the sync table, so the next
+    /// check-in reads it again.
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let out = self.write_with(Durability::Full, f);
+        self.sync.expire();
+        out
+    }
+
+    /// The sync table read within the last few milliseconds, if no rotation is due yet (see
+    /// [`crate::sync_cache`]).
+    pub fn recent_sync_table(&self, now_us: i64) -> Option<SyncTable> {
+        self.sync.recent(now_us)
+    }
+
+    /// A checksum already known to this process.
+    pub fn known_checksum(&self, version: u64) -> Option<u64> {
+        self.versions.checksum(version)
+    }
+
+    /// The sync table as it stands, without rotating.
+    pub fn sync_table(&self) -> Result<SyncTable> {
+        self.read(|tx| Ok(tx.sync()?.0))
+    }
+
+    /// The retrieval step's rotation: if the activation time has passed, the first request to
+    /// notice performs the rotation (see [`rotation::rotate_if_due`]) in one write
+    /// transaction. Returns the sync table after it, and whether this call rotated.
+    pub fn rotate_if_due(&self, now_us: i64, by: &str) -> Result<(SyncTable, bool)> {
+        // Almost every check-in finds nothing to do; a read answers it without the write lock.
+        let sync = self.sync_table()?;
+        if now_us < sync.activation_time_us {
+            self.sync.remember(sync);
+            return Ok((sync, false));
+        }
+        let rotated = self.write(|tx| rotation::rotate_if_due(tx, now_us, by))?;
+        self.sync.remember(rotated.0);
+        Ok(rotated)
+    }
+
+    /// Validates nothing: callers check key and value limits first.
+    pub fn apply(&self, changes: &[Change], by: &str, now_us: i64) -> Result<u64> {
+        self.write(|tx| {
+            let mut changed = 0u64;
+            for c in changes {
+                changed += u64::from(tx.write_production(c, by, now_us)?);
+            }
+            if changed > 0 {
+                tx.bump_production_gen()?;
+            }
+            Ok(changed)
+        })
+    }
+
+    /// Records a change for `effective_us`. If that falls at or before the activation already
+    /// staged, the staged version is rebuilt with the change so it still goes live at the first
+    /// activation time at or after `effective_us`. Returns that activation time.
+    pub fn schedule(
+        &self,
+        change: &Change,
+        effective_us: i64,
+        by: &str,
+        now_us: i64,
+    ) -> Result<i64> {
+        if effective_us < now_us {
+            return Err(StoreError::BadRequest(
+                "effective time is in the past; omit the time to change production now".into(),
+            ));
+        }
+        self.write(|tx| {
+            let (sync, _) = tx.sync()?;
+            let id = tx.insert_scheduled(effective_us, change, by, now_us)?;
+            if effective_us > sync.activation_time_us {
+                let live = rotation::ceil_to_grid(effective_us, sync.interval_us)
+                    .filter(|t| *t <= clock::LATEST_US)
+                    .ok_or_else(|| {
+                        StoreError::BadRequest(format!(
+                            "the first activation at or after {} falls after {}, the latest \
+                             time there is; pick an earlier time",
+                            clock::format_us(effective_us),
+                            clock::format_us(clock::LATEST_US)
+                        ))
+                    })?;
+                return Ok(live.max(sync.activation_time_us));
+            }
+            let mut content = staging::version_content(tx, sync.staged_version)?;
+            change.apply_to(&mut content);
+            tx.write_production(change, by, now_us)?;
+            tx.bump_production_gen()?;
+            // The restaged version is not production (other edits may wait in production for
+            // the next rotation), so it gets a generation no production state has.
+            let v = staging::restage(tx, sync.staged_version, &content, -1, now_us, "scheduled")?;
+            tx.mark_applied(id, v)?;
+            Ok(sync.activation_time_us)
+        })
+    }
+
+    /// Changes the interval and the minimum retrieval window; `None` keeps what the table has,
+    /// except that a window not given becomes half of an interval that changes.
+    ///
+    /// The staged version keeps its content; its activation moves to the first point of the new
+    /// grid that leaves the new window (see [`rotation::rescheduled_activation`]), unless the
+    /// current time is sooner or the staged version holds changes scheduled for its time.
+    pub fn set_interval(
+        &self,
+        interval_us: Option<i64>,
+        min_window_us: Option<i64>,
+        now_us: i64,
+    ) -> Result<IntervalChange> {
+        self.write(|tx| {
+            let (before, _) = tx.sync()?;
+            let interval = interval_us.unwrap_or(before.interval_us);
+            let window = match min_window_us {
+                Some(w) => w,
+                None if interval == before.interval_us => before.min_window_us,
+                None => interval / 2,
+            };
+            clock::check_interval(interval, window).map_err(StoreError::BadRequest)?;
+            if (interval, window) == (before.interval_us, before.min_window_us) {
+                return Ok(IntervalChange {
+                    before,
+                    after: before,
+                    held_by_schedule: false,
+                });
+            }
+            let mut activation = rotation::rescheduled_activation(
+                before.activation_time_us,
+                before.interval_us,
+                interval,
+                window,
+                now_us,
+            )
+            .ok_or_else(|| overflow("the rescheduled activation time"))?;
+            let held_by_schedule = activation < before.activation_time_us
+                && tx.scheduled_within(activation, before.activation_time_us)?;
+            if held_by_schedule {
+                activation = before.activation_time_us;
+            }
+            tx.set_cycle(interval, window, activation)?;
+            Ok(IntervalChange {
+                before,
+                after: tx.sync()?.0,
+                held_by_schedule,
+            })
+        })
+    }
+
+    /// Moves an activation time that has been rotated already to the first grid point after
+    /// the minimum window. An older release could leave one behind (a time that wrapped around
+    /// to a negative number); the rotation log's key then refused every rotation, so every
+    /// check-in failed. Returns the times before and after, if it moved.
+    pub fn reschedule_if_rotated(&self, now_us: i64) -> Result<Option<(i64, i64)>> {
+        self.write(|tx| {
+            let (sync, _) = tx.sync()?;
+            let rotated_up_to = tx.last_rotation()?;
+            if rotated_up_to.is_none_or(|done| done < sync.activation_time_us) {
+                return Ok(None);
+            }
+            let next = rotation::first_activation(sync.interval_us, sync.min_window_us, now_us)
+                .ok_or_else(|| overflow("the rescheduled activation time"))?;
+            tx.set_cycle(sync.interval_us, sync.min_window_us, next)?;
+            Ok(Some((sync.activation_time_us, next)))
+        })
+    }
+
+    /// A new version with the content of `version`, staged for the next activation; production
+    /// becomes that content too, so the next rotation does not undo the rollback. Edits made to
+    /// production since are discarded from it (they stay in history); with `discard_edits`
+    /// false the rollback is refused if there are any. A dry run reports and changes nothing.
+    pub fn rollback(
+        &self,
+        version: u64,
+        dry_run: bool,
+        discard_edits: bool,
+        by: &str,
+        now_us: i64,
+    ) -> Result<RollbackOutcome> {
+        self.write(|tx| {
+            let content = staging::version_content(tx, version)?;
+            let production = key_changes(&tx.production()?, &content);
+            let (sync, _) = tx.sync()?;
+            let mut outcome = RollbackOutcome {
+                version: None,
+                production,
+                activation_time_us: sync.activation_time_us,
+            };
+            if dry_run {
+                return Ok(outcome);
+            }
+            if !discard_edits && !outcome.production.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "production differs from version {version} in {} keys; a rollback would \
+                     discard those edits (preview with dry_run, or allow it with discard_edits)",
+                    outcome.production.added.len()
+                        + outcome.production.removed.len()
+                        + outcome.production.changed.len()
+                )));
+            }
+            tx.clear_production()?;
+            for (k, v) in &content {
+                tx.write_production(&Change::Put(k.clone(), v.clone()), by, now_us)?;
+            }
+            tx.bump_production_gen()?;
+            let (sync, gen) = tx.sync()?;
+            outcome.version = Some(staging::restage(
+                tx,
+                sync.staged_version,
+                &content,
+                gen,
+                now_us,
+                &format!("rollback to {version}"),
+            )?);
+            Ok(outcome)
+        })
+    }
+
+    /// One production entry.
+    pub fn production_get(&self, key: &[u8]) -> Result<Option<KeyInfo>> {
+        self.read(|tx| tx.production_get(key))
+    }
+
+    /// Production entries whose key starts with `prefix`, in key order.
+    pub fn production_list(&self, prefix: &[u8], limit: usize) -> Result<Vec<KeyInfo>> {
+        let from = self.read(|tx| tx.production_from(prefix, limit.saturating_add(1)))?;
+        let mut out = Vec::new();
+        for info in from {
+            let key = info.key.clone().into_bytes().unwrap_or_default();
+            if !key.starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Changes waiting for their effective time.
+    pub fn scheduled_pending(&self) -> Result<Vec<ScheduledChange>> {
+        self.read(|tx| tx.scheduled_pending())
+    }
+
+    /// The checksum a version was stored with.
+    pub fn version_checksum(&self, version: u64) -> Result<u64> {
+        if let Some(c) = self.versions.checksum(version) {
+            return Ok(c);
+        }
+        let checksum = self
+            .read(|tx| tx.version_checksum(version))?
+            .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+        self.versions.remember_checksum(version, checksum);
+        Ok(checksum)
+    }
+
+    /// The verified bytes of a version. Bytes that fail their checksum are reported as corrupt
+    /// and never served.
+    pub fn version_bytes(&self, version: u64) -> Result<StoredVersion> {
+        if let Some(v) = self.versions.get(version) {
+            return Ok(v);
+        }
+        let (bytes, checksum) = self
+            .read(|tx| tx.version_bytes(version))?
+            .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+        let header = format::verify_checksum(&bytes).map_err(|e| {
+            StoreError::Corrupt(format!("stored version {version} is damaged: {e}"))
+        })?;
+        if header.version != version || header.checksum != checksum {
+            return Err(StoreError::Corrupt(format!(
+                "stored version {version} does not match its catalogue entry"
+            )));
+        }
+        let stored = StoredVersion {
+            version,
+            checksum: header.checksum,
+            bytes: bytes::Bytes::from(bytes),
+        };
+        self.versions.insert(stored.clone());
+        Ok(stored)
+    }
+
+    /// The decoded content of a version, for tools.
+    pub fn version_content(&self, version: u64) -> Result<Content> {
+        let stored = self.version_bytes(version)?;
+        let (_, map) = format::decode(&stored.bytes).map_err(|e| {
+            StoreError::Corrupt(format!("stored version {version} is damaged: {e}"))
+        })?;
+        Ok(map)
+    }
+
+    /// The newest `limit` versions, newest first, with their downloads counted up to now.
+    pub fn history(&self, limit: u64) -> Result<Vec<VersionRow>> {
+        self.read(|tx| {
+            let versions = tx.history(limit)?;
+            let (Some(newest), Some(oldest)) = (versions.first(), versions.last()) else {
+                return Ok(Vec::new());
+            };
+            let downloads = self.downloads.totals(tx, oldest.version, newest.version)?;
+            Ok(versions
+                .into_iter()
+                .map(|info| VersionRow {
+                    downloads: downloads.get(&info.version).copied().unwrap_or(0),
+                    info,
+                })
+                .collect())
+        })
+    }
+
+    /// Counts one download of `version`: a 200 answer carrying its bytes.
+    pub fn count_download(&self, version: u64) {
+        self.downloads.count(version);
+    }
+
+    /// What changes from version `a` to version `b`.
+    pub fn diff(&self, a: u64, b: u64) -> Result<DiffResponse> {
+        let old = self.version_content(a)?;
+        let new = self.version_content(b)?;
+        Ok(DiffResponse {
+            a,
+            b,
+            changes: key_changes(&old, &new),
+        })
+    }
+
+    /// Remembers what a check-in told about the farm (the process, and a leader's followers);
+    /// written to the database by [`Store::flush_batched`].
+    pub fn record_checkin(&self, members: Vec<Member>) {
+        self.farm.record(members);
+    }
+
+    /// Writes the check-ins and the downloads counted since the last flush, without an fsync:
+    /// the farm view is a status display, rebuilt by the next check-ins after a crash, download
+    /// counts may lose the last second's on a crash (see [`crate::downloads`]), and an fsync a
+    /// second would hold the write lock that rotations and edits wait for. Members silent for
+    /// [`farm::EXPIRE_AFTER_US`] are deleted in the same transaction as the farm's.
+    pub fn flush_batched(&self, now_us: i64) -> Result<()> {
+        let batch = self.farm.take();
+        if batch.is_empty() && self.downloads.nothing_pending() {
+            return Ok(());
+        }
+        let written = self.write_with(Durability::Batched, |tx| {
+            if !batch.is_empty() {
+                tx.write_farm(&batch, now_us - farm::EXPIRE_AFTER_US)?;
+            }
+            self.downloads.flush(tx)
+        });
+        match written {
+            Ok(flushing) => {
+                flushing.committed();
+                Ok(())
+            }
+            Err(e) => {
+                self.farm.restore(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// The sync table, counts and the farm, by process and by host: members silent for
+    /// [`farm::EXPIRE_AFTER_US`] left out, those silent for [`farm::stale_after_us`] marked
+    /// stale.
+    pub fn status(&self, now_us: i64) -> Result<Status> {
+        self.flush_batched(now_us)?;
+        self.read(|tx| {
+            let (sync, _) = tx.sync()?;
+            let mut members = tx.farm(now_us - farm::EXPIRE_AFTER_US)?;
+            farm::mark_silence(&mut members, now_us, sync.interval_us);
+            farm::sort_for_view(&mut members);
+            Ok(Status {
+                sync,
+                server_time_us: now_us,
+                production_keys: tx.production_count()?,
+                pending_scheduled: tx.scheduled_pending_count()?,
+                versions: tx.version_count()?,
+                rotations: tx.rotation_count()?,
+                hosts: farm::by_host(&members),
+                farm: members,
+            })
+        })
+    }
+
+    /// The rotation log, oldest first.
+    pub fn rotations(&self) -> Result<Vec<RotationRecord>> {
+        self.read(|tx| tx.rotations())
+    }
+}
+
+/// What changes from `old` to `new`, key by key.
+fn key_changes(old: &Content, new: &Content) -> KeyChanges {
+    let mut out = KeyChanges::default();
+    for (k, v) in new {
+        match old.get(k) {
+            None => out.added.push(Entry {
+                key: Blob::from_bytes(k),
+                value: Blob::from_bytes(v),
+            }),
+            Some(o) if o != v => out.changed.push(ChangedEntry {
+                key: Blob::from_bytes(k),
+                old: Blob::from_bytes(o),
+                new: Blob::from_bytes(v),
+            }),
+            Some(_) => {}
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.removed.push(Blob::from_bytes(k));
+        }
+    }
+    out
+}

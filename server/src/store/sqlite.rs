@@ -1,0 +1,671 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction with `synchronous=FULL`, so an
+//! acknowledged edit survives `kill -9` and power loss, and two `lockstep serve` processes on
+//! one file serialize on SQLite's write lock. Reads use their own connections, which WAL lets
+//! read while the writer writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use lockstep::format::Content;
+use lockstep::wire::VersionInfo;
+use lockstep::wire::{Blob, FarmMember, KeyInfo, RotationRecord, ScheduledChange, SyncTable};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::backend::{Backend, Durability, NewVersion, Tx};
+use super::{Change, Result, StoreError};
+use crate::farm::{Member, Role};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+                StoreError::Unavailable(format!("the database is busy: {e}"))
+            }
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE production (
+        key BLOB PRIMARY KEY,
+        value BLOB NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at_us INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE scheduled (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        effective_us INTEGER NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('put', 'delete')),
+        key BLOB NOT NULL,
+        value BLOB,
+        created_by TEXT NOT NULL,
+        created_at_us INTEGER NOT NULL,
+        applied_version INTEGER
+    );
+    CREATE INDEX scheduled_pending ON scheduled (effective_us) WHERE applied_version IS NULL;
+    CREATE TABLE versions (
+        number INTEGER PRIMARY KEY,
+        bytes BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        production_gen INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        created_us INTEGER NOT NULL,
+        staged_us INTEGER,
+        activated_us INTEGER,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE sync (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        activation_us INTEGER NOT NULL,
+        interval_us INTEGER NOT NULL,
+        min_window_us INTEGER NOT NULL,
+        staged_version INTEGER NOT NULL REFERENCES versions (number),
+        active_version INTEGER NOT NULL REFERENCES versions (number),
+        production_gen INTEGER NOT NULL
+    );
+    CREATE TABLE rotations (
+        activation_us INTEGER PRIMARY KEY,
+        rotated_at_us INTEGER NOT NULL,
+        active_version INTEGER NOT NULL,
+        staged_version INTEGER NOT NULL,
+        next_activation_us INTEGER NOT NULL,
+        rotated_by TEXT NOT NULL
+    );
+    CREATE TABLE farm (
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        staged INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        offset_us INTEGER NOT NULL,
+        error_us INTEGER NOT NULL,
+        lagging INTEGER NOT NULL,
+        last_checkin_us INTEGER NOT NULL,
+        PRIMARY KEY (name, host, pid)
+    );
+    "#,
+    // 2: the farm by host (see `farm`): what each member is to its host.
+    r#"
+    ALTER TABLE farm ADD COLUMN role TEXT NOT NULL DEFAULT '';
+    ALTER TABLE farm ADD COLUMN leader_pid INTEGER;
+    "#,
+    // 3: downloads per version (see `downloads`). Its own table rather than a column of
+    // `versions`: SQLite rewrites a whole row on update, and a version row holds the bytes.
+    r#"
+    CREATE TABLE downloads (
+        version INTEGER PRIMARY KEY,
+        count INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// Read connections kept open between requests; more than this many concurrent reads open
+/// (and close) connections of their own.
+const MAX_IDLE_READERS: usize = 64;
+
+pub struct Sqlite {
+    /// Every write goes through this one connection, inside `BEGIN IMMEDIATE`.
+    writer: Mutex<Connection>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+fn open_writer(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// A read connection. It sets no journal mode: WAL is a property of the file, set once by the
+/// writer, and asking for it again takes a lock that stalls the writer behind SQLite's busy
+/// handler.
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+impl Sqlite {
+    /// Opens (creating and migrating when needed) the database at `path`; `init` runs in the
+    /// migrating transaction, so a new database is never seen half made.
+    pub fn open(path: &Path, init: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<Sqlite> {
+        let mut writer = open_writer(path)?;
+        {
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let have: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            }
+            init(&mut SqliteTx(&tx))?;
+            tx.commit()?;
+        }
+        Ok(Sqlite {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Backend for Sqlite {
+    fn write(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if durability == Durability::Batched {
+            // In WAL mode, NORMAL skips the commit's fsync but never risks corruption; the
+            // next FULL commit makes these frames durable too.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            f(&mut SqliteTx(&tx))?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if durability == Durability::Batched {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        result
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = (|| {
+            let tx = conn.transaction()?;
+            f(&mut SqliteTx(&tx))
+        })();
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+fn count(c: &Connection, sql: &str) -> Result<u64> {
+    Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
+    Ok(KeyInfo {
+        key: Blob::from_bytes(&r.get::<_, Vec<u8>>(0)?),
+        value: Blob::from_bytes(&r.get::<_, Vec<u8>>(1)?),
+        changed_by: r.get(2)?,
+        changed_at_us: r.get(3)?,
+    })
+}
+
+/// One transaction on a SQLite connection.
+struct SqliteTx<'a>(&'a Connection);
+
+impl Tx for SqliteTx<'_> {
+    fn initialised(&mut self) -> Result<bool> {
+        Ok(self
+            .0
+            .query_row("SELECT COUNT(*) > 0 FROM sync", [], |r| r.get(0))?)
+    }
+
+    fn insert_sync(&mut self, s: &SyncTable) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO sync (id, activation_us, interval_us, min_window_us,
+                               staged_version, active_version, production_gen)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, 0)",
+            params![
+                s.activation_time_us,
+                s.interval_us,
+                s.min_window_us,
+                to_i64(s.staged_version),
+                to_i64(s.active_version)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(SyncTable, i64)> {
+        Ok(self.0.query_row(
+            "SELECT activation_us, interval_us, min_window_us, staged_version, active_version,
+                    production_gen FROM sync WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    SyncTable {
+                        activation_time_us: r.get(0)?,
+                        interval_us: r.get(1)?,
+                        min_window_us: r.get(2)?,
+                        staged_version: r.get::<_, i64>(3)? as u64,
+                        active_version: r.get::<_, i64>(4)? as u64,
+                    },
+                    r.get(5)?,
+                ))
+            },
+        )?)
+    }
+
+    fn set_active(&mut self, version: u64, next_activation_us: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET active_version = ?1, activation_us = ?2 WHERE id = 1",
+            params![to_i64(version), next_activation_us],
+        )?;
+        Ok(())
+    }
+
+    fn set_staged(&mut self, version: u64) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET staged_version = ?1 WHERE id = 1",
+            params![to_i64(version)],
+        )?;
+        Ok(())
+    }
+
+    fn set_cycle(
+        &mut self,
+        interval_us: i64,
+        min_window_us: i64,
+        activation_us: i64,
+    ) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET interval_us = ?1, min_window_us = ?2, activation_us = ?3 WHERE id = 1",
+            params![interval_us, min_window_us, activation_us],
+        )?;
+        Ok(())
+    }
+
+    fn bump_production_gen(&mut self) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET production_gen = production_gen + 1 WHERE id = 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    fn production(&mut self) -> Result<Content> {
+        let mut stmt = self.0.prepare_cached("SELECT key, value FROM production")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut map = Content::new();
+        for row in rows {
+            let (k, v) = row?;
+            map.insert(k, v);
+        }
+        Ok(map)
+    }
+
+    fn write_production(&mut self, change: &Change, by: &str, now_us: i64) -> Result<bool> {
+        let n = match change {
+            Change::Put(k, v) => self.0.execute(
+                "INSERT INTO production (key, value, changed_by, changed_at_us)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                    changed_by = excluded.changed_by, changed_at_us = excluded.changed_at_us
+                 WHERE production.value IS NOT excluded.value",
+                params![k, v, by, now_us],
+            )?,
+            Change::Delete(k) => self
+                .0
+                .execute("DELETE FROM production WHERE key = ?1", params![k])?,
+        };
+        Ok(n > 0)
+    }
+
+    fn clear_production(&mut self) -> Result<()> {
+        self.0.execute("DELETE FROM production", [])?;
+        Ok(())
+    }
+
+    fn production_get(&mut self, key: &[u8]) -> Result<Option<KeyInfo>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT key, value, changed_by, changed_at_us FROM production WHERE key = ?1",
+                params![key],
+                key_info,
+            )
+            .optional()?)
+    }
+
+    fn production_from(&mut self, from: &[u8], limit: usize) -> Result<Vec<KeyInfo>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT key, value, changed_by, changed_at_us FROM production
+             WHERE key >= ?1 ORDER BY key LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![from, limit], key_info)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn production_count(&mut self) -> Result<u64> {
+        count(self.0, "SELECT COUNT(*) FROM production")
+    }
+
+    fn insert_scheduled(
+        &mut self,
+        effective_us: i64,
+        change: &Change,
+        by: &str,
+        now_us: i64,
+    ) -> Result<i64> {
+        let (op, value) = match change {
+            Change::Put(_, v) => ("put", Some(v.as_slice())),
+            Change::Delete(_) => ("delete", None),
+        };
+        self.0.execute(
+            "INSERT INTO scheduled (effective_us, op, key, value, created_by, created_at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![effective_us, op, change.key(), value, by, now_us],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    fn pending_changes_until(&mut self, until_us: i64) -> Result<Vec<(i64, Change)>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, op, key, value FROM scheduled
+             WHERE applied_version IS NULL AND effective_us <= ?1
+             ORDER BY effective_us, id",
+        )?;
+        let rows = stmt.query_map(params![until_us], |r| {
+            let id: i64 = r.get(0)?;
+            let op: String = r.get(1)?;
+            let key: Vec<u8> = r.get(2)?;
+            let value: Option<Vec<u8>> = r.get(3)?;
+            Ok((id, Change::from_row(&op, key, value)))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn mark_applied(&mut self, id: i64, version: u64) -> Result<()> {
+        self.0.execute(
+            "UPDATE scheduled SET applied_version = ?2 WHERE id = ?1",
+            params![id, to_i64(version)],
+        )?;
+        Ok(())
+    }
+
+    fn scheduled_within(&mut self, after_us: i64, until_us: i64) -> Result<bool> {
+        Ok(self.0.query_row(
+            "SELECT EXISTS (SELECT 1 FROM scheduled WHERE effective_us > ?1 AND effective_us <= ?2)",
+            params![after_us, until_us],
+            |r| r.get::<_, bool>(0),
+        )?)
+    }
+
+    fn scheduled_pending(&mut self) -> Result<Vec<ScheduledChange>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, effective_us, op, key, value, created_by FROM scheduled
+             WHERE applied_version IS NULL ORDER BY effective_us, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ScheduledChange {
+                id: r.get(0)?,
+                effective_us: r.get(1)?,
+                op: r.get(2)?,
+                key: Blob::from_bytes(&r.get::<_, Vec<u8>>(3)?),
+                value: r
+                    .get::<_, Option<Vec<u8>>>(4)?
+                    .map(|v| Blob::from_bytes(&v)),
+                created_by: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn scheduled_pending_count(&mut self) -> Result<u64> {
+        count(
+            self.0,
+            "SELECT COUNT(*) FROM scheduled WHERE applied_version IS NULL",
+        )
+    }
+
+    fn next_version_number(&mut self) -> Result<u64> {
+        count(self.0, "SELECT COALESCE(MAX(number), 0) + 1 FROM versions")
+    }
+
+    fn insert_version(&mut self, v: &NewVersion<'_>) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
+                                   created_us, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                to_i64(v.number),
+                v.bytes,
+                to_i64(v.checksum),
+                v.digest,
+                v.production_gen,
+                v.bytes.len() as i64,
+                to_i64(v.entries),
+                v.created_us,
+                v.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn version_digest(&mut self, version: u64) -> Result<Option<(String, i64)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT digest, production_gen FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn version_bytes(&mut self, version: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT bytes, checksum FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    fn version_checksum(&mut self, version: u64) -> Result<Option<u64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT checksum FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| Ok(r.get::<_, i64>(0)? as u64),
+            )
+            .optional()?)
+    }
+
+    fn mark_staged(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE versions SET staged_us = ?2 WHERE number = ?1",
+            params![to_i64(version), at_us],
+        )?;
+        Ok(())
+    }
+
+    fn mark_activated(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE versions SET activated_us = ?2 WHERE number = ?1 AND activated_us IS NULL",
+            params![to_i64(version), at_us],
+        )?;
+        Ok(())
+    }
+
+    fn history(&mut self, limit: u64) -> Result<Vec<VersionInfo>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT number, checksum, size, entries, created_us, staged_us, activated_us, reason
+             FROM versions ORDER BY number DESC LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![limit], |r| {
+            Ok(VersionInfo {
+                version: r.get::<_, i64>(0)? as u64,
+                checksum: format!("{:016x}", r.get::<_, i64>(1)? as u64),
+                size: r.get::<_, i64>(2)? as u64,
+                entries: r.get::<_, i64>(3)? as u64,
+                created_us: r.get(4)?,
+                staged_us: r.get(5)?,
+                activated_us: r.get(6)?,
+                reason: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn version_count(&mut self) -> Result<u64> {
+        count(self.0, "SELECT COUNT(*) FROM versions")
+    }
+
+    fn log_rotation(&mut self, r: &RotationRecord) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO rotations (activation_us, rotated_at_us, active_version,
+                                    staged_version, next_activation_us, rotated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.activation_time_us,
+                r.rotated_at_us,
+                to_i64(r.active_version),
+                to_i64(r.staged_version),
+                r.next_activation_us,
+                r.rotated_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn last_rotation(&mut self) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_row("SELECT MAX(activation_us) FROM rotations", [], |r| r.get(0))?)
+    }
+
+    fn rotations(&mut self) -> Result<Vec<RotationRecord>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT activation_us, rotated_at_us, active_version, staged_version, rotated_by,
+                    next_activation_us
+             FROM rotations ORDER BY activation_us",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RotationRecord {
+                activation_time_us: r.get(0)?,
+                rotated_at_us: r.get(1)?,
+                active_version: r.get::<_, i64>(2)? as u64,
+                staged_version: r.get::<_, i64>(3)? as u64,
+                rotated_by: r.get(4)?,
+                next_activation_us: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn rotation_count(&mut self) -> Result<u64> {
+        count(self.0, "SELECT COUNT(*) FROM rotations")
+    }
+
+    fn write_farm(&mut self, batch: &[Member], expired_before_us: i64) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM farm WHERE last_checkin_us < ?1",
+            params![expired_before_us],
+        )?;
+        let mut stmt = self.0.prepare_cached(
+            "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,
+                                          lagging, last_checkin_us, role, leader_pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for Member {
+            process: m,
+            role,
+            leader_pid,
+        } in batch
+        {
+            stmt.execute(params![
+                m.name,
+                m.host,
+                m.pid,
+                to_i64(m.staged),
+                to_i64(m.active),
+                m.offset_us,
+                m.error_us,
+                m.lagging,
+                m.last_checkin_us,
+                role.as_str(),
+                leader_pid
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn farm(&mut self, since_us: i64) -> Result<Vec<Member>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
+                    last_checkin_us, role, leader_pid
+             FROM farm WHERE last_checkin_us >= ?1",
+        )?;
+        let rows = stmt.query_map(params![since_us], |r| {
+            Ok(Member {
+                process: FarmMember {
+                    name: r.get(0)?,
+                    host: r.get(1)?,
+                    pid: r.get(2)?,
+                    staged: r.get::<_, i64>(3)? as u64,
+                    active: r.get::<_, i64>(4)? as u64,
+                    offset_us: r.get(5)?,
+                    error_us: r.get(6)?,
+                    lagging: r.get(7)?,
+                    last_checkin_us: r.get(8)?,
+                    silent_us: 0,
+                    stale: false,
+                },
+                role: Role::parse(&r.get::<_, String>(9)?),
+                leader_pid: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn add_downloads(&mut self, counts: &HashMap<u64, u64>) -> Result<()> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO downloads (version, count) VALUES (?1, ?2)
+             ON CONFLICT (version) DO UPDATE SET count = count + excluded.count",
+        )?;
+        for (version, n) in counts {
+            stmt.execute(params![to_i64(*version), to_i64(*n)])?;
+        }
+        Ok(())
+    }
+
+    fn downloads(&mut self, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT version, count FROM downloads WHERE version BETWEEN ?1 AND ?2",
+        )?;
+        let rows = stmt.query_map(params![to_i64(oldest), to_i64(newest)], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<HashMap<u64, u64>>>()?)
+    }
+}

@@ -1,0 +1,87 @@
+//! Building versions: encoding content as a new immutable version and making it the staged one.
+//! Used by the rotation, a scheduled change for the staged activation, and a rollback.
+
+use lockstep::format::{self, Content};
+
+use super::backend::{NewVersion, Tx};
+use super::{Result, StoreError};
+
+/// Encodes `content` as a new immutable version and stores it. Returns its number.
+pub fn insert_version(
+    tx: &mut dyn Tx,
+    content: &Content,
+    digest: &str,
+    production_gen: i64,
+    now_us: i64,
+    reason: &str,
+) -> Result<u64> {
+    let number = tx.next_version_number()?;
+    let bytes =
+        format::encode(number, now_us, content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.insert_version(&NewVersion {
+        number,
+        bytes: &bytes,
+        checksum: header.checksum,
+        digest,
+        production_gen,
+        entries: content.len() as u64,
+        created_us: now_us,
+        reason,
+    })?;
+    Ok(number)
+}
+
+/// The content digest and production generation of a stored version.
+pub fn version_digest(tx: &mut dyn Tx, version: u64) -> Result<(String, i64)> {
+    tx.version_digest(version)?
+        .ok_or_else(|| StoreError::Corrupt(format!("version {version} is missing")))
+}
+
+/// Makes `content` the staged version, reusing `staged` (the staged version now) when its
+/// content is the same. Returns the staged version.
+pub fn restage(
+    tx: &mut dyn Tx,
+    staged: u64,
+    content: &Content,
+    production_gen: i64,
+    now_us: i64,
+    reason: &str,
+) -> Result<u64> {
+    let digest = format::content_digest(content);
+    let (staged_digest, _) = version_digest(tx, staged)?;
+    if digest == staged_digest {
+        return Ok(staged);
+    }
+    let v = insert_version(tx, content, &digest, production_gen, now_us, reason)?;
+    tx.mark_staged(v, now_us)?;
+    tx.set_staged(v)?;
+    Ok(v)
+}
+
+/// Makes production (at generation `gen`) the staged version, where `staged` is the staged
+/// version now; production is read and encoded only if `staged` was not built from it.
+pub fn restage_production(
+    tx: &mut dyn Tx,
+    staged: u64,
+    gen: i64,
+    now_us: i64,
+    reason: &str,
+) -> Result<u64> {
+    let (_, staged_gen) = version_digest(tx, staged)?;
+    if staged_gen == gen {
+        return Ok(staged);
+    }
+    let content = tx.production()?;
+    restage(tx, staged, &content, gen, now_us, reason)
+}
+
+/// Reads, verifies and decodes a stored version inside a transaction.
+pub fn version_content(tx: &mut dyn Tx, version: u64) -> Result<Content> {
+    let (bytes, _) = tx
+        .version_bytes(version)?
+        .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+    let (_, map) = format::decode(&bytes)
+        .map_err(|e| StoreError::Corrupt(format!("stored version {version} is damaged: {e}")))?;
+    Ok(map)
+}
