@@ -94,29 +94,52 @@ fn c_sync_get_and_snapshots_do_not_allocate_after_a_threads_first_read() {
     let s = fast_server(&dir.path().join("db"));
     put(&s, "price", "12.50");
     wait_active(&s, "price", "12.50");
-    let options = format!("url={};name=alloc", s.url);
+    let options = format!("url={};name=alloc;cache_dir=", s.url);
     let mut raw = std::ptr::null_mut();
     assert_eq!(
         ffi::sync_open(options.as_ptr().cast(), options.len(), &mut raw),
         SYNC_OK as u32
     );
     let h = Handle(raw);
+    let active = |h: &Handle| {
+        let mut v = 0u64;
+        assert_eq!(ffi::sync_active_version(h.0, &mut v), SYNC_OK as u32);
+        v
+    };
     // A fresh thread: its first read registers it with arc-swap (what README states), and
-    // from then on nothing allocates.
-    let (first, steady) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                (
-                    allocations_in(|| c_reads(&h, 1)),
-                    allocations_in(|| c_reads(&h, 10_000)),
-                )
-            })
-            .join()
-            .unwrap()
+    // from then on nothing allocates: not in steady state, not while a version is armed
+    // (reads then consult the clock and the armed list), not across its activation.
+    let before = active(&h);
+    let (first, steady, through) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let first = allocations_in(|| c_reads(&h, 1));
+            let steady = allocations_in(|| c_reads(&h, 10_000));
+            let through = allocations_in(|| {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                while std::time::Instant::now() < until && active(&h) == before {
+                    c_reads(&h, 100);
+                }
+                c_reads(&h, 1000);
+            });
+            (first, steady, through)
+        });
+        put(&s, "price", "13.00");
+        reader.join().unwrap()
     });
-    eprintln!("allocations: {first} on a thread's first reads, {steady} in 10,000 rounds after");
-    assert!(first <= 2, "a thread's first read allocated {first} times");
+    assert!(
+        active(&h) > before,
+        "no activation happened while the reader counted"
+    );
+    eprintln!(
+        "allocations: {first} on a thread's first reads, {steady} in 10,000 rounds after, \
+         {through} through an armed version and its activation"
+    );
+    assert!(first <= 1, "a thread's first read allocated {first} times");
     assert_eq!(steady, 0, "the read path allocated");
+    assert_eq!(
+        through, 0,
+        "reads allocated while a version was armed or activating"
+    );
     ffi::sync_close(h.0);
 }
 

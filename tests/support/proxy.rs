@@ -29,6 +29,9 @@ pub enum Mode {
     /// Pass check-ins through; answer version downloads with their headers and half their
     /// body, then stall forever.
     StallBody,
+    /// Pass downloads through; answer check-ins with their headers and half their body, then
+    /// stall forever.
+    StallCheckin,
     /// Replace every version download with one whose header and checksum are right but whose
     /// archive is structurally invalid, and announce that checksum in check-ins: only the
     /// client's structural validation can catch it.
@@ -202,6 +205,10 @@ fn serve(
         .limit(1 << 30)
         .reader()
         .read_to_end(&mut body);
+    if mode == Mode::StallCheckin && path.starts_with("/v1/checkin") && status == 200 {
+        stall_body(&mut stream, &pass, &body, stop);
+        return;
+    }
     if path.starts_with("/v1/versions/") && status == 200 {
         if mode == Mode::StallBody {
             stall_body(&mut stream, &pass, &body, stop);
@@ -319,6 +326,10 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
                 .to_vec()
         }
         Mode::ForgeStructure => forge_structure(&body),
-        Mode::PassThrough | Mode::Garbage | Mode::Blackhole | Mode::StallBody => body,
+        Mode::PassThrough
+        | Mode::Garbage
+        | Mode::Blackhole
+        | Mode::StallBody
+        | Mode::StallCheckin => body,
     }
 }
