@@ -2,15 +2,24 @@
 //!
 //! A string of pairs keeps `sync_open` ABI-compatible as options are added: a new key needs no
 //! new struct layout, and an old library rejects a key it does not know with a message naming
-//! it rather than misreading memory. Pairs are separated by `;`, `,` or newlines.
+//! it rather than misreading memory.
+//!
+//! Pairs are separated by `;` or newlines. A `,` separates the data servers of `url`
+//! (`url=http://a:7420,http://b:7420`). Older strings that separated pairs with `,` still
+//! parse where that is unambiguous: after a `,`, text that starts with a known option's name
+//! and `=` begins a new pair. Anything else after a `,` (outside `url`) is refused with a
+//! message, rather than guessed at.
 
 use std::time::Duration;
 
 /// Everything a handle is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// Data server base URL.
+    /// The data servers, as given: `url` joined by `,` (also names the host cache directory).
     pub url: String,
+    /// Data-server base URLs, tried in turn: the retrieval thread stays with one while it
+    /// answers and moves to the next when it fails.
+    pub urls: Vec<String>,
     /// Read token sent as a bearer token, if the data server requires one.
     pub token: Option<String>,
     /// This client's name in the farm view.
@@ -41,6 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             url: "http://127.0.0.1:7420".into(),
+            urls: vec!["http://127.0.0.1:7420".into()],
             token: None,
             name: String::new(),
             connect_timeout: Duration::from_secs(2),
@@ -71,26 +81,27 @@ fn flag(key: &str, value: &str) -> Result<bool, String> {
 }
 
 impl Options {
-    /// Parses `url=http://host:7420; token=…; name=web1; bootstrap_wait_ms=2000`.
+    /// Parses `url=http://host:7420,http://other:7420; token=…; name=web1`.
     pub fn parse(text: &str) -> Result<Options, String> {
         let mut o = Options::default();
-        for pair in text.split([';', ',', '\n']) {
-            let pair = pair.trim();
-            if pair.is_empty() {
-                continue;
-            }
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("option '{pair}' is not key=value"))?;
-            let (key, value) = (key.trim(), value.trim());
+        for (key, value) in pairs(text)? {
+            let (key, value) = (key.as_str(), value.as_str());
             match key {
                 "url" => {
-                    if !(value.starts_with("http://") || value.starts_with("https://")) {
-                        return Err(format!(
-                            "option 'url' must start with http://, got '{value}'"
-                        ));
+                    let urls: Vec<String> = value
+                        .split(',')
+                        .map(|u| u.trim().trim_end_matches('/').to_owned())
+                        .collect();
+                    for u in &urls {
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            return Err(format!(
+                                "option 'url' wants http:// or https:// URLs separated by ',', \
+                                 got '{u}'"
+                            ));
+                        }
                     }
-                    o.url = value.trim_end_matches('/').to_owned();
+                    o.url = urls.join(",");
+                    o.urls = urls;
                 }
                 "token" => o.token = Some(value.to_owned()).filter(|t| !t.is_empty()),
                 "name" => o.name = value.to_owned(),
@@ -121,6 +132,66 @@ impl Options {
     }
 }
 
+/// Every option this build knows: after a `,`, one of these and `=` starts a new pair.
+const KEYS: &[&str] = &[
+    "url",
+    "token",
+    "name",
+    "connect_timeout_ms",
+    "checkin_timeout_ms",
+    "timeout_ms",
+    "download_timeout_ms",
+    "bootstrap_wait_ms",
+    "allow_not_ready",
+    "max_version_bytes",
+    "clock_skew_us",
+    "cache_dir",
+];
+
+fn starts_pair(text: &str) -> bool {
+    text.split_once('=')
+        .is_some_and(|(k, _)| KEYS.contains(&k.trim()))
+}
+
+/// Splits options into `(key, value)` pairs by the grammar in the module notes.
+fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for segment in text.split([';', '\n']) {
+        let mut parts = segment.split(',');
+        let first = parts.next().unwrap_or("").trim();
+        if first.is_empty() && segment.trim().is_empty() {
+            continue;
+        }
+        let mut current = split_pair(first)?;
+        for part in parts {
+            let part = part.trim();
+            if current.0 == "url" && (part.starts_with("http://") || part.starts_with("https://")) {
+                current.1.push(',');
+                current.1.push_str(part);
+            } else if starts_pair(part) {
+                out.push(std::mem::replace(&mut current, split_pair(part)?));
+            } else if part.is_empty() {
+                continue;
+            } else {
+                return Err(format!(
+                    "option '{}' is followed by ',{part}', which is neither a data-server URL \
+                     nor another option: separate options with ';'",
+                    current.0
+                ));
+            }
+        }
+        out.push(current);
+    }
+    Ok(out)
+}
+
+fn split_pair(pair: &str) -> Result<(String, String), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("option '{pair}' is not key=value"))?;
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +220,26 @@ mod tests {
             Some("/srv/c".into())
         );
         assert!(Options::parse("").unwrap().cache_dir.is_some());
+    }
+
+    #[test]
+    fn url_takes_a_list_and_old_comma_separated_strings_still_parse() {
+        let o = Options::parse("url=http://a:7420, http://b:7420/;name=w").unwrap();
+        assert_eq!(o.urls, vec!["http://a:7420", "http://b:7420"]);
+        assert_eq!(o.url, "http://a:7420,http://b:7420");
+        assert_eq!(o.name, "w");
+        // The old grammar: pairs separated by ','.
+        let o = Options::parse("url=http://a:7420,name=web-1,bootstrap_wait_ms=250").unwrap();
+        assert_eq!(o.urls, vec!["http://a:7420"]);
+        assert_eq!(o.name, "web-1");
+        assert_eq!(o.bootstrap_wait, Duration::from_millis(250));
+        let o = Options::parse("url=http://a:1,http://b:2,token=t,name=n").unwrap();
+        assert_eq!(o.urls.len(), 2);
+        assert_eq!(o.token.as_deref(), Some("t"));
+        // A ',' that is neither: refused, never guessed.
+        let e = Options::parse("token=abc,def").unwrap_err();
+        assert!(e.contains("separate options with ';'"), "{e}");
+        assert!(Options::parse("url=http://a:1,ftp://b").is_err());
+        assert!(Options::parse("name=x,colour=blue").is_err());
     }
 }

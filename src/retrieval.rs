@@ -309,7 +309,11 @@ fn run_until_stopped(shared: Arc<Shared>, control: &Arc<Control>) {
 struct Retriever {
     shared: Arc<Shared>,
     agent: ureq::Agent,
-    clock: ClockSync,
+    /// One clock estimate per data server: instances measure their own clocks, and samples of
+    /// one never stand in for another's (see [`Retriever::fail_over`]).
+    clocks: Vec<ClockSync>,
+    /// The data server this thread talks to: an index into the `url` list.
+    server: usize,
     table: Option<SyncTable>,
     /// Checksums the data server announced with the table: (version, checksum).
     announced: [(u64, Option<u64>); 2],
@@ -371,7 +375,8 @@ impl Retriever {
         let pid = std::process::id();
         Retriever {
             agent,
-            clock: ClockSync::new(),
+            clocks: vec![ClockSync::new(); shared.options.urls.len().max(1)],
+            server: 0,
             table: None,
             announced: [(0, None); 2],
             etag: None,
@@ -407,6 +412,7 @@ impl Retriever {
                 }
                 Err(e) => {
                     self.failures += 1;
+                    self.fail_over();
                     self.shared
                         .stats
                         .consecutive_failures
@@ -431,6 +437,26 @@ impl Retriever {
                     break;
                 }
             }
+        }
+    }
+
+    fn base_url(&self) -> &str {
+        let urls = &self.shared.options.urls;
+        urls.get(self.server)
+            .or(urls.first())
+            .map_or(self.shared.options.url.as_str(), String::as_str)
+    }
+
+    /// After a failure, the next data server of the list (the backoff before the next try
+    /// applies as ever). Its clock is measured afresh by its own check-ins: the staged version
+    /// is re-armed from the new instance's estimate at the next check-in, never from a mix of
+    /// two instances' samples, which would be two clocks.
+    fn fail_over(&mut self) {
+        let n = self.shared.options.urls.len();
+        if n > 1 {
+            self.server = (self.server + 1) % n;
+            // The ETag belongs to the table as one instance served it.
+            self.etag = None;
         }
     }
 
@@ -554,10 +580,11 @@ impl Retriever {
     fn checkin(&mut self) -> Result<(SyncTable, Estimate), String> {
         let o = &self.shared.options;
         let stats = &self.shared.stats;
-        let previous = self.clock.estimate(mono_ns());
+        let previous = self.clocks[self.server].estimate(mono_ns());
+        let base = self.base_url().to_owned();
         let mut req = self
             .agent
-            .get(&format!("{}{}", o.url, wire::PATH_CHECKIN))
+            .get(&format!("{base}{}", wire::PATH_CHECKIN))
             .query("name", &o.name)
             .query("host", &self.host)
             .query("pid", self.pid.to_string())
@@ -607,7 +634,7 @@ impl Retriever {
         let result = req.call();
         let received_ns = mono_ns();
         let wall_received = wall_us() + skew;
-        let mut resp = result.map_err(|e| format!("check-in to {} failed: {e}", o.url))?;
+        let mut resp = result.map_err(|e| format!("check-in to {base} failed: {e}"))?;
         let status = resp.status().as_u16();
         let server_us = resp
             .headers()
@@ -653,7 +680,7 @@ impl Retriever {
         };
         let server_us = server_us.ok_or("check-in answer lacks the server time header")?;
         plausible(&table, server_us)?;
-        let estimate = self.clock.add(Sample {
+        let estimate = self.clocks[self.server].add(Sample {
             sent_ns,
             received_ns,
             server_us,
@@ -686,7 +713,11 @@ impl Retriever {
         let o = &self.shared.options;
         let mut req = self
             .agent
-            .get(&format!("{}{}/{number}", o.url, wire::PATH_VERSIONS))
+            .get(&format!(
+                "{}{}/{number}",
+                self.base_url(),
+                wire::PATH_VERSIONS
+            ))
             .config()
             .timeout_recv_body(Some(o.download_timeout))
             .build();

@@ -254,3 +254,92 @@ fn a_client_never_downloads_a_version_it_already_holds() {
 fn a_host_never_downloads_a_version_it_already_holds() {
     downloads_each_version_once("");
 }
+
+#[test]
+fn a_client_given_several_data_servers_fails_over_and_keeps_converging() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let args = ["--interval", "500ms", "--min-window", "250ms"];
+    let mut a = Server::start(&db, &args);
+    let b = Server::start(&db, &[]);
+    put(&a, "price", "p0");
+    wait_active(&a, "price", "p0");
+    let o = Observer::start_with(
+        &format!("{},{}", a.url, b.url),
+        "roamer",
+        "price",
+        60.0,
+        None,
+        "",
+    );
+    o.wait_value("p0", Duration::from_secs(10));
+    // The instance it talks to dies; the other carries the farm on, from the same database.
+    a.kill9();
+    put(&b, "price", "p1");
+    let c = o.wait_value("p1", Duration::from_secs(10));
+    let table = wait_active(&b, "price", "p1");
+    assert_eq!(c.version, table.active_version);
+    let farm = admin_get(&b, "/v1/admin/status");
+    assert!(
+        farm["farm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "roamer"),
+        "the client never checked in with the surviving instance: {farm}"
+    );
+}
+
+#[test]
+fn clock_samples_of_two_data_servers_are_never_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut a = Server::start(&db, &["--interval", "1s", "--min-window", "500ms"]);
+    // The second instance's clock is 30 s ahead: another clock, as far as a client can tell.
+    let faketime = support::observer::libfaketime();
+    let b = Server::start_env(
+        &db,
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("LD_PRELOAD", faketime.to_str().unwrap()),
+            ("FAKETIME", "+30s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    put(&a, "price", "p0");
+    wait_active(&a, "price", "p0");
+    let o = Observer::start_with(
+        &format!("{},{}", a.url, b.url),
+        "two-clocks",
+        "price",
+        60.0,
+        None,
+        "",
+    );
+    o.wait_value("p0", Duration::from_secs(10));
+    let near_a = o
+        .wait_for(Duration::from_secs(5), |r| r.stat("offset_us"))
+        .unwrap();
+    assert!(near_a.abs() < 1_000_000, "offset to A: {near_a} µs");
+    let since = o.report().stats_lines;
+    a.kill9();
+    // Once it talks to B, its offset is B's, however good A's old samples were.
+    let offset = o
+        .wait_for(Duration::from_secs(10), |r| {
+            r.stat("offset_us").filter(|off| *off > 25_000_000)
+        })
+        .unwrap_or_else(|| panic!("the offset never became B's: {:?}", o.report().stats));
+    assert!(offset < 35_000_000, "offset to B: {offset} µs");
+    // From its very first check-in with B (whose clock reads 30 s ahead) on, never A's offset.
+    let r = o.report();
+    for line in r.stats_history.iter().skip(since) {
+        let stat = |k: &str| line.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap();
+        if stat("checkin_us") > now_us() + 20_000_000 {
+            assert!(
+                stat("offset_us") > 25_000_000,
+                "checked in with B but still on A's clock: {line:?}"
+            );
+        }
+    }
+}

@@ -179,8 +179,14 @@ impl Server {
 
     /// Starts on a given address, so a restarted server comes back where clients look.
     pub fn start_at(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        Self::start_env(db, listen, extra, &[])
+    }
+
+    /// Like [`Server::start_at`], with extra environment (libfaketime, say).
+    pub fn start_env(db: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         host_cache_root();
         let mut child = Command::new(bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--db")
             .arg(db)
@@ -427,4 +433,5 @@ pub fn assert_exactly_one_rotation(results: &[(u16, Option<CheckinResponse>)], t
 }
 
 pub mod observer;
+pub mod postgres;
 pub mod proxy;

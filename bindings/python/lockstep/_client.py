@@ -28,9 +28,11 @@ class Client:
     def __init__(self, url="http://127.0.0.1:7420", *, token=None, name=None,
                  bootstrap_wait=5.0, allow_not_ready=False, connect_timeout=None,
                  checkin_timeout=None, download_timeout=None, cache_dir=None, library=None):
-        """``cache_dir``: the host cache shared by this host's processes (None: the library's
-        default, ``$LOCKSTEP_CACHE_DIR`` or ``/var/tmp/lockstep-<uid>``; ``""``: off, this
-        process on its own). Times are in seconds."""
+        """``url``: a data server, or several separated by ``,`` (the retrieval thread stays
+        with one while it answers and moves to the next when it fails). ``cache_dir``: the
+        host cache shared by this host's processes (None: the library's default,
+        ``$LOCKSTEP_CACHE_DIR`` or ``/var/tmp/lockstep-<uid>``; ``""``: off, this process on
+        its own). Times are in seconds."""
         self._lib = load_library(library)
         pairs = [("url", url), ("bootstrap_wait_ms", _ms(bootstrap_wait)),
                  ("allow_not_ready", "1" if allow_not_ready else "0")]
@@ -46,8 +48,10 @@ class Client:
             if value is not None:
                 pairs.append((key, _ms(value)))
         for key, value in pairs:
-            if any(c in str(value) for c in ";,\n"):
-                raise ValueError(f"option {key} may not contain ';', ',' or a newline")
+            # ',' separates the data servers of url (a list: "http://a:7420,http://b:7420").
+            banned = ";\n" if key == "url" else ";,\n"
+            if any(c in str(value) for c in banned):
+                raise ValueError(f"option {key} may not contain {banned!r}")
         options = ";".join(f"{k}={v}" for k, v in pairs).encode("utf-8")
         handle = ctypes.c_void_p()
         code = self._lib.sync_open(options, len(options), ctypes.byref(handle))
