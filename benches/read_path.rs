@@ -6,10 +6,11 @@
 //! This machine has 2 cores that other engineers' builds share, so the same loop can take three
 //! times longer a minute later: a HashMap baseline measured 287 ns in one run and 807 ns in the
 //! next. A ratio of two figures taken at different moments measures the machine, not the code.
-//! So every comparison here runs its contenders interleaved, A B A B …, for [`ROUNDS`] rounds
-//! after one unrecorded warm-up round, and prints each figure as its median with the min–max
-//! over the rounds, and each ratio from the pairs measured in the same round. Criterion runs
-//! one benchmark to the end before it starts the next, so it cannot interleave.
+//! So every comparison here runs its contenders interleaved, in alternating order (A B C, then
+//! C B A, …), for [`ROUNDS`] rounds after one unrecorded warm-up round, and prints each figure
+//! as its median with the min–max over the rounds, and each ratio from the pairs measured in
+//! the same round. Criterion runs one benchmark to the end before it starts the next, so it
+//! cannot interleave.
 //!
 //! A real data server (target/release/lockstep) holds 1M keys (32-byte keys, 64-byte values,
 //! about 115 MB encoded); a handle opened through the C ABI downloads them, and `sync_get` is
@@ -105,16 +106,20 @@ impl Spread {
     }
 }
 
-/// Runs every contender once per round, always in the same order (A B A B …), after one
-/// warm-up round that is not recorded. Returns each contender's samples, in round order.
+/// Runs every contender once per round after one warm-up round that is not recorded, in
+/// alternating order (A B C, then C B A, …), so that no contender always runs right after the
+/// same other one (a map freed or a cache filled by one lands on the next). Returns each
+/// contender's samples, in round order.
 fn interleave<T>(contenders: &mut [&mut dyn FnMut() -> T]) -> Vec<Vec<T>> {
     for c in contenders.iter_mut() {
         c();
     }
     let mut samples: Vec<Vec<T>> = contenders.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ROUNDS {
-        for (c, s) in contenders.iter_mut().zip(&mut samples) {
-            s.push(c());
+    let n = contenders.len();
+    for round in 0..ROUNDS {
+        for i in 0..n {
+            let i = if round % 2 == 0 { i } else { n - 1 - i };
+            samples[i].push(contenders[i]());
         }
     }
     samples
@@ -236,6 +241,13 @@ fn map_get<S: std::hash::BuildHasher>(
 /// A reader: copies the value of a key into a buffer and returns its length.
 type Get<'a> = &'a (dyn Fn(&[u8], &mut [u8]) -> usize + Sync);
 
+/// A map of the pairs `0..n`, sized for them up front as a loader that knows its count would.
+fn map_of<S: std::hash::BuildHasher + Default>(n: usize) -> HashMap<Vec<u8>, Vec<u8>, S> {
+    let mut m = HashMap::with_capacity_and_hasher(n, S::default());
+    m.extend((0..n).map(|i| (key(i).to_vec(), value(i, 0))));
+    m
+}
+
 /// Reads every key of `keys` and checks that each finds its value.
 #[inline]
 fn read_all(get: Get, keys: &[Key]) {
@@ -309,9 +321,8 @@ fn lookups_1m(report: &mut Vec<String>) {
         rss_after.saturating_sub(rss_before) as f64 / encoded as f64
     ));
 
-    let fast: FastMap = (0..KEYS).map(|i| (key(i).to_vec(), value(i, 0))).collect();
-    let sip: HashMap<Vec<u8>, Vec<u8>> =
-        (0..KEYS).map(|i| (key(i).to_vec(), value(i, 0))).collect();
+    let fast: FastMap = map_of(KEYS);
+    let sip: HashMap<Vec<u8>, Vec<u8>> = map_of(KEYS);
     let sequences: Vec<Vec<Key>> = (1..=3)
         .map(|seed| random_keys(KEYS, LOOKUPS, seed))
         .collect();
@@ -363,18 +374,28 @@ fn ready_and_swap(report: &mut Vec<String>) {
     let bytes = format::encode(7, 0, &entries).unwrap();
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = entries.into_iter().collect();
     eprintln!("verify vs HashMap build, {ROUNDS} interleaved rounds...");
+    // Each result is kept until the clock has stopped: dropping it frees 115 MB (the version)
+    // or 2M buffers (the map), which is not part of getting ready.
     let s = interleave(&mut [
         &mut || {
             let buf = format::aligned_copy(&bytes);
             let t = Instant::now();
-            black_box(Version::verify(buf, Some(7)).unwrap());
-            t.elapsed().as_secs_f64() * 1e3
+            let ready = black_box(Version::verify(buf, Some(7)).unwrap());
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(ready);
+            ms
         },
         &mut || {
             let p = pairs.clone();
             let t = Instant::now();
-            black_box(p.into_iter().collect::<FastMap>());
-            t.elapsed().as_secs_f64() * 1e3
+            // Sized up front: the loader knows the count from the download, so the map never
+            // grows and rehashes.
+            let mut map = FastMap::with_capacity_and_hasher(p.len(), Default::default());
+            map.extend(p);
+            let map = black_box(map);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(map);
+            ms
         },
     ]);
     report.push(format!(
