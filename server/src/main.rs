@@ -50,9 +50,11 @@ struct Args {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// SQLite database file (created and migrated when needed).
+    /// Where the state lives (created and migrated when needed): a SQLite file (a path or
+    /// sqlite:PATH), or a PostgreSQL database (postgres://user@host:port/db) that several
+    /// data servers may share.
     #[arg(long, env = "LOCKSTEP_DB", default_value = "lockstep.db")]
-    db: PathBuf,
+    db: String,
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
@@ -198,8 +200,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         store::StoreError::BadRequest(msg) => format!("{msg} (--interval, --min-window)"),
         e => e.to_string(),
     };
-    let store = store::Store::open(&args.db, seed, clock::now_us())
-        .map_err(|e| format!("cannot open database {}: {}", args.db.display(), bad(e)))?;
+    let location = store::Location::parse(&args.db);
+    let store = store::Store::open(&location, seed, clock::now_us())
+        .map_err(|e| format!("cannot open database {location}: {}", bad(e)))?;
     if interval.is_some() || window.is_some() {
         let change = store
             .set_interval(interval, window, clock::now_us())
@@ -213,7 +216,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     clock::check_interval(sync.interval_us, sync.min_window_us).map_err(|e| {
         format!(
             "database {}: {e}; start with --interval (and --min-window) to set a new one",
-            args.db.display()
+            location
         )
     })?;
     if let Some((was, now)) = store
@@ -242,14 +245,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    runtime.block_on(async move {
+    // The store is dropped here, outside the runtime: the PostgreSQL driver's connections
+    // shut down on a runtime of their own, which cannot start inside another.
+    let keep = store.clone();
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         // The one line on stdout, so scripts and tests that pass port 0 learn the port.
         println!("lockstep: listening on http://{addr}");
-        tracing::info!(%addr, db = %args.db.display(), "data server ready");
+        tracing::info!(%addr, db = %location, "data server ready");
 
         let flusher = {
             let store = store.clone();
@@ -278,7 +284,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         tracing::info!("data server stopped");
         Ok::<_, String>(())
-    })
+    });
+    drop(runtime);
+    drop(keep);
+    served
 }
 
 async fn shutdown_signal() {

@@ -32,6 +32,15 @@ impl SyncCache {
             .map(|(t, _)| t)
     }
 
+    /// The last table read, however old, if no rotation is due yet by it: what a check-in is
+    /// answered from while the database cannot be reached.
+    pub fn last_known(&self, now_us: i64) -> Option<SyncTable> {
+        let recent = *self.lock();
+        recent
+            .filter(|(t, _)| now_us < t.activation_time_us)
+            .map(|(t, _)| t)
+    }
+
     pub fn remember(&self, table: SyncTable) {
         *self.lock() = Some((table, Instant::now()));
     }

@@ -13,10 +13,11 @@
 //! ([`crate::farm::Batch`]) and download counts ([`crate::downloads`]).
 
 pub mod backend;
+pub mod postgres;
 pub mod sqlite;
 pub mod staging;
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use lockstep::format::{self, Content};
 use lockstep::wire::{
@@ -179,13 +180,55 @@ fn initialise(tx: &mut dyn Tx, settings: SyncSettings, now_us: i64) -> Result<()
     })
 }
 
+/// Where the state lives: `lockstep serve --db` (or `LOCKSTEP_DB`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file: a path, or `sqlite:PATH`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: `postgres://user@host:port/db` (or `postgresql://`).
+    Postgres(String),
+}
+
+impl Location {
+    pub fn parse(db: &str) -> Location {
+        if postgres::is_url(db) {
+            Location::Postgres(db.to_owned())
+        } else {
+            Location::Sqlite(PathBuf::from(db.strip_prefix("sqlite:").unwrap_or(db)))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The location without a password a URL may carry.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                match rest.split_once('@') {
+                    Some((user, host)) if user.contains(':') => {
+                        let name = user.split(':').next().unwrap_or_default();
+                        write!(f, "{scheme}://{name}:***@{host}")
+                    }
+                    _ => write!(f, "{url}"),
+                }
+            }
+        }
+    }
+}
+
 impl Store {
-    /// Opens (creating and migrating when needed) the SQLite database at `path`.
+    /// Opens (creating and migrating when needed) the database at `location`.
     ///
     /// `settings` seed a new database; for an existing one they change nothing.
-    pub fn open(path: &Path, settings: SyncSettings, now_us: i64) -> Result<Store> {
-        let db = sqlite::Sqlite::open(path, &mut |tx| initialise(tx, settings, now_us))?;
-        Ok(Store::with_backend(Box::new(db)))
+    pub fn open(location: &Location, settings: SyncSettings, now_us: i64) -> Result<Store> {
+        let mut init = |tx: &mut dyn Tx| initialise(tx, settings, now_us);
+        let db: Box<dyn Backend> = match location {
+            Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path, &mut init)?),
+            Location::Postgres(url) => Box::new(postgres::Postgres::open(url, &mut init)?),
+        };
+        Ok(Store::with_backend(db))
     }
 
     fn with_backend(db: Box<dyn Backend>) -> Store {
@@ -251,7 +294,17 @@ impl Store {
     /// transaction. Returns the sync table after it, and whether this call rotated.
     pub fn rotate_if_due(&self, now_us: i64, by: &str) -> Result<(SyncTable, bool)> {
         // Almost every check-in finds nothing to do; a read answers it without the write lock.
-        let sync = self.sync_table()?;
+        let sync = match self.sync_table() {
+            Ok(sync) => sync,
+            // With the database out of reach, a check-in with nothing due is answered from the
+            // table read last: clients keep their cycle, and no rotation is missed, since one
+            // due is never answered from memory.
+            Err(StoreError::Unavailable(e)) => match self.sync.last_known(now_us) {
+                Some(sync) => return Ok((sync, false)),
+                None => return Err(StoreError::Unavailable(e)),
+            },
+            Err(e) => return Err(e),
+        };
         if now_us < sync.activation_time_us {
             self.sync.remember(sync);
             return Ok((sync, false));

@@ -1,0 +1,761 @@
+//! The backend for several data-server instances: one PostgreSQL database.
+//!
+//! The driver is `postgres` (the blocking client over `tokio-postgres`) with an `r2d2` pool:
+//! the store is called on blocking threads, as with SQLite, and no async code reaches it.
+//!
+//! - **Writes serialize on the sync row.** A durable write transaction starts with
+//!   `SELECT … FROM sync WHERE id = 1 FOR UPDATE`, PostgreSQL's `BEGIN IMMEDIATE`: the rotation,
+//!   edits, schedules and rollbacks of every instance take turns, and each reads what the one
+//!   before it committed. The rotation log's activation time is its primary key, so a second
+//!   rotation for one activation time cannot commit even if the in-transaction check were wrong.
+//! - **Migrations** are numbered and run under a session advisory lock, so instances that start
+//!   at once migrate one after another; the second finds the work done.
+//! - **A lost connection** is noticed by the pool (each connection is checked when taken) and
+//!   replaced; a request that meets a database that is down gets
+//!   [`StoreError::Unavailable`] (a 503) within [`CONNECT_TIMEOUT`], and the data server
+//!   answers what it can from memory meanwhile (see [`crate::store::Store::rotate_if_due`]).
+//! - **Version bytes** are `bytea`; each instance keeps the ones it serves in its
+//!   [`crate::version_cache`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lockstep::format::Content;
+use lockstep::wire::{
+    Blob, FarmMember, KeyInfo, RotationRecord, ScheduledChange, SyncTable, VersionInfo,
+};
+use postgres::{NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::backend::{Backend, Durability, NewVersion, Tx};
+use super::{Change, Result, StoreError};
+use crate::farm::{Member, Role};
+
+/// How long a request waits for a connection (or a new one to open) before it is answered
+/// 503: well inside a client's check-in timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections per instance: the blocking threads that may wait on the database at once.
+const POOL_SIZE: u32 = 16;
+
+/// The advisory lock key that migrations run under ("lockstep" in ASCII, truncated).
+const MIGRATION_LOCK: i64 = 0x6c6f_636b_7374_6570;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's migrations 1 to 3.
+    r#"
+    CREATE TABLE production (
+        key BYTEA PRIMARY KEY,
+        value BYTEA NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at_us BIGINT NOT NULL
+    );
+    CREATE TABLE scheduled (
+        id BIGSERIAL PRIMARY KEY,
+        effective_us BIGINT NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('put', 'delete')),
+        key BYTEA NOT NULL,
+        value BYTEA,
+        created_by TEXT NOT NULL,
+        created_at_us BIGINT NOT NULL,
+        applied_version BIGINT
+    );
+    CREATE INDEX scheduled_pending ON scheduled (effective_us) WHERE applied_version IS NULL;
+    CREATE TABLE versions (
+        number BIGINT PRIMARY KEY,
+        bytes BYTEA NOT NULL,
+        checksum BIGINT NOT NULL,
+        digest TEXT NOT NULL,
+        production_gen BIGINT NOT NULL,
+        size BIGINT NOT NULL,
+        entries BIGINT NOT NULL,
+        created_us BIGINT NOT NULL,
+        staged_us BIGINT,
+        activated_us BIGINT,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE sync (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        activation_us BIGINT NOT NULL,
+        interval_us BIGINT NOT NULL,
+        min_window_us BIGINT NOT NULL,
+        staged_version BIGINT NOT NULL REFERENCES versions (number),
+        active_version BIGINT NOT NULL REFERENCES versions (number),
+        production_gen BIGINT NOT NULL
+    );
+    CREATE TABLE rotations (
+        activation_us BIGINT PRIMARY KEY,
+        rotated_at_us BIGINT NOT NULL,
+        active_version BIGINT NOT NULL,
+        staged_version BIGINT NOT NULL,
+        next_activation_us BIGINT NOT NULL,
+        rotated_by TEXT NOT NULL
+    );
+    CREATE TABLE farm (
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        staged BIGINT NOT NULL,
+        active BIGINT NOT NULL,
+        offset_us BIGINT NOT NULL,
+        error_us BIGINT NOT NULL,
+        lagging BOOLEAN NOT NULL,
+        last_checkin_us BIGINT NOT NULL,
+        role TEXT NOT NULL DEFAULT '',
+        leader_pid BIGINT,
+        PRIMARY KEY (name, host, pid)
+    );
+    CREATE TABLE downloads (
+        version BIGINT PRIMARY KEY,
+        count BIGINT NOT NULL
+    );
+    "#,
+];
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+pub struct Postgres {
+    pool: Pool,
+}
+
+/// Whether `url` names a PostgreSQL database rather than a SQLite file.
+pub fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let lost = e.is_closed()
+            || e.code().is_none_or(|c| {
+                c.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                    ]
+                    .contains(c)
+            });
+        if lost {
+            StoreError::Unavailable(format!(
+                "the database cannot be reached now ({e}); retry shortly"
+            ))
+        } else {
+            StoreError::Db(e.to_string())
+        }
+    }
+}
+
+fn unreachable(e: r2d2::Error) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the database cannot be reached now ({e}); retry shortly"
+    ))
+}
+
+impl Postgres {
+    /// Connects to `url`, migrates the schema under the migration lock and runs `init` in a
+    /// transaction that holds it too, so a new database is made once and never seen half made.
+    pub fn open(url: &str, init: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<Postgres> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::BadRequest(format!("bad PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("lockstep");
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .test_on_check_out(true)
+            .build(manager)
+            .map_err(unreachable)?;
+        let mut conn = pool.get().map_err(unreachable)?;
+        conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+        let migrated = (|| -> Result<()> {
+            conn.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )",
+            )?;
+            let have: i32 = conn
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                    &[],
+                )?
+                .get(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+                let mut tx = conn.transaction()?;
+                tx.batch_execute(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[&(i as i32 + 1)],
+                )?;
+                tx.commit()?;
+            }
+            let mut tx = conn.transaction()?;
+            init(&mut PgTx {
+                tx: &mut tx,
+                write: true,
+            })?;
+            tx.commit()?;
+            Ok(())
+        })();
+        let unlocked = conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+        migrated?;
+        unlocked?;
+        Ok(Postgres { pool })
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().map_err(unreachable)
+    }
+}
+
+impl Backend for Postgres {
+    fn write(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        match durability {
+            // Every durable write takes the sync row's lock first, as `BEGIN IMMEDIATE` does.
+            Durability::Full => {
+                tx.query("SELECT 1 FROM sync WHERE id = 1 FOR UPDATE", &[])?;
+            }
+            // The farm and download counts need no order with the rotation, and no fsync.
+            Durability::Batched => tx.batch_execute("SET LOCAL synchronous_commit = off")?,
+        }
+        f(&mut PgTx {
+            tx: &mut tx,
+            write: true,
+        })?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        f(&mut PgTx {
+            tx: &mut tx,
+            write: false,
+        })?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+fn key_info(r: &Row) -> KeyInfo {
+    KeyInfo {
+        key: Blob::from_bytes(r.get::<_, &[u8]>(0)),
+        value: Blob::from_bytes(r.get::<_, &[u8]>(1)),
+        changed_by: r.get(2),
+        changed_at_us: r.get(3),
+    }
+}
+
+/// One transaction on a pooled connection.
+struct PgTx<'a, 'c> {
+    tx: &'a mut Transaction<'c>,
+    /// A write transaction reads the sync row `FOR UPDATE`.
+    write: bool,
+}
+
+impl PgTx<'_, '_> {
+    fn count(&mut self, sql: &str) -> Result<u64> {
+        Ok(self.tx.query_one(sql, &[])?.get::<_, i64>(0) as u64)
+    }
+
+    fn exec(&mut self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<u64> {
+        Ok(self.tx.execute(sql, params)?)
+    }
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn initialised(&mut self) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_one("SELECT COUNT(*) > 0 FROM sync", &[])?
+            .get(0))
+    }
+
+    fn insert_sync(&mut self, s: &SyncTable) -> Result<()> {
+        self.exec(
+            "INSERT INTO sync (id, activation_us, interval_us, min_window_us,
+                               staged_version, active_version, production_gen)
+             VALUES (1, $1, $2, $3, $4, $5, 0)",
+            &[
+                &s.activation_time_us,
+                &s.interval_us,
+                &s.min_window_us,
+                &to_i64(s.staged_version),
+                &to_i64(s.active_version),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(SyncTable, i64)> {
+        let sql = if self.write {
+            "SELECT activation_us, interval_us, min_window_us, staged_version, active_version,
+                    production_gen FROM sync WHERE id = 1 FOR UPDATE"
+        } else {
+            "SELECT activation_us, interval_us, min_window_us, staged_version, active_version,
+                    production_gen FROM sync WHERE id = 1"
+        };
+        let r = self.tx.query_one(sql, &[])?;
+        Ok((
+            SyncTable {
+                activation_time_us: r.get(0),
+                interval_us: r.get(1),
+                min_window_us: r.get(2),
+                staged_version: r.get::<_, i64>(3) as u64,
+                active_version: r.get::<_, i64>(4) as u64,
+            },
+            r.get(5),
+        ))
+    }
+
+    fn set_active(&mut self, version: u64, next_activation_us: i64) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET active_version = $1, activation_us = $2 WHERE id = 1",
+            &[&to_i64(version), &next_activation_us],
+        )?;
+        Ok(())
+    }
+
+    fn set_staged(&mut self, version: u64) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET staged_version = $1 WHERE id = 1",
+            &[&to_i64(version)],
+        )?;
+        Ok(())
+    }
+
+    fn set_cycle(
+        &mut self,
+        interval_us: i64,
+        min_window_us: i64,
+        activation_us: i64,
+    ) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET interval_us = $1, min_window_us = $2, activation_us = $3 WHERE id = 1",
+            &[&interval_us, &min_window_us, &activation_us],
+        )?;
+        Ok(())
+    }
+
+    fn bump_production_gen(&mut self) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET production_gen = production_gen + 1 WHERE id = 1",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    fn production(&mut self) -> Result<Content> {
+        let mut map = Content::new();
+        for r in self.tx.query("SELECT key, value FROM production", &[])? {
+            map.insert(r.get(0), r.get(1));
+        }
+        Ok(map)
+    }
+
+    fn write_production(&mut self, change: &Change, by: &str, now_us: i64) -> Result<bool> {
+        let n = match change {
+            Change::Put(k, v) => self.exec(
+                "INSERT INTO production (key, value, changed_by, changed_at_us)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                    changed_by = excluded.changed_by, changed_at_us = excluded.changed_at_us
+                 WHERE production.value IS DISTINCT FROM excluded.value",
+                &[k, v, &by, &now_us],
+            )?,
+            Change::Delete(k) => self.exec("DELETE FROM production WHERE key = $1", &[k])?,
+        };
+        Ok(n > 0)
+    }
+
+    fn clear_production(&mut self) -> Result<()> {
+        self.exec("DELETE FROM production", &[])?;
+        Ok(())
+    }
+
+    fn production_get(&mut self, key: &[u8]) -> Result<Option<KeyInfo>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT key, value, changed_by, changed_at_us FROM production WHERE key = $1",
+                &[&key],
+            )?
+            .map(|r| key_info(&r)))
+    }
+
+    fn production_from(&mut self, from: &[u8], limit: usize) -> Result<Vec<KeyInfo>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .tx
+            .query(
+                "SELECT key, value, changed_by, changed_at_us FROM production
+                 WHERE key >= $1 ORDER BY key LIMIT $2",
+                &[&from, &limit],
+            )?
+            .iter()
+            .map(key_info)
+            .collect())
+    }
+
+    fn production_count(&mut self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM production")
+    }
+
+    fn insert_scheduled(
+        &mut self,
+        effective_us: i64,
+        change: &Change,
+        by: &str,
+        now_us: i64,
+    ) -> Result<i64> {
+        let (op, value) = match change {
+            Change::Put(_, v) => ("put", Some(v.as_slice())),
+            Change::Delete(_) => ("delete", None),
+        };
+        Ok(self
+            .tx
+            .query_one(
+                "INSERT INTO scheduled (effective_us, op, key, value, created_by, created_at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[&effective_us, &op, &change.key(), &value, &by, &now_us],
+            )?
+            .get(0))
+    }
+
+    fn pending_changes_until(&mut self, until_us: i64) -> Result<Vec<(i64, Change)>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT id, op, key, value FROM scheduled
+                 WHERE applied_version IS NULL AND effective_us <= $1
+                 ORDER BY effective_us, id",
+                &[&until_us],
+            )?
+            .iter()
+            .map(|r| {
+                let op: &str = r.get(1);
+                (r.get(0), Change::from_row(op, r.get(2), r.get(3)))
+            })
+            .collect())
+    }
+
+    fn mark_applied(&mut self, id: i64, version: u64) -> Result<()> {
+        self.exec(
+            "UPDATE scheduled SET applied_version = $2 WHERE id = $1",
+            &[&id, &to_i64(version)],
+        )?;
+        Ok(())
+    }
+
+    fn scheduled_within(&mut self, after_us: i64, until_us: i64) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM scheduled
+                                WHERE effective_us > $1 AND effective_us <= $2)",
+                &[&after_us, &until_us],
+            )?
+            .get(0))
+    }
+
+    fn scheduled_pending(&mut self) -> Result<Vec<ScheduledChange>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT id, effective_us, op, key, value, created_by FROM scheduled
+                 WHERE applied_version IS NULL ORDER BY effective_us, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| ScheduledChange {
+                id: r.get(0),
+                effective_us: r.get(1),
+                op: r.get(2),
+                key: Blob::from_bytes(r.get::<_, &[u8]>(3)),
+                value: r.get::<_, Option<&[u8]>>(4).map(Blob::from_bytes),
+                created_by: r.get(5),
+            })
+            .collect())
+    }
+
+    fn scheduled_pending_count(&mut self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM scheduled WHERE applied_version IS NULL")
+    }
+
+    fn next_version_number(&mut self) -> Result<u64> {
+        self.count("SELECT COALESCE(MAX(number), 0) + 1 FROM versions")
+    }
+
+    fn insert_version(&mut self, v: &NewVersion<'_>) -> Result<()> {
+        self.exec(
+            "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
+                                   created_us, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &to_i64(v.number),
+                &v.bytes,
+                &to_i64(v.checksum),
+                &v.digest,
+                &v.production_gen,
+                &(v.bytes.len() as i64),
+                &to_i64(v.entries),
+                &v.created_us,
+                &v.reason,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn version_digest(&mut self, version: u64) -> Result<Option<(String, i64)>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT digest, production_gen FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn version_bytes(&mut self, version: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT bytes, checksum FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64)))
+    }
+
+    fn version_checksum(&mut self, version: u64) -> Result<Option<u64>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT checksum FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn mark_staged(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.exec(
+            "UPDATE versions SET staged_us = $2 WHERE number = $1",
+            &[&to_i64(version), &at_us],
+        )?;
+        Ok(())
+    }
+
+    fn mark_activated(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.exec(
+            "UPDATE versions SET activated_us = $2 WHERE number = $1 AND activated_us IS NULL",
+            &[&to_i64(version), &at_us],
+        )?;
+        Ok(())
+    }
+
+    fn history(&mut self, limit: u64) -> Result<Vec<VersionInfo>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .tx
+            .query(
+                "SELECT number, checksum, size, entries, created_us, staged_us, activated_us,
+                        reason
+                 FROM versions ORDER BY number DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| VersionInfo {
+                version: r.get::<_, i64>(0) as u64,
+                checksum: format!("{:016x}", r.get::<_, i64>(1) as u64),
+                size: r.get::<_, i64>(2) as u64,
+                entries: r.get::<_, i64>(3) as u64,
+                created_us: r.get(4),
+                staged_us: r.get(5),
+                activated_us: r.get(6),
+                reason: r.get(7),
+            })
+            .collect())
+    }
+
+    fn version_count(&mut self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM versions")
+    }
+
+    fn log_rotation(&mut self, r: &RotationRecord) -> Result<()> {
+        self.exec(
+            "INSERT INTO rotations (activation_us, rotated_at_us, active_version,
+                                    staged_version, next_activation_us, rotated_by)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &r.activation_time_us,
+                &r.rotated_at_us,
+                &to_i64(r.active_version),
+                &to_i64(r.staged_version),
+                &r.next_activation_us,
+                &r.rotated_by,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn last_rotation(&mut self) -> Result<Option<i64>> {
+        Ok(self
+            .tx
+            .query_one("SELECT MAX(activation_us) FROM rotations", &[])?
+            .get(0))
+    }
+
+    fn rotations(&mut self) -> Result<Vec<RotationRecord>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT activation_us, rotated_at_us, active_version, staged_version, rotated_by,
+                        next_activation_us
+                 FROM rotations ORDER BY activation_us",
+                &[],
+            )?
+            .iter()
+            .map(|r| RotationRecord {
+                activation_time_us: r.get(0),
+                rotated_at_us: r.get(1),
+                active_version: r.get::<_, i64>(2) as u64,
+                staged_version: r.get::<_, i64>(3) as u64,
+                rotated_by: r.get(4),
+                next_activation_us: r.get(5),
+            })
+            .collect())
+    }
+
+    fn rotation_count(&mut self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM rotations")
+    }
+
+    fn write_farm(&mut self, batch: &[Member], expired_before_us: i64) -> Result<()> {
+        self.exec(
+            "DELETE FROM farm WHERE last_checkin_us < $1",
+            &[&expired_before_us],
+        )?;
+        // In key order: two instances flushing at once then lock rows in the same order and
+        // never deadlock.
+        let mut batch: Vec<&Member> = batch.iter().collect();
+        batch.sort_by(|a, b| {
+            (&a.process.name, &a.process.host, a.process.pid).cmp(&(
+                &b.process.name,
+                &b.process.host,
+                b.process.pid,
+            ))
+        });
+        let stmt = self.tx.prepare(
+            "INSERT INTO farm (name, host, pid, staged, active, offset_us, error_us, lagging,
+                               last_checkin_us, role, leader_pid)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (name, host, pid) DO UPDATE SET staged = excluded.staged,
+                active = excluded.active, offset_us = excluded.offset_us,
+                error_us = excluded.error_us, lagging = excluded.lagging,
+                last_checkin_us = excluded.last_checkin_us, role = excluded.role,
+                leader_pid = excluded.leader_pid
+             WHERE farm.last_checkin_us <= excluded.last_checkin_us",
+        )?;
+        for Member {
+            process: m,
+            role,
+            leader_pid,
+        } in batch
+        {
+            self.tx.execute(
+                &stmt,
+                &[
+                    &m.name,
+                    &m.host,
+                    &i64::from(m.pid),
+                    &to_i64(m.staged),
+                    &to_i64(m.active),
+                    &m.offset_us,
+                    &m.error_us,
+                    &m.lagging,
+                    &m.last_checkin_us,
+                    &role.as_str(),
+                    &leader_pid.map(i64::from),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn farm(&mut self, since_us: i64) -> Result<Vec<Member>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
+                        last_checkin_us, role, leader_pid
+                 FROM farm WHERE last_checkin_us >= $1",
+                &[&since_us],
+            )?
+            .iter()
+            .map(|r| Member {
+                process: FarmMember {
+                    name: r.get(0),
+                    host: r.get(1),
+                    pid: r.get::<_, i64>(2) as u32,
+                    staged: r.get::<_, i64>(3) as u64,
+                    active: r.get::<_, i64>(4) as u64,
+                    offset_us: r.get(5),
+                    error_us: r.get(6),
+                    lagging: r.get(7),
+                    last_checkin_us: r.get(8),
+                    silent_us: 0,
+                    stale: false,
+                },
+                role: Role::parse(r.get(9)),
+                leader_pid: r.get::<_, Option<i64>>(10).map(|p| p as u32),
+            })
+            .collect())
+    }
+
+    fn add_downloads(&mut self, counts: &HashMap<u64, u64>) -> Result<()> {
+        let mut counts: Vec<(&u64, &u64)> = counts.iter().collect();
+        counts.sort();
+        let stmt = self.tx.prepare(
+            "INSERT INTO downloads (version, count) VALUES ($1, $2)
+             ON CONFLICT (version) DO UPDATE SET count = downloads.count + excluded.count",
+        )?;
+        for (version, n) in counts {
+            self.tx.execute(&stmt, &[&to_i64(*version), &to_i64(*n)])?;
+        }
+        Ok(())
+    }
+
+    fn downloads(&mut self, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT version, count FROM downloads WHERE version BETWEEN $1 AND $2",
+                &[&to_i64(oldest), &to_i64(newest)],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+}
