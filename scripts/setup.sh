@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   php8.2-dev php8.2-cli php8.2-fpm   # the PHP extension, its phpt tests, PHP-FPM end to end
   nginx nginx-dev                    # the nginx module (built against Debian's nginx sources)
   libpcre2-dev zlib1g-dev            # what nginx's configure needs to build a module
+  postgresql   # the data server's PostgreSQL backend: tests start throwaway clusters (initdb/pg_ctl)
 )
 
 if command -v apt-get >/dev/null; then
