@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::observer::{Change, Observer};
+use support::postgres::each_backend;
 use support::proxy::{Mode, Proxy};
 use support::*;
 
@@ -64,26 +65,28 @@ impl Drop for Editor {
 
 #[test]
 fn invariant_1_at_most_one_rotation_per_activation_time() {
-    // 256 concurrent check-ins at the boundary, on one data server. The interval is long
-    // enough that all of them land before the next activation time, even on a loaded
-    // machine: a check-in after it would rightly perform the next rotation...
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("db"), &["--interval", "4s"]);
-    put(&s, "k", "v");
-    let t = checkin(&s, "probe").sync.activation_time_us;
-    let results = concurrent_checkins(std::slice::from_ref(&s.url), 256, t);
-    assert_exactly_one_rotation(&results, t);
+    each_backend(|backend, db| {
+        // 256 concurrent check-ins at the boundary, on one data server. The interval is long
+        // enough that all of them land before the next activation time, even on a loaded
+        // machine: a check-in after it would rightly perform the next rotation...
+        let s = Server::start(db, &["--interval", "4s"]);
+        put(&s, "k", "v");
+        let t = checkin(&s, "probe").sync.activation_time_us;
+        let results = concurrent_checkins(std::slice::from_ref(&s.url), 256, t);
+        assert_exactly_one_rotation(&results, t);
 
-    // ...and on two data-server processes sharing one database.
-    let db = dir.path().join("shared");
-    let a = Server::start(&db, &["--interval", "4s"]);
-    let b = Server::start(&db, &[]);
-    put(&a, "k", "v");
-    let t = checkin(&a, "probe").sync.activation_time_us;
-    let before = rotation_count(&a);
-    let results = concurrent_checkins(&[a.url.clone(), b.url.clone()], 256, t);
-    assert_exactly_one_rotation(&results, t);
-    assert_eq!(rotation_count(&b), before + 1);
+        // ...and on two data-server processes sharing one database.
+        let other = tempfile::tempdir().unwrap();
+        let shared = backend.database(other.path()).unwrap();
+        let a = Server::start(&shared, &["--interval", "4s"]);
+        let b = Server::start(&shared, &[]);
+        put(&a, "k", "v");
+        let t = checkin(&a, "probe").sync.activation_time_us;
+        let before = rotation_count(&a);
+        let results = concurrent_checkins(&[a.url.clone(), b.url.clone()], 256, t);
+        assert_exactly_one_rotation(&results, t);
+        assert_eq!(rotation_count(&b), before + 1);
+    });
 }
 
 #[test]
@@ -250,95 +253,97 @@ fn invariant_4_a_corrupt_truncated_or_forged_version_is_never_activated() {
 
 #[test]
 fn invariant_5_committed_edits_survive_kill_9_at_any_moment() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["--interval", "200ms", "--min-window", "100ms"];
-    let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut rng = fastrand::Rng::with_seed(now_us() as u64);
-    let mut rotations = 0;
-    let mut rounds = 0;
-    let mut n = 0;
-    while rotations < 20 || rounds < 10 {
-        rounds += 1;
-        let mut s = Server::start_at(&db, &listen, &args);
-        let stop = Arc::new(AtomicBool::new(false));
-        // An editor and a client drive edits and rotations while the kill comes.
-        let editor = {
-            let (stop, acked, url) = (stop.clone(), acked.clone(), s.url.clone());
-            let start = n;
-            std::thread::spawn(move || {
-                let mut i = start;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let key = format!("k{i}");
-                    let body = serde_json::json!({"key": key, "value": "v"}).to_string();
-                    let agent = agent();
-                    let r = agent
-                        .post(&format!("{url}/v1/admin/put"))
-                        .header("Authorization", &format!("Bearer {TOKEN}"))
-                        .send(body.as_bytes());
-                    match r {
-                        Ok(resp) if resp.status() == 200 => acked.lock().unwrap().push(key),
-                        _ => break,
+    each_backend(|_, db| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = ["--interval", "200ms", "--min-window", "100ms"];
+        let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut rng = fastrand::Rng::with_seed(now_us() as u64);
+        let mut rotations = 0;
+        let mut rounds = 0;
+        let mut n = 0;
+        while rotations < 20 || rounds < 10 {
+            rounds += 1;
+            let mut s = Server::start_at(db, &listen, &args);
+            let stop = Arc::new(AtomicBool::new(false));
+            // An editor and a client drive edits and rotations while the kill comes.
+            let editor = {
+                let (stop, acked, url) = (stop.clone(), acked.clone(), s.url.clone());
+                let start = n;
+                std::thread::spawn(move || {
+                    let mut i = start;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let key = format!("k{i}");
+                        let body = serde_json::json!({"key": key, "value": "v"}).to_string();
+                        let agent = agent();
+                        let r = agent
+                            .post(&format!("{url}/v1/admin/put"))
+                            .header("Authorization", &format!("Bearer {TOKEN}"))
+                            .send(body.as_bytes());
+                        match r {
+                            Ok(resp) if resp.status() == 200 => acked.lock().unwrap().push(key),
+                            _ => break,
+                        }
                     }
-                }
-                i
-            })
-        };
-        let poller = {
-            let (stop, url) = (stop.clone(), s.url.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if agent()
-                        .get(&format!("{url}/v1/checkin?name=p"))
-                        .call()
-                        .is_err()
-                    {
-                        break;
+                    i
+                })
+            };
+            let poller = {
+                let (stop, url) = (stop.clone(), s.url.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if agent()
+                            .get(&format!("{url}/v1/checkin?name=p"))
+                            .call()
+                            .is_err()
+                        {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
-        std::thread::sleep(Duration::from_millis(rng.u64(100..600)));
-        s.kill9();
-        stop.store(true, Ordering::Relaxed);
-        n = editor.join().unwrap() + 1;
-        poller.join().unwrap();
-        let s = Server::start_at(&db, &listen, &args);
-        rotations = rotation_count(&s);
-    }
-    let s = Server::start_at(&db, &listen, &args);
-    let keys: BTreeSet<String> = admin_get(&s, "/v1/admin/keys?limit=1000000")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["key"].as_str().unwrap().to_owned())
-        .collect();
-    let acked = acked.lock().unwrap();
-    assert!(
-        acked.len() > 50,
-        "too few edits acknowledged: {}",
-        acked.len()
-    );
-    for k in acked.iter() {
-        assert!(keys.contains(k), "acknowledged edit {k} was lost");
-    }
-    // No activation time rotated twice, and the chain is whole: each rotation activates what
-    // the one before it staged.
-    let log = admin_get(&s, "/v1/admin/rotations");
-    let log = log.as_array().unwrap();
-    assert!(log.len() >= 20);
-    for pair in log.windows(2) {
-        assert!(pair[1]["activation_time_us"].as_i64() > pair[0]["activation_time_us"].as_i64());
-        assert_eq!(pair[1]["active_version"], pair[0]["staged_version"]);
-    }
-    eprintln!(
-        "{rounds} kills, {} rotations, {} acknowledged edits",
-        log.len(),
-        acked.len()
-    );
+                })
+            };
+            std::thread::sleep(Duration::from_millis(rng.u64(100..600)));
+            s.kill9();
+            stop.store(true, Ordering::Relaxed);
+            n = editor.join().unwrap() + 1;
+            poller.join().unwrap();
+            let s = Server::start_at(db, &listen, &args);
+            rotations = rotation_count(&s);
+        }
+        let s = Server::start_at(db, &listen, &args);
+        let keys: BTreeSet<String> = admin_get(&s, "/v1/admin/keys?limit=1000000")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key"].as_str().unwrap().to_owned())
+            .collect();
+        let acked = acked.lock().unwrap();
+        assert!(
+            acked.len() > 50,
+            "too few edits acknowledged: {}",
+            acked.len()
+        );
+        for k in acked.iter() {
+            assert!(keys.contains(k), "acknowledged edit {k} was lost");
+        }
+        // No activation time rotated twice, and the chain is whole: each rotation activates what
+        // the one before it staged.
+        let log = admin_get(&s, "/v1/admin/rotations");
+        let log = log.as_array().unwrap();
+        assert!(log.len() >= 20);
+        for pair in log.windows(2) {
+            assert!(
+                pair[1]["activation_time_us"].as_i64() > pair[0]["activation_time_us"].as_i64()
+            );
+            assert_eq!(pair[1]["active_version"], pair[0]["staged_version"]);
+        }
+        eprintln!(
+            "{rounds} kills, {} rotations, {} acknowledged edits",
+            log.len(),
+            acked.len()
+        );
+    });
 }
 
 /// Asserts that every observer keeps answering reads, from the versions in `allowed`.
@@ -517,68 +522,66 @@ fn change_with(o: &Observer, value: &str) -> Change {
 
 #[test]
 fn invariant_7_edits_go_live_by_the_second_activation_and_scheduled_ones_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let interval = 1_000_000;
-    let s = Server::start(
-        &dir.path().join("db"),
-        &["--interval", "1s", "--min-window", "500ms"],
-    );
-    put(&s, "price", "10");
-    put(&s, "promo", "none");
-    wait_active(&s, "price", "10");
-    let prices: Vec<Observer> = (0..2)
-        .map(|i| Observer::start(&s.url, &format!("p{i}"), "price", 30.0, None))
-        .collect();
-    let promos: Vec<Observer> = (0..2)
-        .map(|i| Observer::start(&s.url, &format!("q{i}"), "promo", 30.0, None))
-        .collect();
-    for o in prices.iter().chain(&promos) {
-        o.wait_ready();
-    }
+    each_backend(|_, db| {
+        let interval = 1_000_000;
+        let s = Server::start(db, &["--interval", "1s", "--min-window", "500ms"]);
+        put(&s, "price", "10");
+        put(&s, "promo", "none");
+        wait_active(&s, "price", "10");
+        let prices: Vec<Observer> = (0..2)
+            .map(|i| Observer::start(&s.url, &format!("p{i}"), "price", 30.0, None))
+            .collect();
+        let promos: Vec<Observer> = (0..2)
+            .map(|i| Observer::start(&s.url, &format!("q{i}"), "promo", 30.0, None))
+            .collect();
+        for o in prices.iter().chain(&promos) {
+            o.wait_ready();
+        }
 
-    // Unscheduled: committed at t, active everywhere by the second activation after t.
-    let t = now_us();
-    put(&s, "price", "8");
-    let second = (t / interval + 2) * interval;
-    for o in &prices {
-        let c = change_with(o, "8");
-        let deadline = wall_us_to_mono_ns(second) + 10_000_000;
-        assert!(
-            c.first_new_ns <= deadline,
-            "{}: unscheduled edit went live {} ms after the second activation",
-            o.name,
-            (c.first_new_ns - deadline) / 1_000_000
-        );
-    }
+        // Unscheduled: committed at t, active everywhere by the second activation after t.
+        let t = now_us();
+        put(&s, "price", "8");
+        let second = (t / interval + 2) * interval;
+        for o in &prices {
+            let c = change_with(o, "8");
+            let deadline = wall_us_to_mono_ns(second) + 10_000_000;
+            assert!(
+                c.first_new_ns <= deadline,
+                "{}: unscheduled edit went live {} ms after the second activation",
+                o.name,
+                (c.first_new_ns - deadline) / 1_000_000
+            );
+        }
 
-    // Scheduled for a time between grid points: live at exactly the first activation after.
-    let x = (now_us() / interval + 3) * interval + 400_000;
-    let first_after = (x / interval + 1) * interval;
-    let at = time_rfc3339(x);
-    admin_post(
-        &s,
-        "/v1/admin/put",
-        serde_json::json!({"key": "promo", "value": "sale", "at": at}),
-    );
-    let t_mono = wall_us_to_mono_ns(first_after);
-    for o in &promos {
-        let c = change_with(o, "sale");
-        assert!(
-            (c.first_new_ns - t_mono).abs() <= 10_000_000,
-            "{}: scheduled change went live {} µs from {first_after}",
-            o.name,
-            (c.first_new_ns - t_mono) / 1000
+        // Scheduled for a time between grid points: live at exactly the first activation after.
+        let x = (now_us() / interval + 3) * interval + 400_000;
+        let first_after = (x / interval + 1) * interval;
+        let at = time_rfc3339(x);
+        admin_post(
+            &s,
+            "/v1/admin/put",
+            serde_json::json!({"key": "promo", "value": "sale", "at": at}),
         );
-        assert!(
-            c.last_old_ns >= t_mono - 10_000_000,
-            "{}: sale started early",
-            o.name
+        let t_mono = wall_us_to_mono_ns(first_after);
+        for o in &promos {
+            let c = change_with(o, "sale");
+            assert!(
+                (c.first_new_ns - t_mono).abs() <= 10_000_000,
+                "{}: scheduled change went live {} µs from {first_after}",
+                o.name,
+                (c.first_new_ns - t_mono) / 1000
+            );
+            assert!(
+                c.last_old_ns >= t_mono - 10_000_000,
+                "{}: sale started early",
+                o.name
+            );
+        }
+        assert_eq!(
+            activated_at(&s, promos[0].report().changes.last().unwrap().version),
+            first_after
         );
-    }
-    assert_eq!(
-        activated_at(&s, promos[0].report().changes.last().unwrap().version),
-        first_after
-    );
+    });
 }
 
 #[test]
