@@ -3,8 +3,9 @@
 # host, every CPU kept busy by spinning threads, through 20 activations, ROUNDS times.
 #
 # Each round is `lockstep demo --load --quiet`: per activation, how many servers were on time,
-# late, early or missed it, the spread of the instants the libraries armed ("planned") and of
-# the first reads of the new version ("observed"), and the widest switch bracket (a reader's
+# late, early, missed it or were unresolved (a switch bracket wider than the tolerance, so the
+# reads did not show when it switched), the spread of the instants the libraries armed
+# ("planned") and of the first reads of the new version ("observed"), and the widest switch bracket (a reader's
 # last read of the old version to its first read of the new, on CLOCK_MONOTONIC, which every
 # process on a host shares), and for late servers how long after the activation time they still
 # served the old version; then that round's summary. At the end, each summary figure as the
@@ -47,7 +48,7 @@ rows = {}
 for text in rounds:
     for name, pattern in [
         ("planned", r"spread, planned \(.*?\): (.*)"),
-        ("observed, on time", r"spread, observed \(first reads of the new version, servers on time\): (.*)"),
+        ("observed, on time", r"spread, observed \(first reads of the new version, servers on time, narrow brackets\): (.*)"),
         ("observed, all", r"spread, observed \(first reads, every server .*?\): (.*)"),
         ("bracket", r"switch bracket .*? switches: (.*)"),
         ("late switches, old version served after T", r"late switches, last read of the old version .*?: (.*)"),
@@ -58,14 +59,16 @@ for text in rounds:
                 rows.setdefault(f"{name} {stat}", []).append(float(value))
     m = re.search(r"activations every web server made on time: (\d+)/(\d+)", text)
     rows.setdefault("activations all on time", []).append(int(m.group(1)) if m else 0)
-    m = re.search(r"per web server, on time/late/early/missed: (.*)", text)
+    m = re.search(r"per web server, on time/late/early/missed/unresolved: (.*)", text)
     counts = [tuple(map(int, c.split("/"))) for c in re.findall(r"web-\d+ ([\d/]+)", m.group(1))] if m else []
-    for i, what in enumerate(["on time", "late", "early", "missed"]):
+    for i, what in enumerate(["on time", "late", "early", "missed", "unresolved"]):
         rows.setdefault(f"switches {what} (all servers)", []).append(sum(c[i] for c in counts))
     rows.setdefault("servers with any late or missed", []).append(sum(1 for c in counts if c[1] + c[3] > 0))
-    m = re.search(r"armed instant inside the observed bracket: (\d+)/(\d+)", text)
+    m = re.search(r"armed instant inside the observed bracket: (\d+)/(\d+) .*?; (\d+) switches with a bracket wider", text)
     if m:
-        rows.setdefault("armed instant outside its bracket", []).append(int(m.group(2)) - int(m.group(1)))
+        rows.setdefault("narrow brackets (armed instant checked)", []).append(int(m.group(2)))
+        rows.setdefault("armed instant outside its narrow bracket", []).append(int(m.group(2)) - int(m.group(1)))
+        rows.setdefault("wide brackets (armed instant not checkable)", []).append(int(m.group(3)))
     errors = [float(e) for e in re.findall(r"±([0-9.]+)ms", text.split("clock-offset error bounds:")[-1])]
     if errors:
         rows.setdefault("clock-error bound, smallest", []).append(min(errors))

@@ -143,6 +143,7 @@ fn outcome_word(o: Outcome) -> &'static str {
         Outcome::Late => "LATE",
         Outcome::Early => "EARLY",
         Outcome::Missed => "MISSED",
+        Outcome::Unresolved => "UNRESOLVED",
     }
 }
 
@@ -150,18 +151,24 @@ fn activation_line(s: &Settled, webs: &[Web]) -> String {
     let v = s.activation.version;
     let served = s.servers.len() - s.count(Outcome::Missed);
     let mut line = format!(
-        "{}  ACTIVATION  v{v} served by {served}/{} web servers ({} on time, {} late, {} early, {} missed): spread {} planned, {} observed (first reads of v{v}), brackets up to {}",
+        "{}  ACTIVATION  v{v} served by {served}/{} web servers ({} on time, {} late, {} early, {} missed, {} unresolved): spread {} planned, {} observed (first reads of v{v}), brackets up to {}",
         hms(s.activation.time_us),
         webs.len(),
         s.count(Outcome::OnTime),
         s.count(Outcome::Late),
         s.count(Outcome::Early),
         s.count(Outcome::Missed),
+        s.count(Outcome::Unresolved),
         s.planned_spread_ns().map_or("none".into(), ms),
         s.observed_spread_ns(false).map_or("none".into(), ms),
         s.widths_ns().max().map_or("none".into(), ms),
     );
-    for o in [Outcome::Late, Outcome::Early, Outcome::Missed] {
+    for o in [
+        Outcome::Late,
+        Outcome::Early,
+        Outcome::Missed,
+        Outcome::Unresolved,
+    ] {
         let names: Vec<&str> = webs
             .iter()
             .zip(&s.servers)
@@ -174,6 +181,17 @@ fn activation_line(s: &Settled, webs: &[Web]) -> String {
         line.push_str(&format!("; {}", outcome_word(o)));
         if let (Outcome::Late, Some(worst)) = (o, s.lateness_ns().max()) {
             line.push_str(&format!(" (old version served until {})", signed_ms(worst)));
+        }
+        if o == Outcome::Unresolved {
+            let widest = s
+                .servers
+                .iter()
+                .filter(|x| x.outcome == o)
+                .filter_map(|x| x.switch.as_ref())
+                .map(super::event::Switch::width_ns)
+                .max()
+                .unwrap_or(0);
+            line.push_str(&format!(" (brackets up to {})", ms(widest)));
         }
         line.push_str(&format!(": {}", names.join(", ")));
     }
@@ -247,12 +265,31 @@ fn scheduled_verdict(
 ) -> String {
     let what = format!("{}={}", change.key, change.value);
     if change.went_live_exactly(s, served) {
+        let widest = s.widths_ns().max().unwrap_or(0);
         return format!(
-            "the scheduled change {what} went live at exactly {}: observed served by every web server ({}/{}) from its first read of v{}, and not before",
+            "the scheduled change {what} went live at exactly {}: every web server served the old value until it switched and {} from its first read of v{}, each switch observed within its tolerance of that time (brackets up to {})",
             hms(change.at_us),
+            change.value,
+            s.activation.version,
+            ms(widest)
+        );
+    }
+    if change.went_live(s, served) {
+        let unresolved: Vec<String> = webs
+            .iter()
+            .zip(&s.servers)
+            .filter(|(_, x)| x.outcome == Outcome::Unresolved)
+            .filter_map(|(w, x)| Some(format!("{} {}", w.name, ms(x.switch.as_ref()?.width_ns()))))
+            .collect();
+        return format!(
+            "the scheduled change {what} went live at {} as far as the reads show: every web server served the old value until it switched and {} from its first read of v{}, none late, early or missed; {}/{} switches observed on time, {} unresolved (brackets wider than the tolerance: {})",
+            hms(change.at_us),
+            change.value,
+            s.activation.version,
+            served.len() - unresolved.len(),
             served.len(),
-            webs.len(),
-            s.activation.version
+            unresolved.len(),
+            unresolved.join(", ")
         );
     }
     let mut why = Vec::new();
@@ -263,7 +300,12 @@ fn scheduled_verdict(
         ));
     }
     for (w, c) in webs.iter().zip(served) {
-        if c.outcome != Outcome::OnTime {
+        if c.outcome == Outcome::Unresolved {
+            why.push(format!(
+                "{} UNRESOLVED (its reader's bracket was wider than its tolerance: when it switched was not observed)",
+                w.name
+            ));
+        } else if c.outcome != Outcome::OnTime {
             why.push(format!("{} {}", w.name, outcome_word(c.outcome)));
         }
         if c.outcome != Outcome::Missed && c.after.as_deref() != Some(change.value.as_str()) {
@@ -291,6 +333,7 @@ pub struct Summary {
     widths: Vec<i64>,
     lateness: Vec<i64>,
     inside: (usize, usize),
+    wide: usize,
 }
 
 impl Summary {
@@ -307,6 +350,11 @@ impl Summary {
         let (inside, of) = s.planned_inside_bracket();
         self.inside.0 += inside;
         self.inside.1 += of;
+        self.wide += s
+            .servers
+            .iter()
+            .filter(|x| x.switch.is_some() && !x.narrow)
+            .count();
     }
 
     pub fn activations(&self) -> usize {
@@ -322,11 +370,11 @@ impl Summary {
             if load { ", every CPU busy" } else { "" }
         );
         println!(
-            "  activation spread, planned (instants the libraries armed, servers on time): {}",
+            "  activation spread, planned (instants the libraries armed, servers on time or unresolved): {}",
             percentiles(&mut self.planned)
         );
         println!(
-            "  activation spread, observed (first reads of the new version, servers on time): {}",
+            "  activation spread, observed (first reads of the new version, servers on time, narrow brackets): {}",
             percentiles(&mut self.observed_on_time)
         );
         println!(
@@ -339,8 +387,8 @@ impl Summary {
             percentiles(&mut self.widths)
         );
         println!(
-            "  armed instant inside the observed bracket: {}/{} switches",
-            self.inside.0, self.inside.1
+            "  armed instant inside the observed bracket: {}/{} switches with a narrow bracket; {} switches with a bracket wider than the tolerance, not counted",
+            self.inside.0, self.inside.1, self.wide
         );
         println!(
             "  activations every web server made on time: {}/{}",
@@ -351,13 +399,13 @@ impl Summary {
             .map(|w| {
                 let c = w.outcomes;
                 format!(
-                    "{} {}/{}/{}/{}",
-                    w.name, c.on_time, c.late, c.early, c.missed
+                    "{} {}/{}/{}/{}/{}",
+                    w.name, c.on_time, c.late, c.early, c.missed, c.unresolved
                 )
             })
             .collect();
         println!(
-            "  per web server, on time/late/early/missed: {}",
+            "  per web server, on time/late/early/missed/unresolved: {}",
             counts.join(", ")
         );
         println!(
@@ -366,7 +414,7 @@ impl Summary {
             percentiles(&mut self.lateness)
         );
         println!(
-            "  (late: a read saw the old version more than the server's clock-error bound + {} ms after the activation time; early: one saw the new version that much before it; missed: never served it)",
+            "  (the tolerance is the server's clock-error bound + {} ms. late: a read saw the old version more than the tolerance after the activation time; early: one saw the new version that much before it; missed: never served it; on time: neither, with a bracket no wider than the tolerance; unresolved: neither, but a wider bracket, so when it switched was not observed)",
             TOLERANCE_NS / 1_000_000
         );
         let errors: Vec<String> = webs

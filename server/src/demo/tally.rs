@@ -4,9 +4,13 @@
 //! An activation is settled server by server, from what the server's reader observed rather
 //! than from what its library planned or says about itself: late when a read still saw the old
 //! version after the activation time (beyond the server's clock-error bound), early when one
-//! saw the new version before it, missed when the server never served the version at all, on
-//! time otherwise. Nothing is dropped: a late or missed
-//! server is counted, and the activation is reported with the others.
+//! saw the new version before it, missed when the server never served the version at all. A
+//! switch is on time only when its bracket (last read of the old version to first read of the
+//! new) is narrow, no wider than that same tolerance, so that the observation itself places
+//! the switch at the activation time; a reader descheduled across the instant leaves a wide
+//! bracket that shows neither lateness nor punctuality, and counts as unresolved. Nothing is
+//! dropped: a late, missed or unresolved server is counted, and the activation is reported
+//! with the others.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -41,6 +45,7 @@ pub struct Counts {
     pub late: usize,
     pub early: usize,
     pub missed: usize,
+    pub unresolved: usize,
 }
 
 /// The data server's clock mapped onto this host's CLOCK_MONOTONIC, from one sample of both
@@ -80,6 +85,9 @@ pub enum Outcome {
     Late,
     Early,
     Missed,
+    /// Neither late nor early, but the bracket is wider than the tolerance: the reader did not
+    /// observe when the switch happened.
+    Unresolved,
 }
 
 /// One server's part in one activation.
@@ -87,6 +95,9 @@ pub struct Served {
     pub outcome: Outcome,
     /// The switch into the version; `None` when missed.
     pub switch: Option<Switch>,
+    /// The switch's bracket is no wider than the server's tolerance (clock-error bound +
+    /// [`TOLERANCE_NS`]): the observation places the switch that precisely.
+    pub narrow: bool,
 }
 
 /// An activation once every server's part is known.
@@ -110,9 +121,15 @@ impl Settled {
             .filter_map(|s| s.switch.as_ref())
     }
 
-    /// Spread of the instants the libraries armed, over the servers on time.
+    /// Spread of the instants the libraries armed, over the servers neither late, early nor
+    /// missed (on time or unresolved: what was armed does not depend on the observation).
     pub fn planned_spread_ns(&self) -> Option<i64> {
-        spread(self.switches(true).filter_map(|s| s.planned_ns))
+        spread(
+            self.servers
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::OnTime | Outcome::Unresolved))
+                .filter_map(|s| s.switch.as_ref()?.planned_ns),
+        )
     }
 
     /// Spread of the first reads of the new version: over the servers on time, or over every
@@ -135,10 +152,15 @@ impl Settled {
         self.switches(false).map(Switch::width_ns)
     }
 
-    /// (switches whose armed instant lies inside the observed bracket, switches with one).
+    /// (switches whose armed instant lies inside the observed bracket, armed switches with a
+    /// narrow bracket). A wide bracket would contain the armed instant whatever the reads did,
+    /// so only narrow ones count.
     pub fn planned_inside_bracket(&self) -> (usize, usize) {
         let planned: Vec<(&Switch, i64)> = self
-            .switches(false)
+            .servers
+            .iter()
+            .filter(|s| s.narrow)
+            .filter_map(|s| s.switch.as_ref())
             .filter_map(|s| s.planned_ns.map(|p| (s, p)))
             .collect();
         let inside = planned
@@ -151,7 +173,8 @@ impl Settled {
 
 fn spread(instants: impl Iterator<Item = i64>) -> Option<i64> {
     let (lo, hi) = instants.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-    (lo <= hi).then_some(hi - lo)
+    // Lazily: with no instants, hi - lo would overflow.
+    (lo <= hi).then(|| hi - lo)
 }
 
 /// The activations logged but not yet settled, in order.
@@ -202,6 +225,7 @@ impl Tally {
                 Outcome::Late => &mut c.late,
                 Outcome::Early => &mut c.early,
                 Outcome::Missed => &mut c.missed,
+                Outcome::Unresolved => &mut c.unresolved,
             } += 1;
         }
         Some(Settled {
@@ -226,16 +250,20 @@ pub fn forget_before(webs: &mut [Web], version: u64) {
 fn part_of(w: &Web, version: u64, time_ns: i64, given_up: bool) -> Option<Served> {
     if let Some(s) = w.switches.iter().find(|s| s.to == version) {
         let error_ns = w.error_us.max(0) * 1000 + TOLERANCE_NS;
+        let narrow = s.width_ns() <= error_ns;
         let outcome = if s.last_old_read_ns > time_ns + error_ns {
             Outcome::Late
         } else if s.first_new_read_ns < time_ns - error_ns {
             Outcome::Early
-        } else {
+        } else if narrow {
             Outcome::OnTime
+        } else {
+            Outcome::Unresolved
         };
         return Some(Served {
             outcome,
             switch: Some(s.clone()),
+            narrow,
         });
     }
     let skipped = w
@@ -245,6 +273,7 @@ fn part_of(w: &Web, version: u64, time_ns: i64, given_up: bool) -> Option<Served
     (skipped || given_up).then_some(Served {
         outcome: Outcome::Missed,
         switch: None,
+        narrow: false,
     })
 }
 
@@ -290,15 +319,22 @@ impl ScheduledChange {
             .collect()
     }
 
-    /// Live at exactly its time on every server: the activation is at that time, every server
-    /// switched on time, and each served the old value before and the new value after.
-    pub fn went_live_exactly(&self, settled: &Settled, served: &[ServedChange]) -> bool {
+    /// Live at its time on every server as far as the reads show: the activation is at that
+    /// time, no server was late, early or missed it, and each served the old value before and
+    /// the new value from its first read of the version. Some switches may be unresolved.
+    pub fn went_live(&self, settled: &Settled, served: &[ServedChange]) -> bool {
         settled.activation.time_us == self.at_us
             && served.iter().all(|s| {
-                s.outcome == Outcome::OnTime
+                matches!(s.outcome, Outcome::OnTime | Outcome::Unresolved)
                     && s.after.as_deref() == Some(self.value.as_str())
                     && s.before.as_deref() != Some(self.value.as_str())
             })
+    }
+
+    /// [`went_live`](Self::went_live), and every switch observed on time: live at exactly its
+    /// time on every server.
+    pub fn went_live_exactly(&self, settled: &Settled, served: &[ServedChange]) -> bool {
+        self.went_live(settled, served) && served.iter().all(|s| s.outcome == Outcome::OnTime)
     }
 }
 
@@ -330,20 +366,53 @@ mod tests {
     #[test]
     fn a_switch_is_judged_by_its_observed_bracket_against_the_activation_time() {
         let t = 1_000 * MS;
-        let on_time = web(200, vec![switch(1, 2, t - MS, t + 5 * MS)]);
+        let on_time = web(200, vec![switch(1, 2, t - MS / 10, t + MS / 20)]);
         let late = web(200, vec![switch(1, 2, t + 2 * MS, t + 3 * MS)]);
         let early = web(200, vec![switch(1, 2, t - 5 * MS, t - 2 * MS)]);
         let mut caught_up = switch(1, 2, t + 300 * MS, t + 300 * MS + 10);
         caught_up.planned_ns = None;
         let caught_up = web(200, vec![caught_up]);
-        // A reader descheduled across the instant served nothing in between: not late.
+        // A reader descheduled across the instant served nothing in between: not late, but its
+        // bracket does not show the switch on time either.
         let stalled = web(200, vec![switch(1, 2, t - 900 * MS, t + 600 * MS)]);
+        // Wider than the tolerance (0.2 ms bound + 1 ms) by a little, around the instant.
+        let wide = web(200, vec![switch(1, 2, t - MS, t + MS / 2)]);
         let outcome = |w: &Web| part_of(w, 2, t, false).map(|s| s.outcome);
         assert_eq!(outcome(&on_time), Some(Outcome::OnTime));
         assert_eq!(outcome(&late), Some(Outcome::Late));
         assert_eq!(outcome(&early), Some(Outcome::Early));
         assert_eq!(outcome(&caught_up), Some(Outcome::Late));
-        assert_eq!(outcome(&stalled), Some(Outcome::OnTime));
+        assert_eq!(outcome(&stalled), Some(Outcome::Unresolved));
+        assert_eq!(outcome(&wide), Some(Outcome::Unresolved));
+    }
+
+    #[test]
+    fn only_narrow_brackets_count_for_the_armed_instant_inside_its_bracket() {
+        let t = 1_000 * MS;
+        let webs = [
+            web(200, vec![switch(1, 2, t - MS / 10, t + MS / 20)]),
+            web(200, vec![switch(1, 2, t - 900 * MS, t + 600 * MS)]),
+        ];
+        let settled = Settled {
+            activation: Activation {
+                version: 2,
+                time_us: 1_000_000,
+            },
+            time_ns: t,
+            servers: webs
+                .iter()
+                .map(|w| part_of(w, 2, t, false).unwrap())
+                .collect(),
+        };
+        // Both armed instants lie inside their brackets; the wide one proves nothing.
+        assert_eq!(settled.planned_inside_bracket(), (1, 1));
+        assert_eq!(settled.count(Outcome::Unresolved), 1);
+    }
+
+    #[test]
+    fn the_spread_of_no_instants_is_none() {
+        assert_eq!(spread(std::iter::empty()), None);
+        assert_eq!(spread([5, 2, 9].into_iter()), Some(7));
     }
 
     #[test]
