@@ -1,12 +1,17 @@
 """Python read path, side by side in one run: lockstep.Client.get, a dict lookup, and redis-py
 GET against a local redis-server this script starts.
 
+The three run interleaved over ROUNDS rounds after one unrecorded warm-up round, in alternating
+order (A B C, then C B A, ...), on a machine shared with other builds: each figure is the median
+with the min-max over the rounds, and each ratio is taken round by round.
+
     python3 benches/python_get.py            (after cargo build --release)
 """
 
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +26,7 @@ import redis  # noqa: E402
 
 N_KEYS = 10_000
 CALLS = 200_000
+ROUNDS = 7
 
 
 def free_port():
@@ -30,13 +36,28 @@ def free_port():
 
 
 def per_call_ns(fn, keys):
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter_ns()
-        for k in keys:
-            fn(k)
-        best = min(best, (time.perf_counter_ns() - t) / len(keys))
-    return best
+    t = time.perf_counter_ns()
+    for k in keys:
+        fn(k)
+    return (time.perf_counter_ns() - t) / len(keys)
+
+
+def interleave(contenders):
+    """Runs each contender once per round after a warm-up round, the order reversed every other
+    round; returns each contender's samples in round order."""
+    for c in contenders:
+        c()
+    samples = [[] for _ in contenders]
+    order = list(range(len(contenders)))
+    for _ in range(ROUNDS):
+        for i in order:
+            samples[i].append(contenders[i]())
+        order.reverse()
+    return samples
+
+
+def spread(xs, fmt):
+    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
 
 
 def main():
@@ -77,12 +98,19 @@ def main():
         rng = random.Random(1)
         sample = [rng.choice(keys) for _ in range(CALLS)]
         assert client.get(sample[0]) == values[sample[0]] == r.get(sample[0])
-        ls = per_call_ns(client.get, sample)
-        d = per_call_ns(values.get, sample)
-        rd = per_call_ns(r.get, sample[: CALLS // 20])
-        print(f"lockstep.Client.get  {ls:9.0f} ns/call")
-        print(f"dict.get             {d:9.0f} ns/call   (Client.get is {ls / d:.1f}x a dict lookup)")
-        print(f"redis-py GET         {rd:9.0f} ns/call   (Client.get is {rd / ls:.0f}x faster than Redis; target >= 50x)")
+        # Redis takes about 100 times longer per call: fewer calls keep its part of a round short.
+        ls, d, rd = interleave([
+            lambda: per_call_ns(client.get, sample),
+            lambda: per_call_ns(values.get, sample),
+            lambda: per_call_ns(r.get, sample[: CALLS // 20]),
+        ])
+        print(f"{ROUNDS} interleaved rounds, median (min-max), ns per call:")
+        print(f"  lockstep.Client.get  {spread(ls, ',.0f')}")
+        print(f"  dict.get             {spread(d, ',.0f')}")
+        print(f"  redis-py GET         {spread(rd, ',.0f')}")
+        print(f"  per round: Client.get / dict {spread([a / b for a, b in zip(ls, d)], '.1f')}x; "
+              f"redis-py GET / Client.get {spread([b / a for a, b in zip(ls, rd)], '.1f')}x "
+              f"(target >= 50x faster than Redis)")
         client.close()
     finally:
         rds.terminate()
