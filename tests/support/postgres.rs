@@ -145,7 +145,12 @@ fn free_port() -> u16 {
 impl Cluster {
     fn start() -> Cluster {
         let bin = pg_bindir();
-        let dir = std::env::temp_dir().join(format!("lockstep-pg-{}", std::process::id()));
+        static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-pg-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -260,11 +265,35 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Stops the cluster (fast shutdown: sessions are cut) and starts it again after `down`.
-    pub fn restart(&self, down: std::time::Duration) {
+    /// A cluster of the caller's own, for a test that stops it; `None` when PostgreSQL tests
+    /// are off. Stopped and removed when dropped (or, failing that, when the process exits).
+    pub fn own() -> Option<Cluster> {
+        cluster()?;
+        Some(Cluster::start())
+    }
+
+    /// Stops the cluster (fast shutdown: every session is cut).
+    pub fn stop(&self) {
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
         self.pg_ctl(&["stop", "-w", "-m", "fast"]);
-        std::thread::sleep(down);
+    }
+
+    /// Starts the stopped cluster again, on the same port.
+    pub fn restart(&self) {
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
         self.pg_ctl(&["start", "-w", "-t", "60"]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut c = as_owner(&self.bin.join("pg_ctl"));
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = c.status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

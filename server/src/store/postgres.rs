@@ -138,12 +138,17 @@ impl From<postgres::Error> for StoreError {
                     ]
                     .contains(c)
             });
+        // The driver's `Display` says only "db error"; the server's message says what.
+        let text = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
         if lost {
             StoreError::Unavailable(format!(
-                "the database cannot be reached now ({e}); retry shortly"
+                "the database cannot be reached now ({text}); retry shortly"
             ))
         } else {
-            StoreError::Db(e.to_string())
+            StoreError::Db(text)
         }
     }
 }

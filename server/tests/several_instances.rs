@@ -1,0 +1,298 @@
+//! Several data-server instances on one PostgreSQL database, with clients given all of them:
+//! instances start together, die by `kill -9` at random moments, and the database itself
+//! restarts, while edits and clients run.
+
+#[path = "../../tests/support/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::observer::Observer;
+use common::postgres::{Backend, Cluster};
+use common::*;
+
+/// A fresh PostgreSQL database, or `None` (announced) when PostgreSQL tests are off.
+fn database() -> Option<PathBuf> {
+    Backend::Postgres.database(Path::new("unused"))
+}
+
+/// The key→value pairs of production.
+fn production(s: &Server) -> BTreeSet<String> {
+    admin_get(s, "/v1/admin/keys?limit=1000000")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// No activation time rotated twice, and the chain is whole: each rotation activates what the
+/// one before it staged. Returns the log.
+fn assert_rotation_log_whole(s: &Server) -> Vec<serde_json::Value> {
+    let log = admin_get(s, "/v1/admin/rotations");
+    let log = log.as_array().unwrap().clone();
+    for pair in log.windows(2) {
+        assert!(
+            pair[1]["activation_time_us"].as_i64() > pair[0]["activation_time_us"].as_i64(),
+            "an activation time rotated twice or out of order: {pair:?}"
+        );
+        assert_eq!(
+            pair[1]["active_version"], pair[0]["staged_version"],
+            "a rotation did not activate what the one before it staged"
+        );
+    }
+    log
+}
+
+#[test]
+fn instances_started_together_on_a_new_database_migrate_it_once() {
+    let Some(db) = database() else { return };
+    let servers: Vec<Server> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| Server::start(&db, &["--interval", "1s"])))
+            .collect();
+        starting.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let tables: Vec<_> = servers.iter().map(|s| checkin(s, "probe").sync).collect();
+    assert!(
+        tables.windows(2).all(|w| w[0] == w[1]),
+        "instances disagree on the sync table: {tables:?}"
+    );
+    let history = admin_get(&servers[0], "/v1/admin/history");
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "the new database was seeded more than once: {history}"
+    );
+}
+
+/// An editor that puts `k1`, `k2`, … through the instances in turn, moving on when one does
+/// not answer; remembers the keys acknowledged with a 200.
+struct Editor {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Editor {
+    fn start(urls: Vec<String>) -> Editor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let url = &urls[i as usize % urls.len()];
+                    let key = format!("k{i}");
+                    let body = serde_json::json!({"key": key, "value": "v"}).to_string();
+                    let r = agent
+                        .post(&format!("{url}/v1/admin/put"))
+                        .header("Authorization", &format!("Bearer {TOKEN}"))
+                        .send(body.as_bytes());
+                    match r {
+                        Ok(resp) if resp.status() == 200 => acked.lock().unwrap().push(key),
+                        _ => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Editor {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Every rotation in the log after `from_us` and at least a cycle before `until_us` that
+/// activated a new version was active in `o` by the next activation time (plus `slack`).
+fn assert_never_a_cycle_behind(
+    o: &Observer,
+    log: &[serde_json::Value],
+    from_us: i64,
+    until_us: i64,
+    interval_us: i64,
+    slack_us: i64,
+) -> usize {
+    let changes = o.report().changes;
+    let mut checked = 0;
+    for r in log {
+        let t = r["activation_time_us"].as_i64().unwrap();
+        let v = r["active_version"].as_u64().unwrap();
+        if t < from_us || t + 2 * interval_us > until_us {
+            continue;
+        }
+        let deadline = wall_us_to_mono_ns(t + interval_us + slack_us);
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.version >= v && c.first_new_ns <= deadline),
+            "{}: version {v}, active at {t}, was not served by the next activation",
+            o.name
+        );
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn three_instances_lose_no_edit_and_rotate_each_time_once_under_50_kill_9s() {
+    const KILLS: usize = 50;
+    let Some(db) = database() else { return };
+    let interval_us = 1_000_000;
+    let args = ["--interval", "1s", "--min-window", "500ms"];
+    let listens: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut servers: Vec<Server> = listens
+        .iter()
+        .map(|l| Server::start_at(&db, l, &args))
+        .collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    put(&servers[0], "price", "p0");
+    wait_active(&servers[0], "price", "p0");
+    let observers: Vec<Observer> = (0..3)
+        .map(|i| Observer::start(&urls.join(","), &format!("web{i}"), "price", 120.0, None))
+        .collect();
+    for o in &observers {
+        o.wait_ready();
+    }
+    let from_us = now_us();
+    let editor = Editor::start(urls.clone());
+    let seed = now_us() as u64;
+    eprintln!("kill seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(rng.u64(50..400)));
+        let i = rng.usize(0..3);
+        servers[i].kill9();
+        servers[i] = Server::start_at(&db, &listens[i], &args);
+    }
+    let acked = editor.stop();
+    let until_us = now_us();
+    // A last value goes live everywhere.
+    put(&servers[1], "price", "last");
+    let table = wait_active(&servers[1], "price", "last");
+    for o in &observers {
+        let c = o.wait_value("last", Duration::from_secs(10));
+        assert!(c.version >= table.active_version);
+    }
+
+    let keys = production(&servers[2]);
+    assert!(
+        acked.len() > 100,
+        "too few edits acknowledged: {}",
+        acked.len()
+    );
+    let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged edits lost, among them {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let log = assert_rotation_log_whole(&servers[0]);
+    let mut checked = 0;
+    for o in &observers {
+        checked += assert_never_a_cycle_behind(o, &log, from_us, until_us, interval_us, 100_000);
+    }
+    // About 15 s of kills at a 1 s interval: a dozen activations per client.
+    assert!(checked >= 3 * 5, "only {checked} activations checked");
+    eprintln!(
+        "{KILLS} kills: {} acknowledged edits, none lost; {} rotations, none twice; \
+         {checked} client activations, none a cycle late",
+        acked.len(),
+        log.len()
+    );
+}
+
+#[test]
+fn instances_ride_out_a_database_restart_and_clients_keep_serving() {
+    // A cluster of its own: the other tests of this process keep theirs running.
+    let Some(cluster) = Cluster::own() else {
+        return;
+    };
+    let db = PathBuf::from(cluster.new_database());
+    // A cycle longer than the outage, so that check-ins with nothing due come in while the
+    // database is down.
+    let args = ["--interval", "6s", "--min-window", "3s"];
+    let a = Server::start(&db, &args);
+    let b = Server::start(&db, &[]);
+    put(&a, "price", "p0");
+    let table = wait_active(&a, "price", "p0");
+    let o = Observer::start(&format!("{},{}", a.url, b.url), "web", "price", 120.0, None);
+    o.wait_value("p0", Duration::from_secs(20));
+    // Just after a rotation: the next one is seconds away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sync = loop {
+        let sync = checkin(&a, "probe").sync;
+        if sync.activation_time_us - now_us() > 4_000_000 {
+            break sync;
+        }
+        assert!(Instant::now() < deadline, "no rotation seen");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Warm this instance's cache with the version clients hold.
+    let active = format!("{}/v1/versions/{}", a.url, sync.active_version);
+    assert_eq!(get(&active, None, &[]).status, 200);
+
+    cluster.stop();
+    // The database is down: what needs it is a 503 that says so; what is in memory is served.
+    let edit = post(
+        &format!("{}/v1/admin/put", a.url),
+        Some(TOKEN),
+        br#"{"key": "price", "value": "p1"}"#,
+    );
+    assert_eq!(edit.status, 503, "{}", String::from_utf8_lossy(&edit.body));
+    let message = edit.json()["error"].as_str().unwrap().to_owned();
+    assert!(message.contains("database"), "unclear 503: {message}");
+    let c = get(&format!("{}/v1/checkin?name=probe", a.url), None, &[]);
+    assert_eq!(c.status, 200, "{}", String::from_utf8_lossy(&c.body));
+    assert_eq!(get(&active, None, &[]).status, 200);
+    let served = o.report().changes.len();
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert!(
+        o.report().stat("max_read_ns").unwrap() < 10_000_000,
+        "a read blocked"
+    );
+    cluster.restart();
+
+    // Back up: the instances reconnect by themselves, and the farm converges.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(
+            &format!("{}/v1/admin/put", b.url),
+            Some(TOKEN),
+            br#"{"key": "price", "value": "p2"}"#,
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconnected: {}", r.status);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    o.wait_value("p2", Duration::from_secs(30));
+    let r = o.report();
+    assert!(r.changes.len() > served, "the client stopped following");
+    assert_eq!(r.stat("rejected"), Some(0));
+    assert!(table.active_version > 0);
+    assert_rotation_log_whole(&a);
+}
