@@ -148,6 +148,17 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Copy a data server's whole state (production, schedules, versions and history) into a
+    /// new database, e.g. from SQLite to PostgreSQL, checking counts and checksums. Stop the
+    /// data servers on FROM first.
+    Migrate {
+        /// The database to copy: a SQLite file (PATH or sqlite:PATH) or postgres://…
+        #[arg(long)]
+        from: String,
+        /// A new, empty database: postgres://user@host:port/db, or a SQLite file.
+        #[arg(long)]
+        to: String,
+    },
     /// The whole system on this machine: a data server and web servers with skewed clocks
     /// switching versions at the same instant, shown live.
     Demo(demo::DemoArgs),
@@ -290,6 +301,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     served
 }
 
+fn migrate(from: &str, to: &str) -> Result<(), String> {
+    let (from, to) = (store::Location::parse(from), store::Location::parse(to));
+    let copied = store::migrate::migrate(&from, &to)
+        .map_err(|e| format!("cannot migrate {from} to {to}: {e}"))?;
+    println!("lockstep: copied {from} to {to}: {copied}");
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -304,7 +323,7 @@ fn run_cli(args: Args) -> Result<(), CliError> {
     let token = std::env::var("LOCKSTEP_ADMIN_TOKEN").ok();
     let cli = Cli::new(args.server, token, args.json);
     match args.command {
-        Command::Serve(_) | Command::Demo(_) | Command::DemoWeb(_) => {
+        Command::Serve(_) | Command::Demo(_) | Command::DemoWeb(_) | Command::Migrate { .. } => {
             unreachable!("handled in main")
         }
         Command::Put {
@@ -395,6 +414,7 @@ fn main() -> ExitCode {
         .init();
     let result = match args.command {
         Command::Serve(serve_args) => serve(serve_args),
+        Command::Migrate { from, to } => migrate(&from, &to),
         Command::Demo(demo_args) => demo::run(demo_args),
         Command::DemoWeb(web_args) => demo::web(web_args),
         _ => run_cli(args).map_err(|e| e.0),

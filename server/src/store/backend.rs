@@ -43,6 +43,17 @@ pub struct NewVersion<'a> {
     pub reason: &'a str,
 }
 
+/// A row of `scheduled`, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRow {
+    pub id: i64,
+    pub effective_us: i64,
+    pub change: Change,
+    pub created_by: String,
+    pub created_at_us: i64,
+    pub applied_version: Option<u64>,
+}
+
 /// A database that holds the data server's state.
 pub trait Backend: Send + Sync {
     /// Runs `f` in one write transaction holding the sync row's lock, and commits if it
@@ -62,7 +73,7 @@ pub trait Tx {
     // The sync table: one row.
     /// Whether the sync row exists (false only in a new database, before [`Tx::insert_sync`]).
     fn initialised(&mut self) -> Result<bool>;
-    fn insert_sync(&mut self, sync: &SyncTable) -> Result<()>;
+    fn insert_sync(&mut self, sync: &SyncTable, production_gen: i64) -> Result<()>;
     /// The table and production's generation (bumped by every production change).
     fn sync(&mut self) -> Result<(SyncTable, i64)>;
     fn set_active(&mut self, version: u64, next_activation_us: i64) -> Result<()>;
@@ -97,6 +108,11 @@ pub trait Tx {
     fn scheduled_within(&mut self, after_us: i64, until_us: i64) -> Result<bool>;
     fn scheduled_pending(&mut self) -> Result<Vec<ScheduledChange>>;
     fn scheduled_pending_count(&mut self) -> Result<u64>;
+    /// Every scheduled change, applied or not, in id order (for `lockstep migrate`).
+    fn scheduled_all(&mut self) -> Result<Vec<ScheduledRow>>;
+    /// Writes a row as [`Tx::scheduled_all`] read it, id included.
+    fn insert_scheduled_row(&mut self, row: &ScheduledRow) -> Result<()>;
+    fn scheduled_count(&mut self) -> Result<u64>;
 
     // Immutable versions.
     fn next_version_number(&mut self) -> Result<u64>;

@@ -13,6 +13,7 @@
 //! ([`crate::farm::Batch`]) and download counts ([`crate::downloads`]).
 
 pub mod backend;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 pub mod staging;
@@ -171,13 +172,16 @@ fn initialise(tx: &mut dyn Tx, settings: SyncSettings, now_us: i64) -> Result<()
     tx.mark_activated(v, now_us)?;
     let first = rotation::first_activation(settings.interval_us, settings.min_window_us, now_us)
         .ok_or_else(|| overflow("the first activation time"))?;
-    tx.insert_sync(&SyncTable {
-        activation_time_us: first,
-        interval_us: settings.interval_us,
-        min_window_us: settings.min_window_us,
-        staged_version: v,
-        active_version: v,
-    })
+    tx.insert_sync(
+        &SyncTable {
+            activation_time_us: first,
+            interval_us: settings.interval_us,
+            min_window_us: settings.min_window_us,
+            staged_version: v,
+            active_version: v,
+        },
+        0,
+    )
 }
 
 /// Where the state lives: `lockstep serve --db` (or `LOCKSTEP_DB`).
@@ -224,6 +228,32 @@ impl Store {
     /// `settings` seed a new database; for an existing one they change nothing.
     pub fn open(location: &Location, settings: SyncSettings, now_us: i64) -> Result<Store> {
         let mut init = |tx: &mut dyn Tx| initialise(tx, settings, now_us);
+        let db: Box<dyn Backend> = match location {
+            Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path, &mut init)?),
+            Location::Postgres(url) => Box::new(postgres::Postgres::open(url, &mut init)?),
+        };
+        Ok(Store::with_backend(db))
+    }
+
+    /// Opens a database that must exist and hold a data server's state; creates nothing.
+    pub fn open_existing(location: &Location) -> Result<Store> {
+        if let Location::Sqlite(path) = location {
+            if !path.exists() {
+                return Err(StoreError::NotFound(format!("{location} does not exist")));
+            }
+        }
+        let store = Store::open_empty(location)?;
+        if !store.read(|tx| tx.initialised())? {
+            return Err(StoreError::NotFound(format!(
+                "{location} holds no data server's state"
+            )));
+        }
+        Ok(store)
+    }
+
+    /// Opens (creating and migrating when needed) a database without seeding it.
+    pub fn open_empty(location: &Location) -> Result<Store> {
+        let mut init = |_: &mut dyn Tx| Ok(());
         let db: Box<dyn Backend> = match location {
             Location::Sqlite(path) => Box::new(sqlite::Sqlite::open(path, &mut init)?),
             Location::Postgres(url) => Box::new(postgres::Postgres::open(url, &mut init)?),

@@ -27,7 +27,7 @@ use lockstep::wire::{
 use postgres::{NoTls, Row, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::backend::{Backend, Durability, NewVersion, Tx};
+use super::backend::{Backend, Durability, NewVersion, ScheduledRow, Tx};
 use super::{Change, Result, StoreError};
 use crate::farm::{Member, Role};
 
@@ -126,8 +126,10 @@ pub fn is_url(url: &str) -> bool {
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         use postgres::error::SqlState;
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         let lost = e.is_closed()
-            || e.code().is_none_or(|c| {
+            || (e.code().is_none() && io)
+            || e.code().is_some_and(|c| {
                 c.code().starts_with("08")
                     || [
                         SqlState::ADMIN_SHUTDOWN,
@@ -299,17 +301,18 @@ impl Tx for PgTx<'_, '_> {
             .get(0))
     }
 
-    fn insert_sync(&mut self, s: &SyncTable) -> Result<()> {
+    fn insert_sync(&mut self, s: &SyncTable, production_gen: i64) -> Result<()> {
         self.exec(
             "INSERT INTO sync (id, activation_us, interval_us, min_window_us,
                                staged_version, active_version, production_gen)
-             VALUES (1, $1, $2, $3, $4, $5, 0)",
+             VALUES (1, $1, $2, $3, $4, $5, $6)",
             &[
                 &s.activation_time_us,
                 &s.interval_us,
                 &s.min_window_us,
                 &to_i64(s.staged_version),
                 &to_i64(s.active_version),
+                &production_gen,
             ],
         )?;
         Ok(())
@@ -508,6 +511,59 @@ impl Tx for PgTx<'_, '_> {
 
     fn scheduled_pending_count(&mut self) -> Result<u64> {
         self.count("SELECT COUNT(*) FROM scheduled WHERE applied_version IS NULL")
+    }
+
+    fn scheduled_all(&mut self) -> Result<Vec<ScheduledRow>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT id, effective_us, op, key, value, created_by, created_at_us,
+                        applied_version
+                 FROM scheduled ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(|r| ScheduledRow {
+                id: r.get(0),
+                effective_us: r.get(1),
+                change: Change::from_row(r.get(2), r.get(3), r.get(4)),
+                created_by: r.get(5),
+                created_at_us: r.get(6),
+                applied_version: r.get::<_, Option<i64>>(7).map(|v| v as u64),
+            })
+            .collect())
+    }
+
+    fn insert_scheduled_row(&mut self, row: &ScheduledRow) -> Result<()> {
+        let (op, value) = match &row.change {
+            Change::Put(_, v) => ("put", Some(v.as_slice())),
+            Change::Delete(_) => ("delete", None),
+        };
+        self.exec(
+            "INSERT INTO scheduled (id, effective_us, op, key, value, created_by, created_at_us,
+                                    applied_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &row.id,
+                &row.effective_us,
+                &op,
+                &row.change.key(),
+                &value,
+                &row.created_by,
+                &row.created_at_us,
+                &row.applied_version.map(to_i64),
+            ],
+        )?;
+        // Ids given explicitly leave the sequence behind: the next change gets a new one.
+        self.tx.query_one(
+            "SELECT setval(pg_get_serial_sequence('scheduled', 'id'), GREATEST($1::BIGINT, 1))",
+            &[&row.id],
+        )?;
+        Ok(())
+    }
+
+    fn scheduled_count(&mut self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM scheduled")
     }
 
     fn next_version_number(&mut self) -> Result<u64> {

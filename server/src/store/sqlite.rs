@@ -14,7 +14,7 @@ use lockstep::wire::VersionInfo;
 use lockstep::wire::{Blob, FarmMember, KeyInfo, RotationRecord, ScheduledChange, SyncTable};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::backend::{Backend, Durability, NewVersion, Tx};
+use super::backend::{Backend, Durability, NewVersion, ScheduledRow, Tx};
 use super::{Change, Result, StoreError};
 use crate::farm::{Member, Role};
 
@@ -232,17 +232,18 @@ impl Tx for SqliteTx<'_> {
             .query_row("SELECT COUNT(*) > 0 FROM sync", [], |r| r.get(0))?)
     }
 
-    fn insert_sync(&mut self, s: &SyncTable) -> Result<()> {
+    fn insert_sync(&mut self, s: &SyncTable, production_gen: i64) -> Result<()> {
         self.0.execute(
             "INSERT INTO sync (id, activation_us, interval_us, min_window_us,
                                staged_version, active_version, production_gen)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, 0)",
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 s.activation_time_us,
                 s.interval_us,
                 s.min_window_us,
                 to_i64(s.staged_version),
-                to_i64(s.active_version)
+                to_i64(s.active_version),
+                production_gen
             ],
         )?;
         Ok(())
@@ -441,6 +442,52 @@ impl Tx for SqliteTx<'_> {
             self.0,
             "SELECT COUNT(*) FROM scheduled WHERE applied_version IS NULL",
         )
+    }
+
+    fn scheduled_all(&mut self) -> Result<Vec<ScheduledRow>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, effective_us, op, key, value, created_by, created_at_us, applied_version
+             FROM scheduled ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let op: String = r.get(2)?;
+            Ok(ScheduledRow {
+                id: r.get(0)?,
+                effective_us: r.get(1)?,
+                change: Change::from_row(&op, r.get(3)?, r.get(4)?),
+                created_by: r.get(5)?,
+                created_at_us: r.get(6)?,
+                applied_version: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn insert_scheduled_row(&mut self, row: &ScheduledRow) -> Result<()> {
+        let (op, value) = match &row.change {
+            Change::Put(_, v) => ("put", Some(v.as_slice())),
+            Change::Delete(_) => ("delete", None),
+        };
+        self.0.execute(
+            "INSERT INTO scheduled (id, effective_us, op, key, value, created_by, created_at_us,
+                                    applied_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                row.id,
+                row.effective_us,
+                op,
+                row.change.key(),
+                value,
+                row.created_by,
+                row.created_at_us,
+                row.applied_version.map(to_i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn scheduled_count(&mut self) -> Result<u64> {
+        count(self.0, "SELECT COUNT(*) FROM scheduled")
     }
 
     fn next_version_number(&mut self) -> Result<u64> {

@@ -1,0 +1,151 @@
+//! `lockstep migrate --from lockstep.db --to postgres://…`: moves a data server's whole state
+//! (production, scheduled changes, every version with its history, the sync table, the rotation
+//! log and download counts) into an empty database in one transaction, which reads the copy
+//! back and checks counts and checksums before it commits. The farm view is not copied:
+//! clients rebuild it as they check in. Stop the data servers on the source first: the copy is
+//! of one moment.
+
+use lockstep::format;
+use lockstep::wire::SyncTable;
+
+use super::backend::{Durability, NewVersion, Tx};
+use super::{Change, Location, Result, Store, StoreError};
+
+/// What was copied, and checked equal on both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub sync: SyncTable,
+    pub production_keys: u64,
+    /// [`format::content_digest`] of production.
+    pub production_digest: String,
+    pub scheduled: u64,
+    pub versions: u64,
+    /// Every version's number and checksum, oldest first.
+    pub checksums: Vec<(u64, u64)>,
+    pub rotations: u64,
+}
+
+impl std::fmt::Display for Copied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} production keys, {} scheduled changes, {} versions (checksums verified), \
+             {} rotations; active version {}, staged {}",
+            self.production_keys,
+            self.scheduled,
+            self.versions,
+            self.rotations,
+            self.sync.active_version,
+            self.sync.staged_version
+        )
+    }
+}
+
+/// What a database holds, as [`Copied`] compares it.
+fn summary(tx: &mut dyn Tx) -> Result<Copied> {
+    let (sync, _) = tx.sync()?;
+    let production = tx.production()?;
+    let mut checksums = Vec::new();
+    for info in tx.history(u64::MAX)?.into_iter().rev() {
+        let (bytes, checksum) = tx
+            .version_bytes(info.version)?
+            .ok_or_else(|| StoreError::Corrupt(format!("version {} has no bytes", info.version)))?;
+        let header = format::verify_checksum(&bytes).map_err(|e| {
+            StoreError::Corrupt(format!("version {} is damaged: {e}", info.version))
+        })?;
+        if header.checksum != checksum || header.version != info.version {
+            return Err(StoreError::Corrupt(format!(
+                "version {} does not match its catalogue entry",
+                info.version
+            )));
+        }
+        checksums.push((info.version, checksum));
+    }
+    Ok(Copied {
+        sync,
+        production_keys: production.len() as u64,
+        production_digest: format::content_digest(&production),
+        scheduled: tx.scheduled_count()?,
+        versions: checksums.len() as u64,
+        checksums,
+        rotations: tx.rotation_count()?,
+    })
+}
+
+/// Copies `from` into `to`, which must be a new database, and checks the copy.
+pub fn migrate(from: &Location, to: &Location) -> Result<Copied> {
+    if from == to {
+        return Err(StoreError::BadRequest(
+            "--from and --to are the same database".into(),
+        ));
+    }
+    let source = Store::open_existing(from)?;
+    let dest = Store::open_empty(to)?;
+    let expected = source.read(summary)?;
+    dest.write_with(Durability::Full, |out| {
+        if out.initialised()? || out.version_count()? > 0 {
+            return Err(StoreError::Conflict(format!(
+                "{to} already holds a data server's state; migrate into a new, empty database"
+            )));
+        }
+        source.read(|tx| copy(tx, out))?;
+        // Checked before the commit: a copy that differs leaves nothing behind.
+        let copied = summary(out)?;
+        if copied != expected {
+            return Err(StoreError::Corrupt(format!(
+                "the copy differs from the source, so nothing was written (source: \
+                 {expected}; copy: {copied})"
+            )));
+        }
+        Ok(copied)
+    })
+}
+
+/// Everything but the farm, from `tx` to `out`: versions first, which the sync row names.
+fn copy(tx: &mut dyn Tx, out: &mut dyn Tx) -> Result<()> {
+    for info in tx.history(u64::MAX)?.into_iter().rev() {
+        let n = info.version;
+        let missing = || StoreError::Corrupt(format!("version {n} is incomplete"));
+        let (bytes, checksum) = tx.version_bytes(n)?.ok_or_else(missing)?;
+        let (digest, production_gen) = tx.version_digest(n)?.ok_or_else(missing)?;
+        out.insert_version(&NewVersion {
+            number: n,
+            bytes: &bytes,
+            checksum,
+            digest: &digest,
+            production_gen,
+            entries: info.entries,
+            created_us: info.created_us,
+            reason: &info.reason,
+        })?;
+        if let Some(at) = info.staged_us {
+            out.mark_staged(n, at)?;
+        }
+        if let Some(at) = info.activated_us {
+            out.mark_activated(n, at)?;
+        }
+    }
+    let (sync, production_gen) = tx.sync()?;
+    out.insert_sync(&sync, production_gen)?;
+    for info in tx.production_from(&[], usize::MAX)? {
+        let (Some(key), Some(value)) = (info.key.into_bytes().ok(), info.value.into_bytes().ok())
+        else {
+            return Err(StoreError::Corrupt(
+                "a production entry does not decode".into(),
+            ));
+        };
+        out.write_production(
+            &Change::Put(key, value),
+            &info.changed_by,
+            info.changed_at_us,
+        )?;
+    }
+    for row in tx.scheduled_all()? {
+        out.insert_scheduled_row(&row)?;
+    }
+    for r in tx.rotations()? {
+        out.log_rotation(&r)?;
+    }
+    let downloads = tx.downloads(0, i64::MAX as u64)?;
+    out.add_downloads(&downloads)
+}

@@ -1,0 +1,149 @@
+//! `lockstep migrate`: a SQLite data server's state moved to PostgreSQL, whole.
+
+#[path = "../../tests/support/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::postgres::Backend;
+use common::*;
+
+fn migrate(from: &Path, to: &Path) -> Output {
+    Command::new(bin())
+        .arg("migrate")
+        .arg("--from")
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap()
+}
+
+/// What the admin API shows of the state a migration must carry.
+fn views(s: &Server) -> Vec<(&'static str, serde_json::Value)> {
+    [
+        ("history", "/v1/admin/history?limit=1000000"),
+        ("rotations", "/v1/admin/rotations"),
+        ("keys", "/v1/admin/keys?limit=1000000"),
+        ("scheduled", "/v1/admin/scheduled"),
+    ]
+    .into_iter()
+    .map(|(name, path)| (name, admin_get(s, path)))
+    .collect()
+}
+
+fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[test]
+fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pg) = Backend::Postgres.database(dir.path()) else {
+        return;
+    };
+    let sqlite = dir.path().join("lockstep.db");
+    let s = Server::start(&sqlite, &["--interval", "300ms", "--min-window", "150ms"]);
+    for i in 0..5 {
+        put(&s, &format!("k{i}"), &format!("v{i}"));
+        put(&s, "binary", &format!("\u{1}\u{0}{i}"));
+        std::thread::sleep(Duration::from_millis(400));
+        // Rotations happen at check-ins.
+        checkin(&s, "probe");
+    }
+    // One change applied already, one still waiting.
+    let soon = rfc3339(now_us() + 100_000);
+    let later = rfc3339(now_us() + 3_600_000_000);
+    for (key, at) in [("soon", &soon), ("later", &later)] {
+        admin_post(
+            &s,
+            "/v1/admin/put",
+            serde_json::json!({"key": key, "value": "scheduled", "at": at}),
+        );
+    }
+    wait_active(&s, "soon", "scheduled");
+    let sync = checkin(&s, "probe").sync;
+    assert_eq!(
+        get(
+            &format!("{}/v1/versions/{}", s.url, sync.active_version),
+            None,
+            &[]
+        )
+        .status,
+        200
+    );
+    // A cycle long enough that nothing rotates while the views are compared.
+    admin_post(
+        &s,
+        "/v1/admin/interval",
+        serde_json::json!({"interval": "1h"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkin(&s, "probe").sync.activation_time_us < now_us() + 60_000_000 {
+        assert!(Instant::now() < deadline, "the long cycle never began");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = views(&s);
+    let table = checkin(&s, "probe").sync;
+    // Stopped cleanly, so that its download counts are written.
+    let mut s = s;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    assert!(s.child.wait().unwrap().success());
+
+    let out = migrate(&sqlite, &pg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("checksums verified"), "{stdout}");
+
+    let p = Server::start(&pg, &[]);
+    assert_eq!(checkin(&p, "probe").sync, table);
+    for ((name, a), (_, b)) in before.iter().zip(views(&p)) {
+        assert_eq!(*a, b, "{name} differs after the migration");
+    }
+    let versions = before[0].1.as_array().unwrap().len();
+    assert!(versions > 5, "only {versions} versions to migrate");
+    // The versions themselves: every one served from PostgreSQL verifies.
+    for v in 1..=versions {
+        let bytes = get(&format!("{}/v1/versions/{v}", p.url), None, &[]).body;
+        assert_eq!(
+            lockstep::format::decode(&bytes).unwrap().0.version,
+            v as u64
+        );
+    }
+    // The migrated farm carries on: a new scheduled change gets a new id, and edits go live.
+    admin_post(
+        &p,
+        "/v1/admin/put",
+        serde_json::json!({"key": "later2", "value": "x", "at": later}),
+    );
+    let scheduled = admin_get(&p, "/v1/admin/scheduled");
+    assert_eq!(scheduled.as_array().unwrap().len(), 2, "{scheduled}");
+
+    // A second migration into a database that holds state is refused, and changes nothing.
+    let again = migrate(&sqlite, &pg);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already holds"), "{stderr}");
+    assert_eq!(admin_get(&p, "/v1/admin/scheduled"), scheduled);
+}
+
+#[test]
+fn migrating_from_a_database_that_does_not_exist_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing: PathBuf = dir.path().join("missing.db");
+    let out = migrate(&missing, &dir.path().join("to.db"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!missing.exists());
+}
