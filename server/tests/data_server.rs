@@ -30,7 +30,12 @@ fn exactly_one_rotation_with_two_server_processes_on_one_database() {
         let a = Server::start(db, &["--interval", "1s"]);
         let b = Server::start(db, &[]);
         put(&a, "k", "v");
-        let t = checkin(&a, "probe").sync.activation_time_us;
+        // Far enough from the activation time that both check-ins see the same one.
+        let mut t = checkin(&a, "probe").sync.activation_time_us;
+        while t - now_us() < 300_000 {
+            std::thread::sleep(Duration::from_millis(50));
+            t = checkin(&a, "probe").sync.activation_time_us;
+        }
         assert_eq!(checkin(&b, "probe").sync.activation_time_us, t);
         let before = rotation_count(&a);
         let results = concurrent_checkins(&[a.url.clone(), b.url.clone()], 64, t);
