@@ -28,8 +28,12 @@ fn activated_at(s: &Server, version: u64) -> i64 {
     panic!("version {version} never got an activation time");
 }
 
-/// Asserts every observer switched to the version holding `value` within `tolerance_ns` of
-/// its activation time, and of each other.
+/// Asserts every observer switched to the version holding `value` at one instant: each
+/// armed its switch within `tolerance_ns` of the activation time (and so of each other), its
+/// reads switched there (the armed instant lies between its last read of the old version and
+/// its first read of the new), and no read broke the window: nothing new before
+/// `T - tolerance`, nothing old after `T + tolerance`. How soon after the instant a reader
+/// process got the CPU back to see it is the scheduler's, and is only reported.
 fn assert_lockstep(s: &Server, observers: &[Observer], value: &str, tolerance_ns: i64) {
     let changes: Vec<_> = observers
         .iter()
@@ -43,28 +47,55 @@ fn assert_lockstep(s: &Server, observers: &[Observer], value: &str, tolerance_ns
         );
     }
     let t_mono = wall_us_to_mono_ns(activated_at(s, version));
-    let firsts: Vec<i64> = changes.iter().map(|c| c.first_new_ns).collect();
-    let spread = firsts.iter().max().unwrap() - firsts.iter().min().unwrap();
+    let armed: Vec<i64> = observers
+        .iter()
+        .zip(&changes)
+        .map(|(o, c)| {
+            o.wait_for(Duration::from_secs(5), |r| {
+                r.stat("activated_ns")
+                    .filter(|at| *at >= c.last_old_ns - 1_000_000_000)
+            })
+            .unwrap_or_else(|| panic!("{} never reported its activation", o.name))
+        })
+        .collect();
+    let spread = armed.iter().max().unwrap() - armed.iter().min().unwrap();
     eprintln!(
-        "activation of version {version}: offsets from T (µs) {:?}, spread {} µs",
-        firsts
+        "activation of version {version}: armed instants from T (µs) {:?}, spread {} µs; \
+         first reads of the new version from T (µs) {:?}",
+        armed
             .iter()
-            .map(|f| (f - t_mono) / 1000)
+            .map(|a| (a - t_mono) / 1000)
             .collect::<Vec<_>>(),
-        spread / 1000
+        spread / 1000,
+        changes
+            .iter()
+            .map(|c| (c.first_new_ns - t_mono) / 1000)
+            .collect::<Vec<_>>(),
     );
     assert!(
         spread <= tolerance_ns,
         "activation spread {spread} ns exceeds {tolerance_ns} ns"
     );
-    for (o, c) in observers.iter().zip(&changes) {
+    for ((o, c), at) in observers.iter().zip(&changes).zip(&armed) {
         assert!(
-            (c.first_new_ns - t_mono).abs() <= tolerance_ns,
-            "{} activated {} µs away from the activation time",
+            (at - t_mono).abs() <= tolerance_ns,
+            "{} armed its switch {} µs away from the activation time",
             o.name,
-            (c.first_new_ns - t_mono) / 1000
+            (at - t_mono) / 1000
         );
-        // No read of the new version before T - tolerance, none of the old after T + it.
+        assert!(
+            c.last_old_ns <= *at && *at <= c.first_new_ns,
+            "{}: reads did not switch at the armed instant: old until {}, armed {}, new from {}",
+            o.name,
+            c.last_old_ns,
+            at,
+            c.first_new_ns
+        );
+        assert!(
+            c.first_new_ns >= t_mono - tolerance_ns,
+            "{} read new data early",
+            o.name
+        );
         assert!(
             c.last_old_ns <= t_mono + tolerance_ns,
             "{} read old data late",
