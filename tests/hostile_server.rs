@@ -28,10 +28,6 @@ enum Hostile {
     Flood { declared: Option<u64> },
 }
 
-/// The most bytes of one version body the hostile server got into one connection (what the
-/// host read of it, plus what the kernel's socket buffers took: a few MB on loopback).
-static SENT: AtomicU64 = AtomicU64::new(0);
-
 fn version_one() -> Vec<u8> {
     let mut c = Content::new();
     c.insert(b"price".to_vec(), b"2.00".to_vec());
@@ -39,25 +35,29 @@ fn version_one() -> Vec<u8> {
 }
 
 /// Serves version 1 as active and announces version 2 as staged, which it sends hostilely.
-fn hostile_server(how: Hostile, stop: Arc<AtomicBool>) -> String {
+/// Returns its URL and the most bytes of one version body it got into one connection (what
+/// the host read of it, plus what the kernel's socket buffers took: a few MB on loopback).
+fn hostile_server(how: Hostile, stop: Arc<AtomicBool>) -> (String, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let most = sent.clone();
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let stop = stop.clone();
-                    std::thread::spawn(move || answer(stream, how, &stop));
+                    let (stop, sent) = (stop.clone(), sent.clone());
+                    std::thread::spawn(move || answer(stream, how, &stop, &sent));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
     });
-    url
+    (url, most)
 }
 
-fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool) {
+fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool, sent_most: &AtomicU64) {
     stream.set_nonblocking(false).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
@@ -116,7 +116,7 @@ fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool) {
             match sent {
                 Ok(n) => {
                     on_this_connection += n;
-                    SENT.fetch_max(on_this_connection, Ordering::Relaxed);
+                    sent_most.fetch_max(on_this_connection, Ordering::Relaxed);
                 }
                 Err(_) => return, // the host hung up: what it should do
             }
@@ -193,7 +193,7 @@ fn growth(ticks: &[Tick]) -> (i64, i64) {
 #[test]
 fn invariant_10_a_server_announcing_gigabytes_and_trickling_cannot_bloat_the_host() {
     let stop = Arc::new(AtomicBool::new(false));
-    let url = hostile_server(
+    let (url, _) = hostile_server(
         Hostile::Trickle {
             declared: 3 << 30,
             every: Duration::from_millis(5),
@@ -239,7 +239,7 @@ fn invariant_10_a_failed_allocation_is_a_download_error_not_an_abort() {
     let stop = Arc::new(AtomicBool::new(false));
     // 10^15 bytes announced and allowed by the host's own max_version_bytes: only the address
     // space limit stops the download, and it must stop it as an error.
-    let url = hostile_server(
+    let (url, _) = hostile_server(
         Hostile::Flood {
             declared: Some(1_000_000_000_000_000),
         },
@@ -269,19 +269,18 @@ fn invariant_10_a_version_past_max_version_bytes_is_refused_announced_or_not() {
     const MAX: u64 = 64 << 20;
     // Announced larger than the host allows: refused before the body is read.
     let stop = Arc::new(AtomicBool::new(false));
-    let url = hostile_server(
+    let (url, sent) = hostile_server(
         Hostile::Flood {
             declared: Some(1 << 40),
         },
         stop.clone(),
     );
-    SENT.store(0, Ordering::Relaxed);
     let options = format!("url={url};name=capped;max_version_bytes={MAX};cache_dir=");
     let (ticks, status, report) = run_host(&options, 1, 2.0, None);
     stop.store(true, Ordering::Relaxed);
     assert!(status.success(), "host died: {status:?}\n{report}");
     assert!(ticks.iter().any(|t| t.failures > 0), "{report}");
-    let sent = SENT.load(Ordering::Relaxed);
+    let sent = sent.load(Ordering::Relaxed);
     eprintln!("announced past the cap: at most {sent} bytes got into one connection");
     assert!(
         sent < MAX / 2,
@@ -290,7 +289,7 @@ fn invariant_10_a_version_past_max_version_bytes_is_refused_announced_or_not() {
 
     // Not announced at all: read up to the cap and no further.
     let stop = Arc::new(AtomicBool::new(false));
-    let url = hostile_server(Hostile::Flood { declared: None }, stop.clone());
+    let (url, _) = hostile_server(Hostile::Flood { declared: None }, stop.clone());
     let options = format!("url={url};name=capped;max_version_bytes={MAX};cache_dir=");
     let (ticks, status, report) = run_host(&options, 1, 4.0, None);
     stop.store(true, Ordering::Relaxed);
