@@ -28,12 +28,12 @@ class Server:
         assert line.startswith("lockstep: listening on "), line
         self.url = line.split()[-1]
 
-    def admin(self, path, body=None):
+    def admin(self, path, body=None, timeout=10):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data,
                                      headers={"Authorization": "Bearer " + TOKEN,
                                               "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
     def put(self, key, value):

@@ -3,6 +3,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -142,5 +143,104 @@ def test_gunicorn_preload_workers_all_follow_the_farm(tmp_path):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+    finally:
+        server.stop()
+
+
+# --- The host cache (cache_dir) and what stats say about it ---
+
+HOST_ROLE_OFF, HOST_ROLE_LEADER, HOST_ROLE_FOLLOWER, HOST_ROLE_UNUSABLE = 0, 1, 2, 3
+
+
+def private_dir(path):
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def test_clients_sharing_a_cache_dir_are_one_leader_and_followers_and_an_empty_one_is_off(
+        server, tmp_path):
+    server.put("price", "10")
+    server.wait_active("price", "10")
+    cache = private_dir(tmp_path / "cache")
+    leader = lockstep.Client(server.url, cache_dir=cache, name="leader")
+    assert wait_for(lambda: leader.stats()["host_role"] == HOST_ROLE_LEADER, timeout=5)
+    follower = lockstep.Client(server.url, cache_dir=cache, name="follower")
+    alone = lockstep.Client(server.url, cache_dir="", name="alone")
+    try:
+        for c in (leader, follower, alone):
+            assert c.get("price") == b"10"
+        assert follower.stats()["host_role"] == HOST_ROLE_FOLLOWER
+        assert alone.stats()["host_role"] == HOST_ROLE_OFF
+        # The follower's data is confirmed by its leader's check-ins; it makes none itself.
+        assert wait_for(lambda: follower.stats()["unconfirmed"] == 0, timeout=5)
+        s = follower.stats()
+        assert s["checkins"] == 0 and s["cache_failures"] == 0
+        assert abs(s["confirmed_us"] - leader.stats()["confirmed_us"]) < 2_000_000
+        assert leader.stats()["checkins"] > 0 and alone.stats()["checkins"] > 0
+        # The version lives in the cache as an immutable file, one per data server directory.
+        files = [f for d in cache.iterdir() for f in d.iterdir() if f.suffix == ".lkv"]
+        assert files and all(f.stat().st_mode & 0o777 == 0o400 for f in files), files
+        server.put("price", "8")
+        assert wait_for(lambda: follower.get("price") == b"8" and alone.get("price") == b"8")
+        # When the leader goes, the follower takes over (it tries every 0.5-0.75 s).
+        leader.close()
+        assert wait_for(lambda: follower.stats()["host_role"] == HOST_ROLE_LEADER, timeout=5)
+        checkins = follower.stats()["checkins"]
+        assert wait_for(lambda: follower.stats()["checkins"] > checkins, timeout=5)
+    finally:
+        for c in (leader, follower, alone):
+            c.close()
+
+
+def test_a_cache_dir_others_can_write_or_a_symlink_is_refused_and_reads_go_on(server, tmp_path):
+    server.put("price", "10")
+    server.wait_active("price", "10")
+    shared = private_dir(tmp_path / "shared")
+    os.chmod(shared, 0o777)
+    link = tmp_path / "link"
+    os.symlink(private_dir(tmp_path / "target"), link)
+    for cache, why in ((shared, "writable by group or others"), (link, "symlink")):
+        with lockstep.Client(server.url, cache_dir=cache) as c:
+            assert c.get("price") == b"10"
+            assert c.stats()["host_role"] == HOST_ROLE_UNUSABLE
+            assert why in c.last_error(), c.last_error()
+    assert list((tmp_path / "target").iterdir()) == []
+
+
+def test_a_client_opened_while_the_data_server_is_down_serves_the_hosts_version_at_once(
+        tmp_path):
+    port = free_port()
+    server = Server(tmp_path, listen=f"127.0.0.1:{port}")
+    try:
+        server.put("price", "10")
+        server.wait_active("price", "10")
+        cache = private_dir(tmp_path / "cache")
+        with lockstep.Client(server.url, cache_dir=cache) as first:
+            assert first.get("price") == b"10"
+            confirmed = first.stats()["confirmed_us"]
+        server.stop()
+
+        # Without the host cache: nothing to serve, and the open waits bootstrap_wait.
+        with pytest.raises(lockstep.LockstepError) as e:
+            lockstep.Client(server.url, cache_dir="", bootstrap_wait=0.5)
+        assert e.value.code == 7
+        # With it: at once, whatever bootstrap_wait says, and said to be unconfirmed.
+        started = time.monotonic()
+        c = lockstep.Client(server.url, cache_dir=cache, bootstrap_wait=30)
+        took = time.monotonic() - started
+        try:
+            assert c.get("price") == b"10"
+            print(f"opened from the host cache in {took * 1000:.1f} ms")
+            assert took < 2
+            s = c.stats()
+            assert s["unconfirmed"] == 1 and s["active_version"] >= 2
+            assert confirmed - 1_000_000 <= s["confirmed_us"] <= confirmed + 1_000_000
+            # The data server comes back: the next check-in confirms the version.
+            server = Server(tmp_path, listen=f"127.0.0.1:{port}")
+            assert wait_for(lambda: c.stats()["unconfirmed"] == 0, timeout=10), c.stats()
+            assert c.stats()["confirmed_us"] > confirmed
+        finally:
+            c.close()
     finally:
         server.stop()
