@@ -282,10 +282,19 @@ impl Cli {
                 "activated"
             );
             let t = |v: Option<i64>| v.map(format_us).unwrap_or_else(|| "-".into());
-            for VersionRow { info: v, downloads } in h {
+            for VersionRow {
+                info: v,
+                downloads,
+                pruned_us,
+            } in h
+            {
+                // A version whose content retention dropped says so after its reason.
+                let pruned = pruned_us
+                    .map(|at| format!(" (content dropped {})", format_us(at)))
+                    .unwrap_or_default();
                 outln!(
                     out,
-                    "{:>7} {:>8} {:>10} {:>9} {:<24} {:<24} {:<24} {}",
+                    "{:>7} {:>8} {:>10} {:>9} {:<24} {:<24} {:<24} {}{}",
                     v.version,
                     v.entries,
                     v.size,
@@ -293,7 +302,8 @@ impl Cli {
                     format_us(v.created_us),
                     t(v.staged_us),
                     t(v.activated_us),
-                    v.reason
+                    v.reason,
+                    pruned
                 );
             }
             if (h.len() as u64) < total {

@@ -74,6 +74,13 @@ struct ServeArgs {
     /// one, reads are open.
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+    /// Versions whose content is kept, newest first, besides the active and staged ones and
+    /// those younger than --keep-for; older ones keep only their history row.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: u64,
+    /// Versions younger than this keep their content, whatever --keep-versions says.
+    #[arg(long, default_value = "1h")]
+    keep_for: String,
     /// Largest key, bytes.
     #[arg(long, default_value_t = 1024)]
     max_key_bytes: usize,
@@ -201,6 +208,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map(clock::parse_duration_us)
         .transpose()
         .map_err(|e| format!("bad --min-window: {e}; write it like 500ms, 30s or 10m"))?;
+    let retention = store::Retention {
+        keep_versions: args.keep_versions,
+        keep_for_us: clock::parse_duration_us(&args.keep_for)
+            .map_err(|e| format!("bad --keep-for: {e}; write it like 30m, 1h or 7d"))?,
+    };
     // A new database starts with these; an existing one changes only what is given.
     let seed_interval = interval.unwrap_or(DEFAULT_INTERVAL_US);
     let seed = store::SyncSettings {
@@ -278,6 +290,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                     let flush = move || s.flush_batched(clock::now_us());
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
                         tracing::warn!("farm and downloads flush failed: {e}");
+                    }
+                    let s = store.clone();
+                    let prune = move || s.prune(retention, clock::now_us());
+                    match tokio::task::spawn_blocking(prune).await {
+                        Ok(Ok(0)) | Err(_) => {}
+                        Ok(Ok(n)) => {
+                            tracing::info!("retention dropped the content of {n} versions")
+                        }
+                        Ok(Err(e)) => tracing::warn!("retention failed: {e}"),
                     }
                 }
             })

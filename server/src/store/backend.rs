@@ -66,6 +66,11 @@ pub trait Backend: Send + Sync {
 
     /// Runs `f` on a consistent snapshot, without taking the write lock.
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+
+    /// Gives space freed by retention back, where the database does not do it by itself.
+    fn reclaim(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One transaction's queries. Reads in a write transaction see its own writes.
@@ -128,6 +133,20 @@ pub trait Tx {
     /// The newest `limit` versions, newest first.
     fn history(&mut self, limit: u64) -> Result<Vec<VersionInfo>>;
     fn version_count(&mut self) -> Result<u64>;
+    /// Drops the bytes of versions numbered below `below` and created before `before_us`,
+    /// except `keep` (the active and staged versions); their catalogue rows stay. Returns how
+    /// many it dropped.
+    fn prune_versions(
+        &mut self,
+        below: u64,
+        before_us: i64,
+        keep: [u64; 2],
+        now_us: i64,
+    ) -> Result<u64>;
+    /// Records that a version's bytes were dropped at `at_us` (for `lockstep migrate`).
+    fn mark_pruned(&mut self, version: u64, at_us: i64) -> Result<()>;
+    /// When a version's bytes were dropped, if they were.
+    fn version_pruned(&mut self, version: u64) -> Result<Option<i64>>;
 
     // The rotation log: its activation time is a unique key.
     fn log_rotation(&mut self, r: &RotationRecord) -> Result<()>;

@@ -155,6 +155,18 @@ pub struct VersionRow {
     #[serde(flatten)]
     pub info: VersionInfo,
     pub downloads: u64,
+    /// When retention dropped the version's content (its row stays); absent while it has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_us: Option<i64>,
+}
+
+/// How many versions keep their content (see [`Store::prune`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// The newest this many versions.
+    pub keep_versions: u64,
+    /// Versions created within this long.
+    pub keep_for_us: i64,
 }
 
 /// Seeds a new database: an empty first version, staged and active, and the first activation
@@ -562,9 +574,7 @@ impl Store {
         if let Some(v) = self.versions.get(version) {
             return Ok(v);
         }
-        let (bytes, checksum) = self
-            .read(|tx| tx.version_bytes(version))?
-            .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+        let (bytes, checksum) = self.read(|tx| staging::stored_bytes(tx, version))?;
         let header = format::verify_checksum(&bytes).map_err(|e| {
             StoreError::Corrupt(format!("stored version {version} is damaged: {e}"))
         })?;
@@ -599,13 +609,15 @@ impl Store {
                 return Ok(Vec::new());
             };
             let downloads = self.downloads.totals(tx, oldest.version, newest.version)?;
-            Ok(versions
-                .into_iter()
-                .map(|info| VersionRow {
+            let mut rows = Vec::with_capacity(versions.len());
+            for info in versions {
+                rows.push(VersionRow {
                     downloads: downloads.get(&info.version).copied().unwrap_or(0),
+                    pruned_us: tx.version_pruned(info.version)?,
                     info,
-                })
-                .collect())
+                });
+            }
+            Ok(rows)
         })
     }
 
@@ -680,6 +692,25 @@ impl Store {
                 farm: members,
             })
         })
+    }
+
+    /// Drops the content of versions that are neither active, staged, among the newest
+    /// `keep_versions` nor created within `keep_for_us`; their history rows stay, and so do
+    /// diffs and rollbacks between versions that are kept. Returns how many it dropped, and
+    /// gives the space back (SQLite's incremental vacuum; PostgreSQL's autovacuum does it).
+    pub fn prune(&self, retention: Retention, now_us: i64) -> Result<u64> {
+        let pruned = self.write(|tx| {
+            let (sync, _) = tx.sync()?;
+            let newest = tx.next_version_number()?.saturating_sub(1);
+            let below = newest.saturating_sub(retention.keep_versions) + 1;
+            let before_us = now_us.saturating_sub(retention.keep_for_us);
+            let keep = [sync.active_version, sync.staged_version];
+            tx.prune_versions(below, before_us, keep, now_us)
+        })?;
+        if pruned > 0 {
+            self.db.reclaim()?;
+        }
+        Ok(pruned)
     }
 
     /// The rotation log, oldest first.

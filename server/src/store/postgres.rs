@@ -110,6 +110,10 @@ const MIGRATIONS: &[&str] = &[
         count BIGINT NOT NULL
     );
     "#,
+    // 2: retention (see `Store::prune`): when a version's bytes were dropped.
+    r#"
+    ALTER TABLE versions ADD COLUMN pruned_us BIGINT;
+    "#,
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -662,6 +666,45 @@ impl Tx for PgTx<'_, '_> {
 
     fn version_count(&mut self) -> Result<u64> {
         self.count("SELECT COUNT(*) FROM versions")
+    }
+
+    fn prune_versions(
+        &mut self,
+        below: u64,
+        before_us: i64,
+        keep: [u64; 2],
+        now_us: i64,
+    ) -> Result<u64> {
+        self.exec(
+            "UPDATE versions SET bytes = '', pruned_us = $5
+             WHERE number < $1 AND created_us < $2 AND number <> $3 AND number <> $4
+               AND pruned_us IS NULL",
+            &[
+                &to_i64(below),
+                &before_us,
+                &to_i64(keep[0]),
+                &to_i64(keep[1]),
+                &now_us,
+            ],
+        )
+    }
+
+    fn mark_pruned(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.exec(
+            "UPDATE versions SET bytes = '', pruned_us = $2 WHERE number = $1",
+            &[&to_i64(version), &at_us],
+        )?;
+        Ok(())
+    }
+
+    fn version_pruned(&mut self, version: u64) -> Result<Option<i64>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT pruned_us FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .and_then(|r| r.get(0)))
     }
 
     fn log_rotation(&mut self, r: &RotationRecord) -> Result<()> {

@@ -105,6 +105,10 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     );
     "#,
+    // 4: retention (see `Store::prune`): when a version's bytes were dropped.
+    r#"
+    ALTER TABLE versions ADD COLUMN pruned_us INTEGER;
+    "#,
 ];
 
 /// Read connections kept open between requests; more than this many concurrent reads open
@@ -148,6 +152,11 @@ impl Sqlite {
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let have: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if have == 0 {
+                // A new file: pages freed by retention go back to the file system on
+                // `PRAGMA incremental_vacuum` (an older file reuses them for new versions).
+                tx.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
                 tx.execute_batch(sql)?;
                 tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -164,6 +173,13 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
+    fn reclaim(&self) -> Result<()> {
+        let conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Frees the pages retention emptied (a no-op on files made before auto_vacuum).
+        conn.execute_batch("PRAGMA incremental_vacuum")?;
+        Ok(())
+    }
+
     fn write(
         &self,
         durability: Durability,
@@ -586,6 +602,48 @@ impl Tx for SqliteTx<'_> {
 
     fn version_count(&mut self) -> Result<u64> {
         count(self.0, "SELECT COUNT(*) FROM versions")
+    }
+
+    fn prune_versions(
+        &mut self,
+        below: u64,
+        before_us: i64,
+        keep: [u64; 2],
+        now_us: i64,
+    ) -> Result<u64> {
+        let n = self.0.execute(
+            "UPDATE versions SET bytes = X'', pruned_us = ?5
+             WHERE number < ?1 AND created_us < ?2 AND number NOT IN (?3, ?4)
+               AND pruned_us IS NULL",
+            params![
+                to_i64(below),
+                before_us,
+                to_i64(keep[0]),
+                to_i64(keep[1]),
+                now_us
+            ],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn mark_pruned(&mut self, version: u64, at_us: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE versions SET bytes = X'', pruned_us = ?2 WHERE number = ?1",
+            params![to_i64(version), at_us],
+        )?;
+        Ok(())
+    }
+
+    fn version_pruned(&mut self, version: u64) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT pruned_us FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     fn log_rotation(&mut self, r: &RotationRecord) -> Result<()> {

@@ -76,11 +76,27 @@ pub fn restage_production(
     restage(tx, staged, &content, gen, now_us, reason)
 }
 
-/// Reads, verifies and decodes a stored version inside a transaction.
-pub fn version_content(tx: &mut dyn Tx, version: u64) -> Result<Content> {
-    let (bytes, _) = tx
+/// A stored version's bytes and checksum; a clear error if it does not exist or retention
+/// dropped its bytes.
+pub fn stored_bytes(tx: &mut dyn Tx, version: u64) -> Result<(Vec<u8>, u64)> {
+    let (bytes, checksum) = tx
         .version_bytes(version)?
         .ok_or_else(|| StoreError::NotFound(format!("version {version} does not exist")))?;
+    if bytes.is_empty() {
+        if let Some(at) = tx.version_pruned(version)? {
+            return Err(StoreError::NotFound(format!(
+                "version {version} is only in history: retention dropped its content at {} \
+                 (lockstep serve --keep-versions, --keep-for)",
+                crate::clock::format_us(at)
+            )));
+        }
+    }
+    Ok((bytes, checksum))
+}
+
+/// Reads, verifies and decodes a stored version inside a transaction.
+pub fn version_content(tx: &mut dyn Tx, version: u64) -> Result<Content> {
+    let (bytes, _) = stored_bytes(tx, version)?;
     let (_, map) = format::decode(&bytes)
         .map_err(|e| StoreError::Corrupt(format!("stored version {version} is damaged: {e}")))?;
     Ok(map)
