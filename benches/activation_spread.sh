@@ -48,7 +48,7 @@ rows = {}
 for text in rounds:
     for name, pattern in [
         ("planned", r"spread, planned \(.*?\): (.*)"),
-        ("observed, on time", r"spread, observed \(first reads of the new version, servers on time, narrow brackets\): (.*)"),
+        ("observed, on time", r"spread, observed \(first reads of the new version, servers on time, narrow brackets; .*?\): (.*)"),
         ("observed, all", r"spread, observed \(first reads, every server .*?\): (.*)"),
         ("bracket", r"switch bracket .*? switches: (.*)"),
         ("late switches, old version served after T", r"late switches, last read of the old version .*?: (.*)"),

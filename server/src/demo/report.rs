@@ -374,7 +374,8 @@ impl Summary {
             percentiles(&mut self.planned)
         );
         println!(
-            "  activation spread, observed (first reads of the new version, servers on time, narrow brackets): {}",
+            "  activation spread, observed (first reads of the new version, servers on time, narrow brackets; over {} activations with two or more): {}",
+            self.observed_on_time.len(),
             percentiles(&mut self.observed_on_time)
         );
         println!(

@@ -133,9 +133,17 @@ impl Settled {
     }
 
     /// Spread of the first reads of the new version: over the servers on time, or over every
-    /// server that served it (late ones included).
+    /// server that served it (late ones included). `None` with fewer than two: one server's
+    /// read has no spread, and a 0 would flatter the figure.
     pub fn observed_spread_ns(&self, on_time_only: bool) -> Option<i64> {
-        spread(self.switches(on_time_only).map(|s| s.first_new_read_ns))
+        let firsts: Vec<i64> = self
+            .switches(on_time_only)
+            .map(|s| s.first_new_read_ns)
+            .collect();
+        if firsts.len() < 2 {
+            return None;
+        }
+        spread(firsts.into_iter())
     }
 
     /// For each late server, how long after the activation time it still served the old
@@ -407,6 +415,9 @@ mod tests {
         // Both armed instants lie inside their brackets; the wide one proves nothing.
         assert_eq!(settled.planned_inside_bracket(), (1, 1));
         assert_eq!(settled.count(Outcome::Unresolved), 1);
+        // One server on time has no observed spread of its own (not a spread of 0).
+        assert_eq!(settled.observed_spread_ns(true), None);
+        assert_eq!(settled.observed_spread_ns(false), Some(600 * MS - MS / 20));
     }
 
     #[test]
