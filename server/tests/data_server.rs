@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::postgres::each_backend;
+use common::postgres::{each_backend, Backend};
 use common::*;
 use lockstep::format;
 use lockstep::wire;
@@ -450,70 +450,82 @@ fn read_token_is_required_when_configured() {
 
 #[test]
 fn served_versions_verify_and_a_corrupted_blob_is_never_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let mut s = Server::start(&db, &["--interval", "200ms", "--min-window", "100ms"]);
-    for i in 0..50 {
-        put(&s, &format!("key{i}"), &format!("value{i}"));
-    }
-    let mut t = checkin(&s, "probe").sync.activation_time_us;
-    t = wait_rotation_past(&s, t).activation_time_us;
-    let sync = wait_rotation_past(&s, t);
-    let v = sync.active_version;
-    assert!(v >= 2);
-    for n in 1..=v {
-        let a = get(&format!("{}/v1/versions/{n}", s.url), None, &[]);
-        assert_eq!(a.status, 200);
-        let buf = format::aligned_copy(&a.body);
-        let (header, entries) = format::validate(&buf).expect("served version verifies");
-        assert_eq!(header.version, n);
-        assert_eq!(
-            a.headers[wire::HEADER_CHECKSUM].to_str().unwrap(),
-            format!("{:016x}", header.checksum)
-        );
-        assert_eq!(
-            a.headers["etag"].to_str().unwrap(),
-            wire::version_etag(n, header.checksum)
-        );
-        if n == v {
-            assert_eq!(format::lookup(entries, b"key7"), Some(&b"value7"[..]));
+    each_backend(|backend, db| {
+        let mut s = Server::start(db, &["--interval", "200ms", "--min-window", "100ms"]);
+        for i in 0..50 {
+            put(&s, &format!("key{i}"), &format!("value{i}"));
         }
-    }
-    s.kill9();
+        let mut t = checkin(&s, "probe").sync.activation_time_us;
+        t = wait_rotation_past(&s, t).activation_time_us;
+        let sync = wait_rotation_past(&s, t);
+        let v = sync.active_version;
+        assert!(v >= 2);
+        for n in 1..=v {
+            let a = get(&format!("{}/v1/versions/{n}", s.url), None, &[]);
+            assert_eq!(a.status, 200);
+            let buf = format::aligned_copy(&a.body);
+            let (header, entries) = format::validate(&buf).expect("served version verifies");
+            assert_eq!(header.version, n);
+            assert_eq!(
+                a.headers[wire::HEADER_CHECKSUM].to_str().unwrap(),
+                format!("{:016x}", header.checksum)
+            );
+            assert_eq!(
+                a.headers["etag"].to_str().unwrap(),
+                wire::version_etag(n, header.checksum)
+            );
+            if n == v {
+                assert_eq!(format::lookup(entries, b"key7"), Some(&b"value7"[..]));
+            }
+        }
+        s.kill9();
 
-    // Flip one byte in the middle of the active version's stored blob.
-    {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let mut bytes: Vec<u8> = conn
-            .query_row(
-                "SELECT bytes FROM versions WHERE number = ?1",
-                [v as i64],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x01;
-        conn.execute(
-            "UPDATE versions SET bytes = ?2 WHERE number = ?1",
-            rusqlite::params![v as i64, bytes],
-        )
-        .unwrap();
-    }
-    let s = Server::start(&db, &["--interval", "10m"]);
-    for path in [
-        format!("/v1/versions/{v}"),
-        "/v1/versions/current".to_owned(),
-    ] {
-        let a = get(&format!("{}{path}", s.url), None, &[]);
-        assert_eq!(a.status, 500, "{path} served a corrupted blob");
-        let msg = a.json()["error"].as_str().unwrap().to_owned();
-        assert!(msg.contains("damaged"), "{msg}");
-    }
-    // Other versions are still served.
-    assert_eq!(
-        get(&format!("{}/v1/versions/1", s.url), None, &[]).status,
-        200
-    );
+        // Flip one byte in the middle of the active version's stored blob.
+        match backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(db).unwrap();
+                let mut bytes: Vec<u8> = conn
+                    .query_row(
+                        "SELECT bytes FROM versions WHERE number = ?1",
+                        [v as i64],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                conn.execute(
+                    "UPDATE versions SET bytes = ?2 WHERE number = ?1",
+                    rusqlite::params![v as i64, bytes],
+                )
+                .unwrap();
+            }
+            Backend::Postgres => {
+                let name = db.to_str().unwrap().rsplit('/').next().unwrap();
+                common::postgres::cluster().unwrap().psql(
+                    name,
+                    &format!(
+                        "UPDATE versions SET bytes = set_byte(bytes, length(bytes) / 2, \
+                         get_byte(bytes, length(bytes) / 2) # 1) WHERE number = {v}"
+                    ),
+                );
+            }
+        }
+        let s = Server::start(db, &["--interval", "10m"]);
+        for path in [
+            format!("/v1/versions/{v}"),
+            "/v1/versions/current".to_owned(),
+        ] {
+            let a = get(&format!("{}{path}", s.url), None, &[]);
+            assert_eq!(a.status, 500, "{path} served a corrupted blob");
+            let msg = a.json()["error"].as_str().unwrap().to_owned();
+            assert!(msg.contains("damaged"), "{msg}");
+        }
+        // Other versions are still served.
+        assert_eq!(
+            get(&format!("{}/v1/versions/1", s.url), None, &[]).status,
+            200
+        );
+    });
 }
 
 #[test]
