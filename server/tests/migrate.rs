@@ -58,7 +58,8 @@ fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
     }
     // One change applied already, one still waiting.
     let soon = rfc3339(now_us() + 100_000);
-    let later = rfc3339(now_us() + 3_600_000_000);
+    // Far beyond the next activation of the 1h cycle set below (a grid point up to 2 h away).
+    let later = rfc3339(now_us() + 10 * 86_400_000_000);
     for (key, at) in [("soon", &soon), ("later", &later)] {
         admin_post(
             &s,
