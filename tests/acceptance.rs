@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::observer::{Change, Observer};
-use support::postgres::each_backend;
+use support::postgres::each_backend_alone;
 use support::proxy::{Mode, Proxy};
 use support::*;
 
@@ -65,7 +65,7 @@ impl Drop for Editor {
 
 #[test]
 fn invariant_1_at_most_one_rotation_per_activation_time() {
-    each_backend(|backend, db| {
+    each_backend_alone(|backend, db| {
         // 256 concurrent check-ins at the boundary, on one data server. The interval is long
         // enough that all of them land before the next activation time, even on a loaded
         // machine: a check-in after it would rightly perform the next rotation...
@@ -253,7 +253,7 @@ fn invariant_4_a_corrupt_truncated_or_forged_version_is_never_activated() {
 
 #[test]
 fn invariant_5_committed_edits_survive_kill_9_at_any_moment() {
-    each_backend(|_, db| {
+    each_backend_alone(|_, db| {
         let listen = format!("127.0.0.1:{}", free_port());
         let args = ["--interval", "200ms", "--min-window", "100ms"];
         let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -522,7 +522,7 @@ fn change_with(o: &Observer, value: &str) -> Change {
 
 #[test]
 fn invariant_7_edits_go_live_by_the_second_activation_and_scheduled_ones_exactly() {
-    each_backend(|_, db| {
+    each_backend_alone(|_, db| {
         let interval = 1_000_000;
         let s = Server::start(db, &["--interval", "1s", "--min-window", "500ms"]);
         put(&s, "price", "10");

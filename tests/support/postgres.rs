@@ -51,6 +51,14 @@ pub fn each_backend(body: impl Fn(Backend, &Path)) {
     }
 }
 
+/// [`each_backend`] for a test whose timing must not suffer from another such test running
+/// beside it (tests of activation instants, or herds of check-ins): they take turns.
+pub fn each_backend_alone(body: impl Fn(Backend, &Path)) {
+    static TURN: Mutex<()> = Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    each_backend(body)
+}
+
 pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
