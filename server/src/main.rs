@@ -264,6 +264,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         },
     });
 
+    // Builds each rotation's staged version shortly before its activation time, so that the
+    // rotation itself is a few writes (see `store::prepare`).
+    {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("prepare".into())
+            .spawn(move || loop {
+                if let Err(e) = store.prepare_next(clock::now_us()) {
+                    tracing::debug!("building the next version ahead failed: {e}");
+                }
+                std::thread::sleep(store.prepare_poll(clock::now_us()));
+            })
+            .map_err(|e| format!("cannot start the preparing thread: {e}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

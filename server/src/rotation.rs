@@ -17,11 +17,17 @@ use lockstep::wire::{self, RotationRecord, SyncTable};
 
 use crate::clock;
 use crate::store::backend::Tx;
+use crate::store::prepare::{self, Prepared};
 use crate::store::{overflow, staging, Result};
 
 /// Rotates if `sync` (read in `tx`, under the sync row's lock) is due at `now_us`; returns the
 /// sync table after, and whether it rotated.
-pub fn rotate_if_due(tx: &mut dyn Tx, now_us: i64, by: &str) -> Result<(SyncTable, bool)> {
+pub fn rotate_if_due(
+    tx: &mut dyn Tx,
+    now_us: i64,
+    by: &str,
+    prepared: Option<&Prepared>,
+) -> Result<(SyncTable, bool)> {
     let (sync, production_gen) = tx.sync()?;
     if now_us < sync.activation_time_us {
         // Someone else rotated between our read and our lock.
@@ -30,7 +36,9 @@ pub fn rotate_if_due(tx: &mut dyn Tx, now_us: i64, by: &str) -> Result<(SyncTabl
     // The write lock may have been waited for (an import, another rotation's fsync): the next
     // activation leaves its window after now, not after the check-in came.
     let now_us = now_us.max(clock::now_us());
-    rotate(tx, sync, production_gen, now_us, by)?;
+    let basis = prepare::basis(tx, now_us)?;
+    let prepared = prepared.filter(|p| p.basis == basis);
+    rotate(tx, sync, production_gen, now_us, by, prepared)?;
     Ok((tx.sync()?.0, true))
 }
 
@@ -41,6 +49,7 @@ fn rotate(
     production_gen: i64,
     now_us: i64,
     by: &str,
+    prepared: Option<&Prepared>,
 ) -> Result<()> {
     let due = sync.activation_time_us;
     let next = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
@@ -65,8 +74,12 @@ fn rotate(
     }
 
     // 3. staged ← production: a new version only if production changed since the one that
-    //    just became active was built.
-    let staged = staging::restage_production(tx, active, gen, now_us, "rotation")?;
+    //    just became active was built; its bytes encoded ahead of time when they were (see
+    //    `store::prepare`), so that this is a few writes whatever the size of the data.
+    let staged = match prepared {
+        Some(p) => staging::stage_prepared(tx, active, p, now_us)?,
+        None => staging::restage_production(tx, active, gen, now_us, "rotation")?,
+    };
     for (id, _) in &due_changes {
         tx.mark_applied(*id, staged)?;
     }

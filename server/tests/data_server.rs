@@ -1329,3 +1329,86 @@ fn download_counts_survive_a_clean_stop_and_a_kill_9_after_their_flush() {
         assert_eq!(downloads(&s), [(1, 1), (2, 2)].into());
     });
 }
+
+#[test]
+fn a_rotation_stages_a_version_built_before_its_activation_time() {
+    each_backend(|_, db| {
+        let s = Server::start(db, &["--interval", "1s", "--min-window", "500ms"]);
+        for round in 0..3 {
+            // Just after a rotation, so that the edit is in production well before the next
+            // activation time comes within the minimum window.
+            while checkin(&s, "probe").sync.activation_time_us - now_us() < 700_000 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            put(&s, "price", &format!("p{round}"));
+            let before = checkin(&s, "probe").sync;
+            // The rotation that stages the edit.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let staged = loop {
+                let sync = checkin(&s, "probe").sync;
+                if sync.staged_version > before.staged_version {
+                    break sync.staged_version;
+                }
+                assert!(std::time::Instant::now() < deadline, "never staged");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(
+                value_in_version(&s, "price", staged).as_deref(),
+                Some(format!("p{round}").as_str())
+            );
+            let log = admin_get(&s, "/v1/admin/rotations");
+            let rotation = log
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["staged_version"] == staged)
+                .unwrap()
+                .clone();
+            let history = admin_get(&s, "/v1/admin/history");
+            let row = history
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["version"] == staged)
+                .unwrap()
+                .clone();
+            assert_eq!(row["reason"], "rotation");
+            assert!(
+                row["created_us"].as_i64() < rotation["activation_time_us"].as_i64(),
+                "version {staged} was built at its rotation, not ahead: {row} {rotation}"
+            );
+        }
+    });
+}
+
+#[test]
+fn an_edit_made_after_the_next_version_was_built_ahead_is_in_the_version_staged() {
+    each_backend(|_, db| {
+        // The next version is built from 1 s before the activation time on.
+        let s = Server::start(db, &["--interval", "2s", "--min-window", "1s"]);
+        put(&s, "price", "early");
+        for round in 0..2 {
+            // Inside the last second before an activation, once the version is built ahead.
+            let t = loop {
+                let sync = checkin(&s, "probe").sync;
+                let left = sync.activation_time_us - now_us();
+                if (250_000..450_000).contains(&left) {
+                    break sync.activation_time_us;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let value = format!("late{round}");
+            put(&s, "price", &value);
+            while now_us() < t + 50_000 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let sync = checkin(&s, "probe").sync;
+            assert!(sync.activation_time_us > t);
+            assert_eq!(
+                value_in_version(&s, "price", sync.staged_version).as_deref(),
+                Some(value.as_str()),
+                "the rotation at {t} staged a version built before the edit"
+            );
+        }
+    });
+}

@@ -118,6 +118,8 @@ pub trait Tx {
     /// Writes a row as [`Tx::scheduled_all`] read it, id included.
     fn insert_scheduled_row(&mut self, row: &ScheduledRow) -> Result<()>;
     fn scheduled_count(&mut self) -> Result<u64>;
+    /// The highest id a scheduled change has had; 0 for none.
+    fn max_scheduled_id(&mut self) -> Result<i64>;
 
     // Immutable versions.
     fn next_version_number(&mut self) -> Result<u64>;

@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod migrate;
 pub mod postgres;
+pub mod prepare;
 pub mod sqlite;
 pub mod staging;
 
@@ -79,7 +80,7 @@ impl Change {
         }
     }
 
-    fn apply_to(&self, map: &mut Content) {
+    pub fn apply_to(&self, map: &mut Content) {
         match self {
             Change::Put(k, v) => {
                 map.insert(k.clone(), v.clone());
@@ -127,6 +128,8 @@ pub(crate) fn overflow(what: &str) -> StoreError {
 
 pub struct Store {
     db: Box<dyn Backend>,
+    /// The next staged version, built ahead of its rotation (see [`prepare`]).
+    prepared: std::sync::Mutex<Option<prepare::Prepared>>,
     sync: SyncCache,
     versions: VersionCache,
     farm: farm::Batch,
@@ -276,6 +279,7 @@ impl Store {
     fn with_backend(db: Box<dyn Backend>) -> Store {
         Store {
             db,
+            prepared: std::sync::Mutex::new(None),
             sync: SyncCache::default(),
             versions: VersionCache::default(),
             farm: farm::Batch::default(),
@@ -351,9 +355,58 @@ impl Store {
             self.sync.remember(sync);
             return Ok((sync, false));
         }
-        let rotated = self.write(|tx| rotation::rotate_if_due(tx, now_us, by))?;
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let rotated =
+            self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()))?;
         self.sync.remember(rotated.0);
         Ok(rotated)
+    }
+
+    /// How long the preparing thread may sleep between two calls of [`Store::prepare_next`].
+    pub fn prepare_poll(&self, now_us: i64) -> std::time::Duration {
+        let lead = match self.sync.recent(now_us) {
+            Some(sync) => prepare::lead_us(sync.min_window_us),
+            None => self
+                .sync_table()
+                .map_or(1_000_000, |sync| prepare::lead_us(sync.min_window_us)),
+        };
+        std::time::Duration::from_micros((lead / 4).clamp(5_000, 250_000) as u64)
+    }
+
+    /// Builds the version the next rotation will stage, if the activation time is less than
+    /// [`prepare::lead_us`] away and it is not built yet for what the database holds now.
+    /// Returns whether it built one. Reads only: any instance may do it, at any time.
+    pub fn prepare_next(&self, now_us: i64) -> Result<bool> {
+        let sync = match self.sync.recent(now_us) {
+            Some(sync) => sync,
+            None => self.sync_table()?,
+        };
+        let lead = prepare::lead_us(sync.min_window_us);
+        if now_us >= sync.activation_time_us || now_us < sync.activation_time_us - lead {
+            return Ok(false);
+        }
+        let basis = self.read(|tx| prepare::basis(tx, sync.activation_time_us))?;
+        let held = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_some_and(|p| p.basis == basis) {
+            return Ok(false);
+        }
+        drop(held);
+        let Some(built) = self.read(|tx| {
+            let now = prepare::basis(tx, sync.activation_time_us)?;
+            match now == basis {
+                true => prepare::prepare(tx, basis, clock::now_us()),
+                false => Ok(None),
+            }
+        })?
+        else {
+            return Ok(false);
+        };
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
+        Ok(true)
     }
 
     /// Validates nothing: callers check key and value limits first.

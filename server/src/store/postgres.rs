@@ -570,6 +570,13 @@ impl Tx for PgTx<'_, '_> {
         self.count("SELECT COUNT(*) FROM scheduled")
     }
 
+    fn max_scheduled_id(&mut self) -> Result<i64> {
+        Ok(self
+            .tx
+            .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM scheduled", &[])?
+            .get(0))
+    }
+
     fn next_version_number(&mut self) -> Result<u64> {
         self.count("SELECT COALESCE(MAX(number), 0) + 1 FROM versions")
     }

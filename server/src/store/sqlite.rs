@@ -506,6 +506,14 @@ impl Tx for SqliteTx<'_> {
         count(self.0, "SELECT COUNT(*) FROM scheduled")
     }
 
+    fn max_scheduled_id(&mut self) -> Result<i64> {
+        Ok(self
+            .0
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM scheduled", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     fn next_version_number(&mut self) -> Result<u64> {
         count(self.0, "SELECT COALESCE(MAX(number), 0) + 1 FROM versions")
     }

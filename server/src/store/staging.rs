@@ -59,6 +59,33 @@ pub fn restage(
     Ok(v)
 }
 
+/// Stores a version built ahead of the rotation (its basis checked by the caller) and makes it
+/// the staged version, where `staged` is the staged version now.
+pub fn stage_prepared(
+    tx: &mut dyn Tx,
+    staged: u64,
+    p: &super::prepare::Prepared,
+    now_us: i64,
+) -> Result<u64> {
+    let (staged_digest, _) = version_digest(tx, staged)?;
+    if p.digest == staged_digest {
+        return Ok(staged);
+    }
+    tx.insert_version(&NewVersion {
+        number: p.basis.number,
+        bytes: &p.bytes,
+        checksum: p.checksum,
+        digest: &p.digest,
+        production_gen: p.production_gen,
+        entries: p.entries,
+        created_us: p.created_us,
+        reason: "rotation",
+    })?;
+    tx.mark_staged(p.basis.number, now_us)?;
+    tx.set_staged(p.basis.number)?;
+    Ok(p.basis.number)
+}
+
 /// Makes production (at generation `gen`) the staged version, where `staged` is the staged
 /// version now; production is read and encoded only if `staged` was not built from it.
 pub fn restage_production(

@@ -1,0 +1,173 @@
+//! The next staged version, built ahead of its rotation.
+//!
+//! The rotation at T moves production (with the scheduled changes due by the next activation)
+//! into a new staged version. Encoding that version takes time in proportion to the data, and
+//! the rotation holds the write lock that every other check-in at T waits for. So shortly
+//! before T (see [`lead_us`]) each data server encodes the version the rotation will need, in
+//! memory and outside any lock; the rotation then only stores those bytes if nothing it
+//! depends on has changed since ([`Basis`]), and encodes as before otherwise.
+
+use lockstep::format::{self, Content};
+
+use super::backend::Tx;
+use super::{Result, StoreError};
+use crate::rotation;
+
+/// Everything the rotation's new staged version depends on. Equal bases, equal versions:
+/// production changes only with its generation, the scheduled changes due by `next` change
+/// only by a new change (a higher id) or by being applied (which changes the generation), and
+/// the number is the next free one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Basis {
+    pub production_gen: i64,
+    pub max_scheduled_id: i64,
+    /// The activation time being rotated, and the one after it.
+    pub due_us: i64,
+    pub next_us: i64,
+    pub number: u64,
+}
+
+/// A version encoded for a rotation.
+pub struct Prepared {
+    pub basis: Basis,
+    /// The production generation after the due scheduled changes.
+    pub production_gen: i64,
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub checksum: u64,
+    pub entries: u64,
+    pub created_us: i64,
+}
+
+/// How long before the activation time a data server builds the next version: the minimum
+/// window (clients download in it, so the data server is expected to be busy then anyway), at
+/// most 5 s.
+pub fn lead_us(min_window_us: i64) -> i64 {
+    min_window_us.min(5_000_000)
+}
+
+/// The basis of the rotation of `due_us`, as `tx` sees it, if that rotation comes on time
+/// (at `now_us`).
+pub fn basis(tx: &mut dyn Tx, now_us: i64) -> Result<Basis> {
+    let (sync, production_gen) = tx.sync()?;
+    let due_us = sync.activation_time_us;
+    let next_us = rotation::next_activation(
+        due_us,
+        sync.interval_us,
+        sync.min_window_us,
+        now_us.max(due_us),
+    )
+    .ok_or_else(|| super::overflow("the next activation time"))?;
+    Ok(Basis {
+        production_gen,
+        max_scheduled_id: tx.max_scheduled_id()?,
+        due_us,
+        next_us,
+        number: tx.next_version_number()?,
+    })
+}
+
+/// Encodes the version the rotation of `basis` would stage; `None` if it would keep the
+/// staged version (production has not changed since it was built).
+pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Option<Prepared>> {
+    let (sync, _) = tx.sync()?;
+    let due = tx.pending_changes_until(basis.next_us)?;
+    let production_gen = basis.production_gen + i64::from(!due.is_empty());
+    let (staged_digest, staged_gen) = super::staging::version_digest(tx, sync.staged_version)?;
+    if staged_gen == production_gen {
+        return Ok(None);
+    }
+    let mut content: Content = tx.production()?;
+    for (_, change) in &due {
+        change.apply_to(&mut content);
+    }
+    let digest = format::content_digest(&content);
+    if digest == staged_digest {
+        return Ok(None);
+    }
+    let bytes = format::encode(basis.number, now_us, &content)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Some(Prepared {
+        basis,
+        production_gen,
+        digest,
+        checksum: header.checksum,
+        entries: content.len() as u64,
+        bytes: bytes.to_vec(),
+        created_us: now_us,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Change, Location, Store, SyncSettings};
+
+    const S: i64 = 1_000_000;
+
+    fn store(dir: &std::path::Path) -> Store {
+        let settings = SyncSettings {
+            interval_us: 10 * S,
+            min_window_us: 5 * S,
+        };
+        let at = Location::Sqlite(dir.join("db"));
+        Store::open(&at, settings, crate::clock::now_us()).unwrap()
+    }
+
+    fn put(s: &Store, value: &str) {
+        let change = Change::Put(b"price".to_vec(), value.as_bytes().to_vec());
+        s.apply(&[change], "test", crate::clock::now_us()).unwrap();
+    }
+
+    fn staged_price(s: &Store) -> Vec<u8> {
+        let sync = s.sync_table().unwrap();
+        let content = s.version_content(sync.staged_version).unwrap();
+        content[&b"price"[..]].clone()
+    }
+
+    #[test]
+    fn a_rotation_stores_the_version_built_ahead_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(staged_price(&s), b"a");
+        let row = s.history(1).unwrap().remove(0);
+        assert_eq!(row.info.version, sync.staged_version);
+        assert!(
+            row.info.created_us < t,
+            "not the version built ahead: {row:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_built_ahead_is_not_stored_once_production_changed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        let (_, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(staged_price(&s), b"b");
+    }
+
+    #[test]
+    fn nothing_is_built_before_the_lead_or_for_unchanged_production() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let t = s.sync_table().unwrap().activation_time_us;
+        // Production is the staged version's: nothing to build.
+        assert!(!s.prepare_next(t - S).unwrap());
+        put(&s, "a");
+        // Earlier than the minimum window before the activation time.
+        assert!(!s.prepare_next(t - 6 * S).unwrap());
+        assert!(s.prepare_next(t - S).unwrap());
+        // Built once for what the database holds.
+        assert!(!s.prepare_next(t - S / 2).unwrap());
+    }
+}
