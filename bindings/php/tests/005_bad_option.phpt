@@ -13,4 +13,4 @@ try {
 }
 ?>
 --EXPECT--
-6: bad option: option 'url' must start with http://, got 'ftp://nowhere'
+6: bad option: option 'url' wants http:// or https:// URLs separated by ',', got 'ftp://nowhere'
