@@ -267,6 +267,18 @@ impl Activation {
     /// (the data server rebuilt the staged version) or moves it (a better clock estimate).
     pub fn arm(&self, version: Arc<Version>, activation_us: i64, at_mono_ns: i64) {
         let current = self.state.load_full();
+        // Once an armed instant has passed, readers already see that version: moving its
+        // instant later now (a refined clock estimate) would take them back to the old one.
+        let now = mono_ns();
+        let switched = current.armed.iter().any(|a| {
+            a.activation_us == activation_us
+                && a.version.number == version.number
+                && a.version.checksum == version.checksum
+                && a.at_mono_ns <= now
+        });
+        if switched {
+            return;
+        }
         let mut armed: Vec<Armed> = current
             .armed
             .iter()
@@ -330,6 +342,18 @@ impl Activation {
 mod tests {
     use super::*;
     use crate::format::{encode, Content};
+
+    #[test]
+    fn a_switch_that_readers_already_see_is_never_moved_back() {
+        let a = Activation::new();
+        a.activate_now(version(1, "old"));
+        let v2 = version(2, "new");
+        a.arm(v2.clone(), 1_000, mono_ns() - 1);
+        assert_eq!(a.current_number(), 2);
+        // A later estimate of the same instant, now in the future: readers stay on 2.
+        a.arm(v2, 1_000, mono_ns() + 60_000_000_000);
+        assert_eq!(a.current_number(), 2);
+    }
 
     fn version(n: u64, value: &str) -> Arc<Version> {
         let mut c = Content::new();
