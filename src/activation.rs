@@ -139,6 +139,11 @@ impl Version {
     }
 }
 
+/// How close to its instant an armed switch stops following refinements of the clock
+/// estimate: far longer than a switch takes, far shorter than any retrieval window, and the
+/// refinements it forgoes are a fraction of a millisecond.
+const FREEZE_NS: i64 = 100_000_000;
+
 /// A staged version waiting for its instant.
 #[derive(Clone)]
 struct Armed {
@@ -267,16 +272,18 @@ impl Activation {
     /// (the data server rebuilt the staged version) or moves it (a better clock estimate).
     pub fn arm(&self, version: Arc<Version>, activation_us: i64, at_mono_ns: i64) {
         let current = self.state.load_full();
-        // Once an armed instant has passed, readers already see that version: moving its
-        // instant later now (a refined clock estimate) would take them back to the old one.
-        let now = mono_ns();
-        let switched = current.armed.iter().any(|a| {
+        // A refined clock estimate may move an armed instant, but not once it is imminent:
+        // readers may be switching around it right now, and moving it then would show some
+        // of them the old version after the new one (a later instant) or a switch before the
+        // one they were reading under (an earlier one).
+        let frozen_from = mono_ns() + FREEZE_NS;
+        let imminent = current.armed.iter().any(|a| {
             a.activation_us == activation_us
                 && a.version.number == version.number
                 && a.version.checksum == version.checksum
-                && a.at_mono_ns <= now
+                && a.at_mono_ns <= frozen_from
         });
-        if switched {
+        if imminent {
             return;
         }
         let mut armed: Vec<Armed> = current
@@ -319,6 +326,25 @@ impl Activation {
         ahead.into_iter().map(|a| a.version.clone()).collect()
     }
 
+    /// Disarms every armed version still ahead of `now_ns` other than `keep` (a number, and
+    /// its checksum if known). Versions whose instant has passed stay: readers see them.
+    pub fn disarm_others(&self, keep: Option<(u64, Option<u64>)>, now_ns: i64) {
+        let current = self.state.load_full();
+        let kept = |a: &Armed| {
+            a.at_mono_ns <= now_ns
+                || keep.is_some_and(|(n, c)| {
+                    a.version.number == n && c.is_none_or(|c| c == a.version.checksum)
+                })
+        };
+        if current.armed.iter().all(kept) {
+            return;
+        }
+        self.state.store(Arc::new(State {
+            active: current.active.clone(),
+            armed: current.armed.iter().filter(|a| kept(a)).cloned().collect(),
+        }));
+    }
+
     /// Swaps in every armed version whose instant has passed. Readers already see it (they
     /// resolve by the clock); this releases the old version and records the activation.
     pub fn promote_due(&self, now_ns: i64) -> Option<Promoted> {
@@ -344,6 +370,22 @@ mod tests {
     use crate::format::{encode, Content};
 
     #[test]
+    fn a_replaced_staged_version_is_disarmed_before_its_successor_arrives() {
+        let a = Activation::new();
+        a.activate_now(version(1, "old"));
+        a.arm(version(2, "new"), 1_000, mono_ns() + 10_000_000_000);
+        // The table now stages version 3 (a rollback): 2 must not go live meanwhile.
+        a.disarm_others(Some((3, None)), mono_ns());
+        assert!(a.armed_version(2).is_none());
+        a.arm(version(3, "old"), 1_000, mono_ns() + 10_000_000_000);
+        a.disarm_others(Some((3, None)), mono_ns());
+        assert!(a.armed_version(3).is_some());
+        a.disarm_others(None, mono_ns());
+        assert!(a.armed_version(3).is_none());
+        assert_eq!(a.current_number(), 1);
+    }
+
+    #[test]
     fn a_switch_that_readers_already_see_is_never_moved_back() {
         let a = Activation::new();
         a.activate_now(version(1, "old"));
@@ -353,6 +395,16 @@ mod tests {
         // A later estimate of the same instant, now in the future: readers stay on 2.
         a.arm(v2, 1_000, mono_ns() + 60_000_000_000);
         assert_eq!(a.current_number(), 2);
+        // Nor does an imminent one move; a far one does.
+        let v3 = version(3, "next");
+        let soon = mono_ns() + 50_000_000;
+        a.arm(v3.clone(), 2_000, soon);
+        a.arm(v3.clone(), 2_000, soon + 30_000_000);
+        assert_eq!(a.staged().unwrap().2, soon);
+        let far = mono_ns() + 10_000_000_000;
+        a.arm(version(4, "later"), 3_000, far);
+        a.arm(version(4, "later"), 3_000, far + 1_000);
+        assert_eq!(a.armed_version(4).unwrap().1, far + 1_000);
     }
 
     fn version(n: u64, value: &str) -> Arc<Version> {

@@ -56,6 +56,14 @@ pub fn apply_schedule(
         }
         shared.mark_ready();
     }
+    if arm_staged {
+        // What the leader no longer stages must not go live here either (a rollback the
+        // leader heard of while its successor is still on its way).
+        act.disarm_others(
+            s.staged.map(|st| (st.file.version, Some(st.file.checksum))),
+            now,
+        );
+    }
     if let Some(st) = s
         .staged
         .filter(|st| arm_staged && s.same_boot() && st.at_mono_ns > now)

@@ -872,6 +872,17 @@ impl Retriever {
             }
         }
 
+        // The table names one staged version: any other still ahead was staged once and
+        // replaced since (a rollback, a restage), and must not go live while the new one is
+        // on its way, however slow that way is.
+        let keep = (table.staged_version != table.active_version).then(|| {
+            (
+                table.staged_version,
+                self.announced_checksum(table.staged_version),
+            )
+        });
+        self.shared.activation.disarm_others(keep, mono_ns());
+
         if table.staged_version != table.active_version {
             let at = est.mono_at(table.activation_time_us);
             let armed = self

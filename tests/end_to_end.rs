@@ -84,12 +84,13 @@ fn assert_lockstep(s: &Server, observers: &[Observer], value: &str, tolerance_ns
             (at - t_mono) / 1000
         );
         assert!(
-            c.last_old_ns <= *at && *at <= c.first_new_ns,
-            "{}: reads did not switch at the armed instant: old until {}, armed {}, new from {}",
+            c.last_old_start_ns <= *at && *at <= c.first_new_end_ns,
+            "{}: reads did not switch at the armed instant: the last old read began {}, armed \
+             {}, the first new read ended {}",
             o.name,
-            c.last_old_ns,
+            c.last_old_start_ns,
             at,
-            c.first_new_ns
+            c.first_new_end_ns
         );
         assert!(
             c.first_new_ns >= t_mono - tolerance_ns,

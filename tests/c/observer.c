@@ -7,7 +7,12 @@
  * clocks on one time line.
  *
  * usage: observer URL NAME KEY SECONDS [EXTRA_OPTIONS]
- * output: READY v | CHANGE v first_new_ns last_old_ns value | STATS ... | DONE
+ * output: READY v | CHANGE v first_new_ns last_old_ns value first_new_end_ns last_old_start_ns |
+ *         STATS ... | DONE
+ * (first_new_ns is when the first read of the new version began, last_old_ns when the last read
+ * of the old one ended: the tightest claims about early and late reads; the switch itself lies
+ * between last_old_start_ns and first_new_end_ns, since each read consults the clock somewhere
+ * inside its own duration)
  * (a CHANGE is printed when the version number or the key's value changes; STATS, every
  * 200 ms, includes the 99.9th percentile and the maximum of read latency in that window)
  */
@@ -76,7 +81,8 @@ int main(int argc, char **argv) {
   fflush(stdout);
   last = 0; /* so the first read reports the version it starts with as a change */
 
-  long long last_old = mono_ns(), next_stats = 0, max_read_ns = 0, win_max_ns = 0;
+  long long last_old = mono_ns(), last_old_start = last_old, next_stats = 0, max_read_ns = 0,
+            win_max_ns = 0;
   struct timespec pause = {0, 200000}; /* 200 µs between reads: wakes fast, leaves CPU */
   char value[4096], last_value[4096] = "";
   while (mono_ns() < end) {
@@ -105,13 +111,14 @@ int main(int argc, char **argv) {
     /* A change of version, or of content under the same number (a data server started
      * afresh reuses numbers). */
     if (v != last || strcmp(value, last_value) != 0) {
-      printf("CHANGE %llu %lld %lld %s\n", (unsigned long long)v, before, last_old,
-             r == SYNC_OK ? value : "-");
+      printf("CHANGE %llu %lld %lld %s %lld %lld\n", (unsigned long long)v, before, last_old,
+             r == SYNC_OK ? value : "-", after, last_old_start);
       fflush(stdout);
       last = v;
       memcpy(last_value, value, len + 1);
     }
     last_old = after;
+    last_old_start = before;
     if (after >= next_stats) {
       sync_stats s;
       memset(&s, 0, sizeof s);

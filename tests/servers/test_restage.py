@@ -11,10 +11,6 @@ import lockstep
 from servers_support import CountingProxy, Server, wait_for
 
 
-@pytest.mark.xfail(strict=True, reason="library bug, reported: a client keeps the version it "
-                   "armed when a check-in announces another one for the same activation time, "
-                   "until that one is downloaded; if the download outlasts the activation "
-                   "time, the client activates the version the farm replaced")
 def test_a_client_that_heard_of_a_rollback_never_activates_the_version_it_replaced(workdir):
     server = Server(workdir, interval="1s", min_window="500ms")
     proxy = client = None

@@ -19,6 +19,10 @@ pub struct Change {
     /// CLOCK_MONOTONIC ns of the last read that saw the version before.
     pub last_old_ns: i64,
     pub value: String,
+    /// When that first read of the new version ended, and that last read of the old one
+    /// began: the switch lies between `last_old_start_ns` and `first_new_end_ns`.
+    pub first_new_end_ns: i64,
+    pub last_old_start_ns: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -139,6 +143,8 @@ impl Observer {
                             first_new_ns: f[1].parse().unwrap(),
                             last_old_ns: f[2].parse().unwrap(),
                             value: f.get(3).unwrap_or(&"").to_string(),
+                            first_new_end_ns: f.get(4).and_then(|v| v.parse().ok()).unwrap_or(0),
+                            last_old_start_ns: f.get(5).and_then(|v| v.parse().ok()).unwrap_or(0),
                         });
                     }
                     Some("STATS") => {
