@@ -4,6 +4,7 @@ download per version, one check-in stream, one copy in memory); during an outage
 forked by a reload and a gunicorn started afresh serve the host's version at once; and a
 worker forked before a rollback serves what the farm activated."""
 
+import datetime
 import json
 import os
 import signal
@@ -76,7 +77,7 @@ def test_gunicorn_preload_master_and_workers_are_one_host_one_download_one_check
         port = free_port()
         proc = start_gunicorn(workdir, proxy.url, cache, port)
         every_worker(port, "/price/price:apple")
-        a = read_schedule(cache)["active"]["version"]
+        a = server.admin("/v1/admin/status")["sync"]["active_version"]
         lone = lockstep.Client(server.url, name="lone", cache_dir="", bootstrap_wait=60)
 
         publish_big(server, tag="b")
@@ -108,7 +109,7 @@ def test_during_an_outage_reloaded_workers_and_a_new_gunicorn_serve_the_hosts_ve
         # A network wait would be long: 30 s, then an exception that stops gunicorn booting.
         proc = start_gunicorn(workdir, server.url, cache, port, bootstrap_wait=30)
         before = set(every_worker(port, "/price/price:apple"))
-        active = read_schedule(cache)["active"]["version"]
+        active = server.admin("/v1/admin/status")["sync"]["active_version"]
         server.stop()
 
         poller = Poller(port, "/price/price:apple", parse, connections=WORKERS)
@@ -168,21 +169,31 @@ def test_a_worker_forked_before_a_rollback_serves_what_the_farm_activated(workdi
         port = free_port()
         proc = start_gunicorn(workdir, server.url, cache, port, bootstrap_wait=30)
         every_worker(port, "/price/price:apple")
-        # A long cycle, so that the host can download 51 MB twice inside it in a debug build.
-        server.admin("/v1/admin/interval", {"interval": "20s", "min_window": "20s"})
+        # A long cycle, so that the host can download 51 MB twice inside it in a debug build:
+        # after the activation due now, the next one is at least the 30 s window away.
+        changed = time.time()
+        server.admin("/v1/admin/interval", {"interval": "30s", "min_window": "30s"})
+        assert wait_for(lambda: server.admin("/v1/admin/status")["sync"]["activation_time_us"]
+                        > (changed + 20) * 1e6, timeout=10)
+        t = server.admin("/v1/admin/status")["sync"]["activation_time_us"]
 
-        # The 51 MB "new" version is staged, and the host's leader downloads and arms it.
+        # The 51 MB "new" version: a large edit, then a change scheduled for that activation
+        # time, which rebuilds the staged version at once; the host's leader downloads it and
+        # arms it.
         marks = [("import", time.time())]
-        publish_big(server, tag="n", extra={"price:apple": "new"})
+        publish_big(server, tag="n")
+        at = datetime.datetime.fromtimestamp(t / 1e6, datetime.timezone.utc)
+        server.admin("/v1/admin/put", {"key": "price:apple", "value": "new",
+                                       "at": at.isoformat().replace("+00:00", "Z")}, timeout=60)
         marks.append(("imported", time.time()))
 
         def staged():
             s = read_schedule(cache)
             return s and s["staged"] and s["staged"]["file"]["version"]
 
-        assert wait_for(lambda: (staged() or 0) > old, timeout=70, interval=0.05)
+        assert wait_for(lambda: (staged() or 0) > old, timeout=30, interval=0.05)
         new = staged()
-        t = read_schedule(cache)["staged"]["activation_us"]
+        assert read_schedule(cache)["staged"]["activation_us"] == t
         marks.append(("armed", time.time()))
 
         # gunicorn forks fresh workers from the master, which holds "new" armed; they stay
@@ -204,9 +215,10 @@ def test_a_worker_forked_before_a_rollback_serves_what_the_farm_activated(workdi
         rolled = server.admin("/v1/admin/status")["sync"]["staged_version"]
         print(f"version {new} armed, workers forked, rolled back to {old} as {rolled} "
               f"{left:.1f} s before the activation time")
-        # The leader hears of the rollback at its next check-in (a quarter interval) and
-        # arms the rollback's version in the schedule; the test needs that before the time.
-        assert left > 6, "the machine was too slow for this test's cycle"
+        # The leader hears of the rollback at its next check-in (within a quarter interval,
+        # 7.5 s) and arms the rollback's version in the schedule; the test needs that before
+        # the time.
+        assert left > 9, "the machine was too slow for this test's cycle"
         assert wait_for(lambda: staged() == rolled, timeout=max(left - 0.5, 0.1)), \
             f"the host still had {staged()} armed just before the activation time"
 

@@ -4,7 +4,6 @@ a 51 MB version, and new workers serving from it at once across `nginx -s reload
 
 import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ import urllib.request
 import lockstep
 from servers_support import (REPO, CountingProxy, Daemon, OneHost, Poller, Server,
                              edit_and_watch_every_worker_switch, free_port, host_cache, publish_big,
-                             read_schedule, render, wait_for)
+                             render, wait_for)
 
 MODULE = os.path.join(REPO, "target", "nginx-module", "ngx_http_lockstep_module.so")
 TEMPLATE = os.path.join(REPO, "bindings", "nginx", "example", "nginx.conf")
@@ -126,7 +125,7 @@ def test_nginx_workers_are_one_host_one_download_per_version_one_checkin_stream_
         port = free_port()
         nginx = start_nginx(nginx_bin, workdir, proxy.url, port, cache=cache)
         workers_serving(port, "/prices/price:apple", 4, timeout=60)
-        a = read_schedule(cache)["active"]["version"]
+        a = server.admin("/v1/admin/status")["sync"]["active_version"]
         lone = lockstep.Client(server.url, name="lone", cache_dir="", bootstrap_wait=60)
 
         publish_big(server, tag="b")
@@ -166,7 +165,7 @@ def test_nginx_reload_and_a_new_nginx_during_an_outage_serve_the_hosts_version_w
         port = free_port()
         nginx = start_nginx(nginx_bin, workdir, server.url, port, cache=cache)
         before = {r["pid"] for r in workers_serving(port, "/prices/price:apple", 4, 60).snapshot()}
-        active = read_schedule(cache)["active"]["version"]
+        active = server.admin("/v1/admin/status")["sync"]["active_version"]
         server.stop()
 
         poller = Poller(port, "/prices/price:apple", parse_any)
