@@ -469,3 +469,22 @@ class OneHost:
         assert alive, "no serving process is alive"
         assert not missing, f"processes {missing} serve without mapping {name}: {maps}"
         assert total_kb * 1024 <= 1.2 * size, f"{total_kb} kB mapped for a {size} byte version"
+
+    def assert_farm_view_groups_the_host(self, server, pids):
+        """The data server's farm view lists every live process of the host that holds a
+        handle: the one checking in as the host's leader, the others as its followers (the
+        leader reports them in its check-ins; they never talk to the data server)."""
+        leader = int(self.proxy.checkins()[-1][2])
+        status = server.admin("/v1/admin/status")
+        members = {m["pid"]: m for m in status["farm"] if not m["stale"]}
+        alive = {p for p in pids if os.path.exists(f"/proc/{p}")} | {leader}
+        print("farm view of the host:", {p: (members[p]["role"], members[p]["leader_pid"])
+                                         for p in sorted(alive) if p in members},
+              [h for h in status["hosts"] if h["leader_pid"] == leader])
+        assert not alive - set(members), f"processes {alive - set(members)} not in the farm view"
+        assert members[leader]["role"] == "leader"
+        for p in alive - {leader}:
+            assert (members[p]["role"], members[p]["leader_pid"]) == ("follower", leader), \
+                members[p]
+        host, = [h for h in status["hosts"] if h["leader_pid"] == leader]
+        assert host["following"] >= len(alive) - 1, host

@@ -90,6 +90,7 @@ def test_gunicorn_preload_master_and_workers_are_one_host_one_download_one_check
         host.assert_checks_in_as_one_client(seconds=4, interval_s=1)
         # The master holds the handle too (it opened it before forking).
         host.assert_one_copy(b, set(serving) | {proc.pid})
+        host.assert_farm_view_groups_the_host(server, set(serving) | {proc.pid})
     finally:
         stop(proc)
         if lone:

@@ -146,6 +146,7 @@ def test_nginx_workers_are_one_host_one_download_per_version_one_checkin_stream_
         host.assert_one_download_per_version([a, b])
         host.assert_checks_in_as_one_client(seconds=4, interval_s=1)
         host.assert_one_copy(b, [int(p) for p in serving])
+        host.assert_farm_view_groups_the_host(server, [int(p) for p in serving])
     finally:
         if nginx:
             nginx.stop()

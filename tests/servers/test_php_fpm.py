@@ -144,6 +144,7 @@ def test_recycled_fpm_workers_are_one_host_one_download_per_version_one_checkin_
         host.assert_one_download_per_version([a, b])
         host.assert_checks_in_as_one_client(seconds=4, interval_s=1)
         host.assert_one_copy(b, {x["pid"] for x in ok[-40:]})
+        host.assert_farm_view_groups_the_host(server, {x["pid"] for x in ok[-40:]})
     finally:
         for d in (front, fpm):
             if d:
