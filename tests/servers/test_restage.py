@@ -61,9 +61,6 @@ def test_a_client_that_heard_of_a_rollback_never_activates_the_version_it_replac
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="data-server bug, reported: a rollback made after an "
-                   "activation time, before any check-in has performed that time's rotation, "
-                   "replaces the version every client switched to at that time")
 def test_a_rollback_made_after_an_activation_time_never_changes_what_that_time_activated(
         workdir):
     server = Server(workdir, interval="1s", min_window="500ms")

@@ -438,6 +438,9 @@ impl Store {
                 "effective time is in the past; omit the time to change production now".into(),
             ));
         }
+        // As for a rollback: a due rotation first, so a restage never rebuilds a version
+        // that every client has already switched to.
+        self.rotate_if_due(now_us, by)?;
         self.write(|tx| {
             let (sync, _) = tx.sync()?;
             let id = tx.insert_scheduled(effective_us, change, by, now_us)?;
@@ -478,6 +481,11 @@ impl Store {
         min_window_us: Option<i64>,
         now_us: i64,
     ) -> Result<IntervalChange> {
+        // The activation that is due belongs to the old interval: perform it first. Best
+        // effort: `serve` sets the interval before it repairs a wedged activation time (one
+        // already in the rotation log), whose rotation cannot commit until then; a database
+        // out of reach fails the write below all the same.
+        let _ = self.rotate_if_due(now_us, "interval");
         self.write(|tx| {
             let (before, _) = tx.sync()?;
             let interval = interval_us.unwrap_or(before.interval_us);
@@ -546,6 +554,12 @@ impl Store {
         by: &str,
         now_us: i64,
     ) -> Result<RollbackOutcome> {
+        // A rotation that is due has happened for every client already, whether or not a
+        // check-in has performed it here yet: perform it first, so that this rollback stages
+        // for the next activation instead of replacing what the last one activated.
+        if !dry_run {
+            self.rotate_if_due(now_us, by)?;
+        }
         self.write(|tx| {
             let content = staging::version_content(tx, version)?;
             let production = key_changes(&tx.production()?, &content);
