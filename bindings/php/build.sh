@@ -16,5 +16,10 @@ make -s >/dev/null
 echo "built $build/modules/lockstep.so"
 if [ "${1:-}" = "test" ]; then
   export LOCKSTEP_BIN="${LOCKSTEP_BIN:-$root/target/debug/lockstep}"
+  # A host cache of this run's own: a data server started here never meets a schedule that
+  # an earlier run left for the same port.
+  LOCKSTEP_CACHE_DIR=$(mktemp -d)
+  export LOCKSTEP_CACHE_DIR
+  trap 'rm -rf "$LOCKSTEP_CACHE_DIR"' EXIT
   NO_INTERACTION=1 REPORT_EXIT_STATUS=1 TEST_PHP_ARGS="-q --show-diff" make test
 fi

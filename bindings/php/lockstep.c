@@ -293,6 +293,10 @@ PHP_METHOD(Lockstep_Client, stats) {
   add_assoc_long(return_value, "activations", (zend_long)s.activations);
   add_assoc_long(return_value, "rejected_versions", (zend_long)s.rejected_versions);
   add_assoc_long(return_value, "last_activation_us", (zend_long)s.last_activation_us);
+  add_assoc_long(return_value, "host_role", (zend_long)s.host_role);
+  add_assoc_bool(return_value, "unconfirmed", s.unconfirmed != 0);
+  add_assoc_long(return_value, "confirmed_us", (zend_long)s.confirmed_us);
+  add_assoc_long(return_value, "cache_failures", (zend_long)s.cache_failures);
   add_assoc_long(return_value, "pid", (zend_long)getpid());
 }
 

@@ -19,6 +19,8 @@ var_dump(strlen($c->get('blob')));
 var_dump($c->activeVersion() >= 2);
 $stats = $c->stats();
 var_dump($stats['active_version'] === $c->activeVersion(), $stats['lagging'], $stats['checkins'] >= 1);
+// This process alone on its host cache leads it, and a check-in has confirmed its data.
+var_dump($stats['host_role'], $stats['unconfirmed'], $stats['cache_failures']);
 
 $s = $c->snapshot();
 $v = $s->version();
@@ -49,6 +51,9 @@ bool(true)
 bool(true)
 bool(false)
 bool(true)
+int(1)
+bool(false)
+int(0)
 string(4) "0.99"
 string(4) "1.25"
 bool(true)
