@@ -28,7 +28,11 @@
 #define LATENCY_BUCKETS 20000
 static unsigned latency[LATENCY_BUCKETS];
 
+static long long win_reads, win_over_5ms;
+
 static void record_latency(long long ns) {
+  win_reads++;
+  if (ns > 5000000) win_over_5ms++;
   long long us = ns / 1000;
   latency[us < LATENCY_BUCKETS ? us : LATENCY_BUCKETS - 1]++;
 }
@@ -126,14 +130,16 @@ int main(int argc, char **argv) {
       if (sync_stats_get(h, &s) == SYNC_OK) {
         printf("STATS offset_us=%lld error_us=%lld lagging=%u failures=%llu rejected=%llu "
                "max_read_ns=%lld active=%llu staged=%llu win_p999_ns=%lld win_max_ns=%lld "
-               "role=%u unconfirmed=%u cache_failures=%llu checkin_us=%lld activated_ns=%lld\n",
+               "role=%u unconfirmed=%u cache_failures=%llu checkin_us=%lld activated_ns=%lld "
+               "win_reads=%lld win_over_5ms=%lld\n",
                (long long)s.clock_offset_us, (long long)s.clock_error_us, s.lagging,
                (unsigned long long)s.consecutive_failures,
                (unsigned long long)s.rejected_versions, max_read_ns,
                (unsigned long long)s.active_version, (unsigned long long)s.staged_version,
                take_p999_ns(), win_max_ns, s.host_role, s.unconfirmed,
                (unsigned long long)s.cache_failures, (long long)s.last_checkin_us,
-               (long long)s.last_activation_mono_ns);
+               (long long)s.last_activation_mono_ns, win_reads, win_over_5ms);
+        win_reads = win_over_5ms = 0;
         fflush(stdout);
         win_max_ns = 0;
       }
