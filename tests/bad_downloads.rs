@@ -3,7 +3,6 @@
 //! client must never activate any of it and must keep serving its last good version. (A
 //! structurally forged archive with a valid checksum is covered in `format`'s unit tests.)
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ mod support;
 use lockstep::client::Client;
 use lockstep::format::{self, Content};
 use lockstep::wire::{CheckinResponse, SyncTable, HEADER_SERVER_TIME};
-use support::proxy::respond;
+use support::proxy::{read_request, respond};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Lie {
@@ -76,23 +75,9 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                     continue;
                 }
             };
-            stream.set_nonblocking(false).unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
+            let Some((path, _)) = read_request(&stream) else {
                 continue;
-            }
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-                    break;
-                }
-            }
-            let path = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned();
+            };
             let now = now_us();
             let time = (HEADER_SERVER_TIME.to_owned(), now.to_string());
             if path.starts_with("/v1/checkin") {

@@ -2,7 +2,7 @@
 //! more than `max_version_bytes` per version. A hostile data server announces huge versions;
 //! the host is a separate C process (tests/c/host.c) reading through the C ABI.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,7 +15,7 @@ mod support;
 
 use lockstep::format::{self, Content};
 use lockstep::wire::{CheckinResponse, SyncTable, HEADER_SERVER_TIME};
-use support::proxy::respond;
+use support::proxy::{read_request, respond};
 use support::{compile_c, now_us, root};
 
 /// How the hostile server sends version 2.
@@ -58,19 +58,10 @@ fn hostile_server(how: Hostile, stop: Arc<AtomicBool>) -> (String, Arc<AtomicU64
 }
 
 fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool, sent_most: &AtomicU64) {
-    stream.set_nonblocking(false).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
+    let Some((path, _)) = read_request(&stream) else {
         return;
-    }
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-            break;
-        }
-    }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    };
+    let path = path.as_str();
     let now = now_us();
     let time = (HEADER_SERVER_TIME.to_owned(), now.to_string());
     if path.starts_with("/v1/checkin") {

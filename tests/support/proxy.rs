@@ -111,6 +111,27 @@ impl Drop for Proxy {
     }
 }
 
+/// Reads one HTTP/1.1 request head from an accepted connection (made blocking): its path and
+/// headers. None if the connection broke first.
+pub fn read_request(stream: &TcpStream) -> Option<(String, Vec<(String, String)>)> {
+    stream.set_nonblocking(false).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    Some((path.to_owned(), headers))
+}
+
 /// Writes one HTTP/1.1 response and closes the exchange.
 pub fn respond(stream: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8]) {
     let mut head = format!(
@@ -133,27 +154,9 @@ fn serve(
     downloads: &Mutex<BTreeMap<String, u64>>,
     stop: &AtomicBool,
 ) {
-    stream.set_nonblocking(false).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
+    let Some((path, headers)) = read_request(&stream) else {
         return;
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_owned();
+    };
     if mode == Mode::Blackhole {
         hold_until(stop);
         return;
