@@ -218,6 +218,8 @@ def test_a_client_opened_while_the_data_server_is_down_serves_the_hosts_version_
         cache = private_dir(tmp_path / "cache")
         with lockstep.Client(server.url, cache_dir=cache) as first:
             assert first.get("price") == b"10"
+            # Ready means the active version is in; its confirmation ends the same cycle.
+            assert wait_for(lambda: first.stats()["confirmed_us"] > 0)
             confirmed = first.stats()["confirmed_us"]
         server.stop()
 
