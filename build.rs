@@ -1,6 +1,45 @@
+use std::path::Path;
+
 fn main() {
     // Keep liblockstep.so mapped after dlclose: the retrieval thread's thread-locals and the
     // pthread_atfork hook point into it, so unmapping it would leave them dangling.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+
+    // The SONAME carries the ABI version, so a program linked against this library refuses a
+    // future one with another ABI at load time instead of misreading its structs.
+    let abi = abi_version();
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,liblockstep.so.{abi}");
+    link_soname_in_profile_dir(abi);
+
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/ffi.rs");
+}
+
+/// `SYNC_ABI_VERSION` from src/ffi.rs: one number for the C constant and the SONAME.
+fn abi_version() -> u32 {
+    let ffi = std::fs::read_to_string("src/ffi.rs").expect("read src/ffi.rs");
+    ffi.lines()
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix("pub const SYNC_ABI_VERSION: u32 = ")?;
+            rest.strip_suffix(';')?.trim().parse().ok()
+        })
+        .expect("src/ffi.rs defines pub const SYNC_ABI_VERSION: u32 = N;")
+}
+
+/// Programs linked against `target/<profile>/liblockstep.so` (the C tests, examples, the PHP
+/// extension and nginx module built in the tree) now record `liblockstep.so.N` as needed: a
+/// `liblockstep.so.N -> liblockstep.so` link beside the library lets them find it there, as
+/// an installed copy's symlink does. Best effort: without it only in-tree C programs fail.
+fn link_soname_in_profile_dir(abi: u32) {
+    let Some(out_dir) = std::env::var_os("OUT_DIR") else {
+        return;
+    };
+    // OUT_DIR is <target>/<profile>/build/lockstep-<hash>/out.
+    let Some(profile_dir) = Path::new(&out_dir).ancestors().nth(3) else {
+        return;
+    };
+    let link = profile_dir.join(format!("liblockstep.so.{abi}"));
+    if std::fs::symlink_metadata(&link).is_err() {
+        let _ = std::os::unix::fs::symlink("liblockstep.so", &link);
+    }
 }
