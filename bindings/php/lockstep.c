@@ -11,7 +11,11 @@
  *
  * Configuration is read from ini settings at that first use:
  *   lockstep.url, lockstep.token, lockstep.name, lockstep.bootstrap_wait_ms,
- *   lockstep.allow_not_ready
+ *   lockstep.allow_not_ready, lockstep.cache_dir
+ * and `new Lockstep\Client([...])` overrides any of them. Clients made with the same settings
+ * share one handle; a process holds at most LOCKSTEP_MAX_HANDLES different ones.
+ *
+ * Methods and arginfo come from lockstep.stub.php (lockstep_arginfo.h, generated).
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -28,13 +32,29 @@
 
 #include "php_lockstep.h"
 #include "lockstep.h"
+#include "lockstep_arginfo.h"
 
-static sync_handle *lockstep_handle = NULL;
+/* Each handle runs a thread and holds versions in memory: a process needs one per data
+ * server, and a handful covers every sane configuration; more is a bug in the caller (a new
+ * option string per request, say), refused rather than leaked. */
+#define LOCKSTEP_MAX_HANDLES 8
+#define LOCKSTEP_OPTIONS_MAX 2048
+
+typedef struct {
+  char options[LOCKSTEP_OPTIONS_MAX];
+  size_t len;
+  sync_handle *handle;
+} lockstep_process_handle;
+
+/* This process's handles, opened on first use and kept until the module shuts down. */
+static lockstep_process_handle lockstep_handles[LOCKSTEP_MAX_HANDLES];
+static size_t lockstep_handle_count = 0;
 
 static zend_class_entry *lockstep_client_ce;
 static zend_class_entry *lockstep_snapshot_ce;
 static zend_class_entry *lockstep_exception_ce;
 static zend_object_handlers lockstep_snapshot_handlers;
+static zend_object_handlers lockstep_client_handlers;
 
 PHP_INI_BEGIN()
 PHP_INI_ENTRY("lockstep.url", "http://127.0.0.1:7420", PHP_INI_ALL, NULL)
@@ -55,26 +75,114 @@ static void throw_result(sync_result r) {
   zend_throw_exception(lockstep_exception_ce, msg, (zend_long)r);
 }
 
-/* The process's handle, opened on first use. NULL with an exception thrown on failure. */
-static sync_handle *process_handle(void) {
-  if (lockstep_handle != NULL) {
-    return lockstep_handle;
+/* The settings a client opens with: the ini settings, overridden by the constructor's array. */
+typedef struct {
+  zend_string *url, *token, *name, *cache_dir; /* NULL: from ini */
+  zend_long wait;
+  zend_long lazy;
+  zend_bool wait_set, lazy_set, cache_dir_set;
+} lockstep_settings;
+
+/* A value goes into the library's `key=value;...` string: ';' and newlines would end it. */
+static int lockstep_option_ok(const char *key, const char *value, size_t len) {
+  if (memchr(value, ';', len) != NULL || memchr(value, '\n', len) != NULL ||
+      memchr(value, '\0', len) != NULL) {
+    zend_argument_value_error(1, "option \"%s\" must not contain ';', a newline or NUL", key);
+    return 0;
   }
-  const char *url = INI_STR("lockstep.url");
-  const char *token = INI_STR("lockstep.token");
-  const char *name = INI_STR("lockstep.name");
-  zend_long wait = INI_INT("lockstep.bootstrap_wait_ms");
-  zend_long lazy = INI_INT("lockstep.allow_not_ready");
-  const char *cache_dir = INI_STR("lockstep.cache_dir");
-  char options[2048];
-  int len = snprintf(options, sizeof options,
-                     "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s",
-                     url ? url : "", name && *name ? name : "php", (long)getpid(), (long)wait,
-                     lazy ? 1 : 0, token && *token ? ";token=" : "", token && *token ? token : "",
-                     cache_dir ? ";cache_dir=" : "", cache_dir ? cache_dir : "");
-  if (len < 0 || (size_t)len >= sizeof options) {
-    zend_throw_exception(lockstep_exception_ce, "lockstep ini settings are too long",
-                         SYNC_BAD_OPTION);
+  return 1;
+}
+
+/* Reads the constructor's options array into settings. 0 with an exception on a bad one. */
+static int lockstep_settings_from_array(HashTable *options, lockstep_settings *st) {
+  zend_string *key;
+  zval *value;
+  ZEND_HASH_FOREACH_STR_KEY_VAL(options, key, value) {
+    if (key == NULL) {
+      zend_argument_value_error(1, "must be an array keyed by option name");
+      return 0;
+    }
+    const char *k = ZSTR_VAL(key);
+    if (zend_string_equals_literal(key, "bootstrap_wait_ms")) {
+      if (Z_TYPE_P(value) != IS_LONG || Z_LVAL_P(value) < 0) {
+        zend_argument_value_error(1, "option \"bootstrap_wait_ms\" must be an int >= 0");
+        return 0;
+      }
+      st->wait = Z_LVAL_P(value);
+      st->wait_set = 1;
+      continue;
+    }
+    if (zend_string_equals_literal(key, "allow_not_ready")) {
+      st->lazy = zend_is_true(value) ? 1 : 0;
+      st->lazy_set = 1;
+      continue;
+    }
+    zend_string **slot = NULL;
+    if (zend_string_equals_literal(key, "url")) {
+      slot = &st->url;
+    } else if (zend_string_equals_literal(key, "token")) {
+      slot = &st->token;
+    } else if (zend_string_equals_literal(key, "name")) {
+      slot = &st->name;
+    } else if (zend_string_equals_literal(key, "cache_dir")) {
+      slot = &st->cache_dir;
+      st->cache_dir_set = 1;
+    } else {
+      zend_argument_value_error(1, "has an unknown option \"%s\" (known: url, token, name, "
+                                   "bootstrap_wait_ms, allow_not_ready, cache_dir)", k);
+      return 0;
+    }
+    if (Z_TYPE_P(value) != IS_STRING) {
+      zend_argument_value_error(1, "option \"%s\" must be a string", k);
+      return 0;
+    }
+    if (!lockstep_option_ok(k, Z_STRVAL_P(value), Z_STRLEN_P(value))) return 0;
+    *slot = Z_STR_P(value);
+  } ZEND_HASH_FOREACH_END();
+  return 1;
+}
+
+/* The handle for these settings, shared with every client of the process that has the same
+ * ones, opened on first use. NULL with an exception thrown on failure. */
+static sync_handle *lockstep_handle_for(const lockstep_settings *st) {
+  const char *url = st->url ? ZSTR_VAL(st->url) : INI_STR("lockstep.url");
+  const char *token = st->token ? ZSTR_VAL(st->token) : INI_STR("lockstep.token");
+  const char *name = st->name ? ZSTR_VAL(st->name) : INI_STR("lockstep.name");
+  zend_long wait = st->wait_set ? st->wait : INI_INT("lockstep.bootstrap_wait_ms");
+  zend_long lazy = st->lazy_set ? st->lazy : INI_INT("lockstep.allow_not_ready");
+  const char *cache_dir = st->cache_dir_set ? ZSTR_VAL(st->cache_dir) : INI_STR("lockstep.cache_dir");
+  /* Compared without the pid: a fork()ed child keeps using the handle it inherited, which
+   * the library carries across fork. */
+  char options[LOCKSTEP_OPTIONS_MAX];
+  char key[LOCKSTEP_OPTIONS_MAX];
+  int len = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    len = snprintf(pass ? options : key, LOCKSTEP_OPTIONS_MAX,
+                   "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s",
+                   url ? url : "", name && *name ? name : "php", pass ? (long)getpid() : 0L,
+                   (long)wait, lazy ? 1 : 0, token && *token ? ";token=" : "",
+                   token && *token ? token : "", cache_dir ? ";cache_dir=" : "",
+                   cache_dir ? cache_dir : "");
+    if (len < 0 || len >= LOCKSTEP_OPTIONS_MAX) {
+      zend_throw_exception(lockstep_exception_ce, "lockstep settings are too long",
+                           SYNC_BAD_OPTION);
+      return NULL;
+    }
+    if (pass == 0) {
+      for (size_t i = 0; i < lockstep_handle_count; i++) {
+        lockstep_process_handle *p = &lockstep_handles[i];
+        if (p->len == (size_t)len && memcmp(p->options, key, (size_t)len) == 0) {
+          return p->handle;
+        }
+      }
+    }
+  }
+  size_t key_len = strlen(key);
+  if (lockstep_handle_count == LOCKSTEP_MAX_HANDLES) {
+    zend_throw_exception_ex(lockstep_exception_ce, SYNC_INVALID_PARAMETER,
+                            "this process already holds %d Lockstep handles with different "
+                            "settings; reuse a client",
+                            LOCKSTEP_MAX_HANDLES);
     return NULL;
   }
   sync_handle *h = NULL;
@@ -83,7 +191,10 @@ static sync_handle *process_handle(void) {
     throw_result(r);
     return NULL;
   }
-  lockstep_handle = h;
+  lockstep_process_handle *p = &lockstep_handles[lockstep_handle_count++];
+  memcpy(p->options, key, key_len);
+  p->len = key_len;
+  p->handle = h;
   return h;
 }
 
@@ -123,27 +234,14 @@ static sync_snapshot *this_snapshot(zval *this_ptr) {
   return s;
 }
 
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_get, 0, 1, IS_STRING, 1)
-ZEND_ARG_TYPE_INFO(0, key, IS_STRING, 0)
-ZEND_END_ARG_INFO()
-
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_int, 0, 0, IS_LONG, 0)
-ZEND_END_ARG_INFO()
-
-ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_array, 0, 0, IS_ARRAY, 0)
-ZEND_END_ARG_INFO()
-
-ZEND_BEGIN_ARG_WITH_RETURN_OBJ_INFO_EX(arginfo_snapshot, 0, 0, Lockstep\\Snapshot, 0)
-ZEND_END_ARG_INFO()
-
-ZEND_BEGIN_ARG_INFO_EX(arginfo_void, 0, 0, 0)
-ZEND_END_ARG_INFO()
-
-/* Snapshot::get(string $key): ?string — from the pinned version. */
+/* Snapshot::get(string $key, ?string $default = null): ?string — from the pinned version. */
 PHP_METHOD(Lockstep_Snapshot, get) {
   zend_string *key;
-  ZEND_PARSE_PARAMETERS_START(1, 1)
+  zend_string *def = NULL;
+  ZEND_PARSE_PARAMETERS_START(1, 2)
   Z_PARAM_STR(key)
+  Z_PARAM_OPTIONAL
+  Z_PARAM_STR_OR_NULL(def)
   ZEND_PARSE_PARAMETERS_END();
   sync_snapshot *s = this_snapshot(ZEND_THIS);
   if (s == NULL) RETURN_THROWS();
@@ -154,7 +252,10 @@ PHP_METHOD(Lockstep_Snapshot, get) {
   const uint8_t *value = NULL;
   size_t len = 0;
   sync_result r = sync_snapshot_get(s, (const uint8_t *)ZSTR_VAL(key), ZSTR_LEN(key), &value, &len);
-  if (r == SYNC_NOT_FOUND) RETURN_NULL();
+  if (r == SYNC_NOT_FOUND) {
+    if (def != NULL) RETURN_STR_COPY(def);
+    RETURN_NULL();
+  }
   if (r != SYNC_OK) {
     throw_result(r);
     RETURN_THROWS();
@@ -181,27 +282,61 @@ PHP_METHOD(Lockstep_Snapshot, __construct) {
   zend_throw_error(NULL, "Lockstep\\Snapshot is made by Lockstep\\Client::snapshot()");
 }
 
-static const zend_function_entry snapshot_methods[] = {
-    PHP_ME(Lockstep_Snapshot, __construct, arginfo_void, ZEND_ACC_PRIVATE)
-    PHP_ME(Lockstep_Snapshot, get, arginfo_get, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Snapshot, version, arginfo_int, ZEND_ACC_PUBLIC)
-    PHP_FE_END};
-
 /* ---- Lockstep\Client -------------------------------------------------------------------- */
 
-/* Client::__construct(): attaches to this process's handle (opening it on first use). */
-PHP_METHOD(Lockstep_Client, __construct) {
-  ZEND_PARSE_PARAMETERS_NONE();
-  if (process_handle() == NULL) RETURN_THROWS();
+typedef struct {
+  sync_handle *handle; /* one of lockstep_handles; NULL until the constructor succeeds */
+  zend_object std;
+} lockstep_client_object;
+
+static inline lockstep_client_object *client_from(zend_object *obj) {
+  return (lockstep_client_object *)((char *)obj - XtOffsetOf(lockstep_client_object, std));
 }
 
-/* Client::get(string $key): ?string — from the version active now. */
+static zend_object *client_create(zend_class_entry *ce) {
+  lockstep_client_object *o = zend_object_alloc(sizeof(lockstep_client_object), ce);
+  o->handle = NULL;
+  zend_object_std_init(&o->std, ce);
+  object_properties_init(&o->std, ce);
+  o->std.handlers = &lockstep_client_handlers;
+  return &o->std;
+}
+
+/* The client's handle; NULL with an exception for an object made without its constructor. */
+static sync_handle *this_handle(zval *this_ptr) {
+  sync_handle *h = client_from(Z_OBJ_P(this_ptr))->handle;
+  if (h == NULL) {
+    zend_throw_exception(lockstep_exception_ce, "client is not initialised",
+                         SYNC_NULL_PARAMETER);
+  }
+  return h;
+}
+
+/* Client::__construct(array $options = []): the process's handle for these settings. */
+PHP_METHOD(Lockstep_Client, __construct) {
+  HashTable *options = NULL;
+  ZEND_PARSE_PARAMETERS_START(0, 1)
+  Z_PARAM_OPTIONAL
+  Z_PARAM_ARRAY_HT(options)
+  ZEND_PARSE_PARAMETERS_END();
+  lockstep_settings st;
+  memset(&st, 0, sizeof st);
+  if (options != NULL && !lockstep_settings_from_array(options, &st)) RETURN_THROWS();
+  sync_handle *h = lockstep_handle_for(&st);
+  if (h == NULL) RETURN_THROWS();
+  client_from(Z_OBJ_P(ZEND_THIS))->handle = h;
+}
+
+/* Client::get(string $key, ?string $default = null): ?string — from the version active now. */
 PHP_METHOD(Lockstep_Client, get) {
   zend_string *key;
-  ZEND_PARSE_PARAMETERS_START(1, 1)
+  zend_string *def = NULL;
+  ZEND_PARSE_PARAMETERS_START(1, 2)
   Z_PARAM_STR(key)
+  Z_PARAM_OPTIONAL
+  Z_PARAM_STR_OR_NULL(def)
   ZEND_PARSE_PARAMETERS_END();
-  sync_handle *h = process_handle();
+  sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
   if (ZSTR_LEN(key) == 0) {
     zend_argument_value_error(1, "must not be empty");
@@ -212,7 +347,10 @@ PHP_METHOD(Lockstep_Client, get) {
   sync_result r = sync_get(h, (const uint8_t *)ZSTR_VAL(key), ZSTR_LEN(key), (uint8_t *)small,
                            sizeof small, &len);
   if (r == SYNC_OK) RETURN_STRINGL(small, len);
-  if (r == SYNC_NOT_FOUND) RETURN_NULL();
+  if (r == SYNC_NOT_FOUND) {
+    if (def != NULL) RETURN_STR_COPY(def);
+    RETURN_NULL();
+  }
   if (r == SYNC_BUFFER_TOO_SMALL) {
     /* Larger values: read straight into the string we return. The version cannot change
      * between the calls in a way that matters: a longer value just asks again. */
@@ -227,7 +365,10 @@ PHP_METHOD(Lockstep_Client, get) {
         RETURN_NEW_STR(out);
       }
       zend_string_efree(out);
-      if (r == SYNC_NOT_FOUND) RETURN_NULL();
+      if (r == SYNC_NOT_FOUND) {
+    if (def != NULL) RETURN_STR_COPY(def);
+    RETURN_NULL();
+  }
       if (r != SYNC_BUFFER_TOO_SMALL) break;
       len = got > len ? got : len;
     }
@@ -239,7 +380,7 @@ PHP_METHOD(Lockstep_Client, get) {
 /* Client::activeVersion(): int — 0 before the first version arrives. */
 PHP_METHOD(Lockstep_Client, activeVersion) {
   ZEND_PARSE_PARAMETERS_NONE();
-  sync_handle *h = process_handle();
+  sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
   uint64_t v = 0;
   sync_result r = sync_active_version(h, &v);
@@ -254,7 +395,7 @@ PHP_METHOD(Lockstep_Client, activeVersion) {
 /* Client::stagedVersion(): int — 0 when nothing is staged. */
 PHP_METHOD(Lockstep_Client, stagedVersion) {
   ZEND_PARSE_PARAMETERS_NONE();
-  sync_handle *h = process_handle();
+  sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
   uint64_t v = 0;
   int64_t at = 0;
@@ -270,7 +411,7 @@ PHP_METHOD(Lockstep_Client, stagedVersion) {
 /* Client::stats(): array */
 PHP_METHOD(Lockstep_Client, stats) {
   ZEND_PARSE_PARAMETERS_NONE();
-  sync_handle *h = process_handle();
+  sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
   sync_stats s;
   memset(&s, 0, sizeof s);
@@ -303,7 +444,7 @@ PHP_METHOD(Lockstep_Client, stats) {
 /* Client::snapshot(): Lockstep\Snapshot — pins the active version for one request. */
 PHP_METHOD(Lockstep_Client, snapshot) {
   ZEND_PARSE_PARAMETERS_NONE();
-  sync_handle *h = process_handle();
+  sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
   sync_snapshot *s = NULL;
   sync_result r = sync_snapshot_acquire(h, &s);
@@ -314,15 +455,6 @@ PHP_METHOD(Lockstep_Client, snapshot) {
   object_init_ex(return_value, lockstep_snapshot_ce);
   snapshot_from(Z_OBJ_P(return_value))->snapshot = s;
 }
-
-static const zend_function_entry client_methods[] = {
-    PHP_ME(Lockstep_Client, __construct, arginfo_void, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Client, get, arginfo_get, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Client, activeVersion, arginfo_int, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Client, stagedVersion, arginfo_int, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Client, stats, arginfo_array, ZEND_ACC_PUBLIC)
-    PHP_ME(Lockstep_Client, snapshot, arginfo_snapshot, ZEND_ACC_PUBLIC)
-    PHP_FE_END};
 
 /* ---- module ----------------------------------------------------------------------------- */
 
@@ -335,17 +467,16 @@ PHP_MINIT_FUNCTION(lockstep) {
                      sync_abi_version(), (unsigned)SYNC_ABI_VERSION);
     return FAILURE;
   }
-  zend_class_entry ce;
-  INIT_NS_CLASS_ENTRY(ce, "Lockstep", "Exception", NULL);
-  lockstep_exception_ce = zend_register_internal_class_ex(&ce, spl_ce_RuntimeException);
+  lockstep_exception_ce = register_class_Lockstep_Exception(spl_ce_RuntimeException);
 
-  INIT_NS_CLASS_ENTRY(ce, "Lockstep", "Client", client_methods);
-  lockstep_client_ce = zend_register_internal_class(&ce);
-  lockstep_client_ce->ce_flags |= ZEND_ACC_FINAL;
+  lockstep_client_ce = register_class_Lockstep_Client();
+  lockstep_client_ce->create_object = client_create;
+  memcpy(&lockstep_client_handlers, zend_get_std_object_handlers(),
+         sizeof lockstep_client_handlers);
+  lockstep_client_handlers.offset = XtOffsetOf(lockstep_client_object, std);
+  lockstep_client_handlers.clone_obj = NULL;
 
-  INIT_NS_CLASS_ENTRY(ce, "Lockstep", "Snapshot", snapshot_methods);
-  lockstep_snapshot_ce = zend_register_internal_class(&ce);
-  lockstep_snapshot_ce->ce_flags |= ZEND_ACC_FINAL | ZEND_ACC_NOT_SERIALIZABLE;
+  lockstep_snapshot_ce = register_class_Lockstep_Snapshot();
   lockstep_snapshot_ce->create_object = snapshot_create;
   memcpy(&lockstep_snapshot_handlers, zend_get_std_object_handlers(),
          sizeof lockstep_snapshot_handlers);
@@ -356,8 +487,11 @@ PHP_MINIT_FUNCTION(lockstep) {
 }
 
 PHP_MSHUTDOWN_FUNCTION(lockstep) {
-  sync_close(lockstep_handle); /* NULL is a no-op */
-  lockstep_handle = NULL;
+  for (size_t i = 0; i < lockstep_handle_count; i++) {
+    sync_close(lockstep_handles[i].handle);
+    lockstep_handles[i].handle = NULL;
+  }
+  lockstep_handle_count = 0;
   UNREGISTER_INI_ENTRIES();
   return SUCCESS;
 }
@@ -367,7 +501,9 @@ PHP_MINFO_FUNCTION(lockstep) {
   php_info_print_table_header(2, "lockstep support", "enabled");
   php_info_print_table_row(2, "extension version", PHP_LOCKSTEP_VERSION);
   php_info_print_table_row(2, "library", sync_version());
-  php_info_print_table_row(2, "handle open in this process", lockstep_handle ? "yes" : "no");
+  char count[32];
+  snprintf(count, sizeof count, "%zu", lockstep_handle_count);
+  php_info_print_table_row(2, "handles open in this process", count);
   php_info_print_table_end();
   DISPLAY_INI_ENTRIES();
 }

@@ -2,17 +2,25 @@
 
     import lockstep
     client = lockstep.Client("http://127.0.0.1:7420", name="web-1")
-    client.get("price:apple")          # -> b"1.25", or None
-    with client.snapshot() as s:       # one version for a whole request
+    client = lockstep.Client.from_env()  # LOCKSTEP_SERVER, LOCKSTEP_TOKEN, LOCKSTEP_CACHE_DIR
+    client.get("price:apple")            # -> b"1.25", or None (or get(key, default))
+    client.get_str("price:apple")        # -> "1.25"
+    client["price:apple"], "price:apple" in client
+    with client.snapshot() as s:         # one version for a whole request
         s.get("price:apple"), s.get("promo:winter")
 
-The shared library is found, in order, at: the path given as ``library=``; the environment
-variable ``LOCKSTEP_LIBRARY``; ``liblockstep.so`` next to this file; the ``target/release`` and
-``target/debug`` directories of the source tree this package sits in; the system's library
-path (``ctypes.util.find_library``).
+The wheel carries its own ``liblockstep.so``. The library is found, in order, at: the path
+given as ``library=``; the environment variable ``LOCKSTEP_LIBRARY``; ``liblockstep.so`` next
+to this file; the ``target/release`` and ``target/debug`` directories of the source tree this
+package sits in; the system's library path (``ctypes.util.find_library``).
+
+Failures of the background retrieval, and recoveries, are logged to the ``lockstep`` logger.
 """
 
 from ._native import ABI_VERSION, LockstepError, NotReady, load_library
 from ._client import Client, Snapshot
 
-__all__ = ["ABI_VERSION", "Client", "LockstepError", "NotReady", "Snapshot", "load_library"]
+__version__ = "0.1.0"
+
+__all__ = ["ABI_VERSION", "Client", "LockstepError", "NotReady", "Snapshot", "__version__",
+           "load_library"]

@@ -1,10 +1,13 @@
 """ctypes declarations of the C ABI (include/lockstep.h). Every function gets argtypes and
 restype, so a wrong Python type fails loudly instead of corrupting memory."""
 
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import os
 import threading
+from typing import Dict, Iterator, Optional
 
 # The ABI this binding is written for; a library that reports another is refused.
 ABI_VERSION = 1
@@ -31,7 +34,10 @@ CODE_NAMES = {
 class LockstepError(Exception):
     """A status from liblockstep, with its message."""
 
-    def __init__(self, code, message):
+    code: int
+    message: str
+
+    def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{message} ({CODE_NAMES.get(code, code)})")
         self.code = code
         self.message = message
@@ -96,10 +102,10 @@ _SIGNATURES = {
 }
 
 _lock = threading.Lock()
-_loaded = {}
+_loaded: Dict[str, ctypes.CDLL] = {}
 
 
-def _candidates(explicit):
+def _candidates(explicit: Optional[str]) -> Iterator[str]:
     if explicit:
         yield explicit
         return
@@ -118,8 +124,9 @@ def _candidates(explicit):
         yield found
 
 
-def load_library(path=None):
-    """Loads liblockstep, checks its ABI version and declares every function."""
+def load_library(path: Optional[str] = None) -> ctypes.CDLL:
+    """Loads liblockstep, checks its ABI version and declares every function. Each path is
+    loaded once per process; later calls return the same library."""
     with _lock:
         tried = []
         for candidate in _candidates(path):
@@ -143,7 +150,7 @@ def load_library(path=None):
                       % ", ".join(tried) if tried else "liblockstep.so not found; set LOCKSTEP_LIBRARY")
 
 
-def error_for(lib, code):
+def error_for(lib: ctypes.CDLL, code: int) -> LockstepError:
     """The exception for a status, carrying the library's message."""
     buf = ctypes.create_string_buffer(1024)
     n = ctypes.c_size_t(0)

@@ -246,3 +246,64 @@ def test_a_client_opened_while_the_data_server_is_down_serves_the_hosts_version_
             c.close()
     finally:
         server.stop()
+
+
+def test_get_takes_a_default_and_the_client_reads_like_a_mapping(server):
+    server.put("city", "Zürich")
+    server.wait_active("city", "Zürich")
+    with lockstep.Client(server.url) as c:
+        assert c.get("missing", b"fallback") == b"fallback"
+        assert c.get("city", b"fallback") == "Zürich".encode()
+        assert c.get_str("city") == "Zürich"
+        assert c.get_str("missing") is None and c.get_str("missing", "-") == "-"
+        assert c["city"] == "Zürich".encode()
+        with pytest.raises(KeyError):
+            c["missing"]
+        assert "city" in c and "missing" not in c
+        with c.snapshot() as s:
+            assert s["city"] == "Zürich".encode() and s.get("missing", 7) == 7
+            assert "city" in s and "missing" not in s
+
+
+def test_from_env_reads_the_server_token_and_cache_dir(server, tmp_path, monkeypatch):
+    server.put("price", "3")
+    server.wait_active("price", "3")
+    cache = private_dir(tmp_path / "env-cache")
+    monkeypatch.setenv("LOCKSTEP_SERVER", server.url)
+    monkeypatch.setenv("LOCKSTEP_CACHE_DIR", cache)
+    monkeypatch.setenv("LOCKSTEP_TOKEN", "not;allowed")  # reaches the options: refused
+    with pytest.raises(ValueError, match="token"):
+        lockstep.Client.from_env()
+    monkeypatch.delenv("LOCKSTEP_TOKEN")
+    with lockstep.Client.from_env(name="from-env") as c:
+        assert c.get("price") == b"3"
+        assert c.stats()["host_role"] == 1  # the leader of the cache named by the environment
+        assert os.listdir(cache)
+    monkeypatch.setenv("LOCKSTEP_SERVER", "http://127.0.0.1:9")
+    with pytest.raises(lockstep.LockstepError) as e:
+        lockstep.Client.from_env(bootstrap_wait=0.2, cache_dir="")
+    assert e.value.code == 7
+
+
+def test_retrieval_failure_and_recovery_are_logged(tmp_path, caplog):
+    port = free_port()
+    server = Server(tmp_path, listen=f"127.0.0.1:{port}")
+    try:
+        server.put("price", "10")
+        server.wait_active("price", "10")
+        caplog.set_level("INFO", logger="lockstep")
+        with lockstep.Client(server.url, cache_dir="", connect_timeout=0.2) as c:
+            server.stop()
+            assert wait_for(lambda: "is failing" in caplog.text, timeout=20), caplog.text
+            warning = [r for r in caplog.records if "is failing" in r.getMessage()]
+            assert len(warning) == 1 and warning[0].levelname == "WARNING"
+            assert server.url in warning[0].getMessage()
+            assert c.get("price") == b"10"  # reads go on meanwhile
+            server = Server(tmp_path, listen=f"127.0.0.1:{port}")
+            assert wait_for(lambda: "recovered" in caplog.text, timeout=20), caplog.text
+            recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+            assert len(recovered) == 1 and recovered[0].levelname == "INFO"
+            # Once each: still one warning after the recovery.
+            assert len([r for r in caplog.records if "is failing" in r.getMessage()]) == 1
+    finally:
+        server.stop()
