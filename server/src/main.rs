@@ -11,9 +11,10 @@ mod store;
 mod sync_cache;
 mod version_cache;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -219,121 +220,294 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         interval_us: seed_interval,
         min_window_us: window.unwrap_or(seed_interval / 2),
     };
-    let bad = |e: store::StoreError| match e {
-        store::StoreError::BadRequest(msg) => format!("{msg} (--interval, --min-window)"),
-        e => e.to_string(),
-    };
     let location = store::Location::parse(&args.db);
-    let store = store::Store::open(&location, seed, clock::now_us())
-        .map_err(|e| format!("cannot open database {location}: {}", bad(e)))?;
-    if interval.is_some() || window.is_some() {
+    let limits = api::Limits {
+        max_key_bytes: args.max_key_bytes,
+        max_value_bytes: args.max_value_bytes,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    // The store is dropped after the runtime, outside it: the PostgreSQL driver's connections
+    // shut down on a runtime of their own, which cannot start inside another.
+    let opened: Arc<OnceLock<Arc<store::Store>>> = Arc::default();
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+        let waiting = Arc::new(Mutex::new(format!(
+            "the data server is starting: the database {location} has not answered yet; \
+             retry shortly"
+        )));
+        let (started, mut startup) = tokio::sync::oneshot::channel();
+        let (failed_once, first_failure) = tokio::sync::oneshot::channel();
+        {
+            let (location, waiting) = (location.clone(), waiting.clone());
+            let start = Start {
+                seed,
+                interval,
+                window,
+            };
+            // A thread of its own, not the runtime's: a shutdown never waits for its retries.
+            std::thread::Builder::new()
+                .name("start".into())
+                .spawn(move || {
+                    let mut failed_once = Some(failed_once);
+                    let mut first_failure = || {
+                        if let Some(tell) = failed_once.take() {
+                            let _ = tell.send(());
+                        }
+                    };
+                    let opened =
+                        open_when_reachable(&location, start, &waiting, &mut first_failure);
+                    let _ = started.send(opened);
+                })
+                .map_err(|e| format!("cannot start the start-up thread: {e}"))?;
+        }
+        // With a database that answers at once, the server is ready when it says it listens,
+        // as it always was; one that does not answer yet is waited for in the background,
+        // and requests meanwhile get a 503 saying why.
+        let early = tokio::select! {
+            opened = &mut startup => Some(opened),
+            failed = first_failure => match failed {
+                Ok(()) => None,
+                Err(_) => Some((&mut startup).await),
+            },
+        };
+        if let Some(Ok(Err(e))) = early {
+            return Err(e);
+        }
+        // The one line on stdout, so scripts and tests that pass port 0 learn the port.
+        println!("lockstep: listening on http://{addr}");
+        let ready: Arc<OnceLock<axum::Router>> = Arc::default();
+        let app = {
+            let (ready, waiting) = (ready.clone(), waiting.clone());
+            axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let (ready, waiting) = (ready.clone(), waiting.clone());
+                async move { until_ready(&ready, &waiting, req).await }
+            })
+        };
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .into_future();
+        let flusher = Mutex::new(None);
+        let becoming_ready = async {
+            let result = match early {
+                Some(result) => result,
+                None => startup.await,
+            };
+            let store = match result {
+                Ok(Ok(store)) => Arc::new(store),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("the start-up thread ended without a store".to_owned()),
+            };
+            let _ = opened.set(store.clone());
+            start_prepare_thread(store.clone())?;
+            *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(start_flusher(store.clone(), retention));
+            let state = Arc::new(api::AppState {
+                store,
+                admin_token,
+                read_token,
+                limits,
+            });
+            let _ = ready.set(api::router(state));
+            tracing::info!(%addr, db = %location, "data server ready");
+            std::future::pending::<Result<(), String>>().await
+        };
+        let result = tokio::select! {
+            served = server => served.map_err(|e| format!("server failed: {e}")),
+            failed = becoming_ready => failed,
+        };
+        if let Some(flusher) = flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            flusher.abort();
+        }
+        if let Some(store) = opened.get().cloned() {
+            let flush = move || store.flush_batched(clock::now_us());
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
+                tracing::warn!("last farm and downloads flush failed: {e}");
+            }
+        }
+        if result.is_ok() {
+            tracing::info!("data server stopped");
+        }
+        result
+    });
+    drop(runtime);
+    drop(opened);
+    served
+}
+
+/// What `serve` was asked to set on the database once it answers.
+#[derive(Clone, Copy)]
+struct Start {
+    seed: store::SyncSettings,
+    interval: Option<i64>,
+    window: Option<i64>,
+}
+
+/// Why a start-up attempt did not give a store.
+enum StartError {
+    /// The database cannot be reached now: try again.
+    Unreachable(String),
+    /// It answered, and what it said will not change by trying again: stop.
+    Fatal(String),
+}
+
+/// Opens and migrates the database and applies `serve`'s settings.
+fn start_store(location: &store::Location, start: Start) -> Result<store::Store, StartError> {
+    use store::StoreError;
+    let fail = |e: StoreError| match e {
+        StoreError::Unavailable(msg) => StartError::Unreachable(msg),
+        StoreError::BadRequest(msg) => StartError::Fatal(format!(
+            "cannot open database {location}: {msg} (--interval, --min-window)"
+        )),
+        e => StartError::Fatal(format!("cannot open database {location}: {e}")),
+    };
+    let store = store::Store::open(location, start.seed, clock::now_us()).map_err(fail)?;
+    if start.interval.is_some() || start.window.is_some() {
         let change = store
-            .set_interval(interval, window, clock::now_us())
-            .map_err(bad)?;
+            .set_interval(start.interval, start.window, clock::now_us())
+            .map_err(fail)?;
         if change.before != change.after {
             tracing::info!("{}", api::interval_message(&change));
         }
     }
     // A database written by an older release may hold a cycle clients now refuse.
-    let sync = store.sync_table().map_err(|e| e.to_string())?;
+    let sync = store.sync_table().map_err(fail)?;
     clock::check_interval(sync.interval_us, sync.min_window_us).map_err(|e| {
-        format!(
-            "database {}: {e}; start with --interval (and --min-window) to set a new one",
-            location
-        )
+        StartError::Fatal(format!(
+            "database {location}: {e}; start with --interval (and --min-window) to set a new one"
+        ))
     })?;
-    if let Some((was, now)) = store
-        .reschedule_if_rotated(clock::now_us())
-        .map_err(|e| e.to_string())?
-    {
+    if let Some((was, now)) = store.reschedule_if_rotated(clock::now_us()).map_err(fail)? {
         tracing::warn!(
             "the sync table's activation time {was} had been rotated already; the next \
              activation is now {}",
             clock::format_us(now)
         );
     }
-    let store = Arc::new(store);
-    let state = Arc::new(api::AppState {
-        store: store.clone(),
-        admin_token,
-        read_token,
-        limits: api::Limits {
-            max_key_bytes: args.max_key_bytes,
-            max_value_bytes: args.max_value_bytes,
-            max_body_bytes: args.max_body_bytes,
-        },
-    });
+    Ok(store)
+}
 
-    // Builds each rotation's staged version shortly before its activation time, so that the
-    // rotation itself is a few writes (see `store::prepare`).
-    {
-        let store = store.clone();
-        std::thread::Builder::new()
-            .name("prepare".into())
-            .spawn(move || loop {
-                if let Err(e) = store.prepare_next(clock::now_us()) {
-                    tracing::debug!("building the next version ahead failed: {e}");
-                }
-                std::thread::sleep(store.prepare_poll(clock::now_us()));
-            })
-            .map_err(|e| format!("cannot start the preparing thread: {e}"))?;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
-    // The store is dropped here, outside the runtime: the PostgreSQL driver's connections
-    // shut down on a runtime of their own, which cannot start inside another.
-    let keep = store.clone();
-    let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        // The one line on stdout, so scripts and tests that pass port 0 learn the port.
-        println!("lockstep: listening on http://{addr}");
-        tracing::info!(%addr, db = %location, "data server ready");
+/// Longest pause between two start-up attempts.
+const START_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-        let flusher = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    let s = store.clone();
-                    let flush = move || s.flush_batched(clock::now_us());
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
-                        tracing::warn!("farm and downloads flush failed: {e}");
-                    }
-                    let s = store.clone();
-                    let prune = move || s.prune(retention, clock::now_us());
-                    match tokio::task::spawn_blocking(prune).await {
-                        Ok(Ok(0)) | Err(_) => {}
-                        Ok(Ok(n)) => {
-                            tracing::info!("retention dropped the content of {n} versions")
-                        }
-                        Ok(Err(e)) => tracing::warn!("retention failed: {e}"),
-                    }
+/// [`start_store`] until the database answers, with backoff and jitter, so that an instance
+/// started while the database is down (or restarting) waits for it instead of exiting. Each
+/// kind of failure is logged once; `waiting` holds the latest, for the 503s meanwhile.
+fn open_when_reachable(
+    location: &store::Location,
+    start: Start,
+    waiting: &Mutex<String>,
+    first_failure: &mut dyn FnMut(),
+) -> Result<store::Store, String> {
+    let began = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut logged = std::collections::HashSet::new();
+    for attempt in 1u64.. {
+        match start_store(location, start) {
+            Ok(store) => {
+                if attempt > 1 {
+                    tracing::info!(
+                        "the database answers, after {attempt} attempts in {:.1?}",
+                        began.elapsed()
+                    );
                 }
-            })
-        };
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| format!("server failed: {e}"))?;
-        flusher.abort();
-        let s = store.clone();
-        if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || s.flush_batched(clock::now_us())).await
-        {
-            tracing::warn!("last farm and downloads flush failed: {e}");
+                return Ok(store);
+            }
+            Err(StartError::Fatal(e)) => return Err(e),
+            Err(StartError::Unreachable(e)) => {
+                // The kind of failure: its message without the numbers (ports, process ids,
+                // timings) that vary from one attempt to the next.
+                let kind: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+                if logged.insert(kind) {
+                    tracing::warn!(
+                        "database {location}: {e}; trying again with backoff, answering 503 \
+                         meanwhile"
+                    );
+                }
+                *waiting.lock().unwrap_or_else(|e| e.into_inner()) = e;
+                first_failure();
+            }
         }
-        tracing::info!("data server stopped");
-        Ok::<_, String>(())
-    });
-    drop(runtime);
-    drop(keep);
-    served
+        // Instances started together do not retry in step: up to half the backoff again.
+        let jitter = (clock::now_us().unsigned_abs() % 1000) * backoff.as_micros() as u64 / 2000;
+        std::thread::sleep(backoff + Duration::from_micros(jitter));
+        backoff = (backoff * 2).min(START_BACKOFF_MAX);
+    }
+    unreachable!("attempts never run out")
+}
+
+/// Every request before the store is open: a 503 saying why; after, the API.
+async fn until_ready(
+    ready: &OnceLock<axum::Router>,
+    waiting: &Mutex<String>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    match ready.get() {
+        Some(router) => match router.clone().oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => {
+            let message = waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                axum::Json(serde_json::json!({ "error": message })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Builds each rotation's staged version shortly before its activation time, so that the
+/// rotation itself is a few writes (see `store::prepare`).
+fn start_prepare_thread(store: Arc<store::Store>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("prepare".into())
+        .spawn(move || loop {
+            if let Err(e) = store.prepare_next(clock::now_us()) {
+                tracing::debug!("building the next version ahead failed: {e}");
+            }
+            std::thread::sleep(store.prepare_poll(clock::now_us()));
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the preparing thread: {e}"))
+}
+
+/// Writes the farm and download counts every second, and applies retention.
+fn start_flusher(
+    store: Arc<store::Store>,
+    retention: store::Retention,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            let flush = move || s.flush_batched(clock::now_us());
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(flush).await {
+                tracing::warn!("farm and downloads flush failed: {e}");
+            }
+            let s = store.clone();
+            let prune = move || s.prune(retention, clock::now_us());
+            match tokio::task::spawn_blocking(prune).await {
+                Ok(Ok(0)) | Err(_) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!("retention dropped the content of {n} versions")
+                }
+                Ok(Err(e)) => tracing::warn!("retention failed: {e}"),
+            }
+        }
+    })
 }
 
 fn migrate(from: &str, to: &str) -> Result<(), String> {

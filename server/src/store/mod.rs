@@ -287,24 +287,28 @@ impl Store {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
-        let (mut f, mut out) = (Some(f), None);
+    /// One read transaction. `f` may run twice: a backend runs it again when the first
+    /// attempt lost its connection (see [`postgres`]).
+    fn read<T>(&self, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
         self.db.read(&mut |tx| {
-            let f = f.take().expect("a backend runs a read once");
             out = Some(f(tx)?);
             Ok(())
         })?;
         Ok(out.expect("the read ran"))
     }
 
+    /// One write transaction; `f` may run twice, as in [`Store::read`], and only the run that
+    /// committed gives the result.
     fn write_with<T>(
         &self,
         durability: Durability,
-        f: impl FnOnce(&mut dyn Tx) -> Result<T>,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<T>,
     ) -> Result<T> {
-        let (mut f, mut out) = (Some(f), None);
+        let mut out = None;
         self.db.write(durability, &mut |tx| {
-            let f = f.take().expect("a backend runs a write once");
+            // What an attempt that did not commit returned (a lock guard, say) goes first.
+            out = None;
             out = Some(f(tx)?);
             Ok(())
         })?;
@@ -313,7 +317,7 @@ impl Store {
 
     /// One durable write transaction. Any write may have changed the sync table, so the next
     /// check-in reads it again.
-    fn write<T>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    fn write<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let out = self.write_with(Durability::Full, f);
         self.sync.expire();
         out

@@ -11,14 +11,21 @@
 //! - **Migrations** are numbered and run under a session advisory lock, so instances that start
 //!   at once migrate one after another; the second finds the work done.
 //! - **A lost connection** is noticed by the pool (each connection is checked when taken) and
-//!   replaced; a request that meets a database that is down gets
-//!   [`StoreError::Unavailable`] (a 503) within [`CONNECT_TIMEOUT`], and the data server
-//!   answers what it can from memory meanwhile (see [`crate::store::Store::rotate_if_due`]).
+//!   replaced. A transaction that loses its connection (a restart, `pg_terminate_backend`)
+//!   runs once more on a fresh one when that is safe: it failed before its `COMMIT` was sent,
+//!   or it failed during the commit and `txid_status` of its transaction id, asked on another
+//!   connection, says it aborted (when it says committed, the commit is reported as done).
+//!   A request that meets a database that is down gets [`StoreError::Unavailable`] (a 503)
+//!   within [`CONNECT_TIMEOUT`], and the data server answers what it can from memory
+//!   meanwhile (see [`crate::store::Store::rotate_if_due`]). An outage is logged when it
+//!   starts and when it ends, not once per request.
 //! - **Version bytes** are `bytea`; each instance keeps the ones it serves in its
 //!   [`crate::version_cache`].
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use lockstep::format::Content;
 use lockstep::wire::{
@@ -34,6 +41,9 @@ use crate::farm::{Member, Role};
 /// How long a request waits for a connection (or a new one to open) before it is answered
 /// 503: well inside a client's check-in timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// [`CONNECT_TIMEOUT`] while the database is known to be out of reach.
+const OUTAGE_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Connections per instance: the blocking threads that may wait on the database at once.
 const POOL_SIZE: u32 = 16;
@@ -120,6 +130,39 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 pub struct Postgres {
     pool: Pool,
+    /// Since when requests have found the database out of reach, if they do now.
+    outage: Mutex<Option<Instant>>,
+    in_outage: AtomicBool,
+}
+
+/// How a write transaction's attempt failed.
+enum Failed {
+    /// No connection could be had: the database is down, not a connection lost mid-way.
+    NoConnection(StoreError),
+    /// Before `COMMIT` was sent: nothing it wrote is kept.
+    Before(StoreError),
+    /// While committing: it may or may not have committed; `xid` tells which.
+    Commit { xid: i64, error: StoreError },
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Before(e)
+    }
+}
+
+impl From<postgres::Error> for Failed {
+    fn from(e: postgres::Error) -> Self {
+        Failed::Before(e.into())
+    }
+}
+
+/// What `txid_status` says of a transaction whose commit lost its connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    Aborted,
+    Unknown(String),
 }
 
 /// Whether `url` names a PostgreSQL database rather than a SQLite file.
@@ -182,6 +225,9 @@ impl Postgres {
             .min_idle(Some(1))
             .connection_timeout(CONNECT_TIMEOUT)
             .test_on_check_out(true)
+            // r2d2 would log every failed attempt of its own; an outage is logged once here
+            // (see `Postgres::note`) and once per kind by the start-up's retries.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(manager)
             .map_err(unreachable)?;
         let mut conn = pool.get().map_err(unreachable)?;
@@ -219,40 +265,145 @@ impl Postgres {
         let unlocked = conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
         migrated?;
         unlocked?;
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool,
+            outage: Mutex::new(None),
+            in_outage: AtomicBool::new(false),
+        })
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        self.pool.get().map_err(unreachable)
+        // During an outage the pool keeps reconnecting in the background; a request need not
+        // wait the whole timeout each time to learn that it has not yet.
+        let wait = match self.in_outage.load(Ordering::Relaxed) {
+            true => OUTAGE_CONNECT_TIMEOUT,
+            false => CONNECT_TIMEOUT,
+        };
+        self.pool.get_timeout(wait).map_err(unreachable)
     }
-}
 
-impl Backend for Postgres {
-    fn write(
+    /// Logs the start and the end of an outage, once each, from what a request met.
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        let out = matches!(result, Err(StoreError::Unavailable(_)));
+        if out != self.in_outage.load(Ordering::Relaxed) {
+            let mut since = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+            match (&result, since.is_some()) {
+                (Err(e), false) => {
+                    tracing::warn!(
+                        "{e}; answering 503 to what needs the database until it answers"
+                    );
+                    *since = Some(Instant::now());
+                }
+                (Ok(_), true) => {
+                    let down = since.take().map(|t| t.elapsed()).unwrap_or_default();
+                    tracing::info!("the database answers again, after {down:.1?}");
+                }
+                _ => {}
+            }
+            self.in_outage.store(since.is_some(), Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// One attempt at a write transaction, on a connection from the pool.
+    fn try_write(
         &self,
         durability: Durability,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
-    ) -> Result<()> {
-        let mut conn = self.conn()?;
+    ) -> std::result::Result<(), Failed> {
+        let mut conn = self.conn().map_err(Failed::NoConnection)?;
         let mut tx = conn.transaction()?;
-        match durability {
+        // The transaction id comes with the first statement: should the connection drop
+        // during the commit, `txid_status` on another one tells whether it committed.
+        let xid: i64 = match durability {
             // Every durable write takes the sync row's lock first, as `BEGIN IMMEDIATE` does.
             Durability::Full => {
-                tx.query("SELECT 1 FROM sync WHERE id = 1 FOR UPDATE", &[])?;
+                let locked = tx.query(
+                    "SELECT txid_current() FROM sync WHERE id = 1 FOR UPDATE",
+                    &[],
+                )?;
+                match locked.first() {
+                    Some(row) => row.get(0),
+                    // A database being filled by `lockstep migrate` has no sync row yet.
+                    None => tx.query_one("SELECT txid_current()", &[])?.get(0),
+                }
             }
             // The farm and download counts need no order with the rotation, and no fsync.
-            Durability::Batched => tx.batch_execute("SET LOCAL synchronous_commit = off")?,
-        }
+            Durability::Batched => {
+                tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+                tx.query_one("SELECT txid_current()", &[])?.get(0)
+            }
+        };
         f(&mut PgTx {
             tx: &mut tx,
             write: true,
         })?;
-        tx.commit()?;
-        Ok(())
+        tx.commit().map_err(|e| Failed::Commit {
+            xid,
+            error: e.into(),
+        })
     }
 
-    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let mut conn = self.conn()?;
+    /// Whether transaction `xid`, whose commit lost its connection, committed. A backend cut
+    /// off mid-commit may take a moment to finish or abort it, so an answer of "in progress"
+    /// is asked again for up to a second.
+    fn outcome(&self, xid: i64) -> Outcome {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let status = self.conn().and_then(|mut c| {
+                Ok(c.query_one("SELECT txid_status($1)", &[&xid])?
+                    .get::<_, Option<String>>(0))
+            });
+            match status.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => return Outcome::Committed,
+                Ok(Some("aborted")) => return Outcome::Aborted,
+                Ok(Some("in progress")) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(other) => return Outcome::Unknown(format!("its status is {other:?}")),
+                Err(e) => return Outcome::Unknown(e.to_string()),
+            }
+        }
+    }
+
+    fn write_retrying(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
+        let mut retried = false;
+        loop {
+            let lost = match self.try_write(durability, f) {
+                Ok(()) => return Ok(()),
+                Err(Failed::Before(StoreError::Unavailable(e))) => e,
+                Err(Failed::Before(e) | Failed::NoConnection(e)) => return Err(e),
+                Err(Failed::Commit { xid, error }) => match self.outcome(xid) {
+                    Outcome::Committed => return Ok(()),
+                    Outcome::Aborted => error.to_string(),
+                    Outcome::Unknown(why) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "the connection to the database was lost during a commit, and \
+                             whether it committed cannot be learnt now ({why}); {error}"
+                        )))
+                    }
+                },
+            };
+            // Nothing of the attempt was kept: once more, on a fresh connection.
+            if retried {
+                return Err(StoreError::Unavailable(lost));
+            }
+            tracing::debug!(
+                "a write lost its database connection before committing; retrying: {lost}"
+            );
+            retried = true;
+        }
+    }
+
+    fn try_read(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> std::result::Result<(), Failed> {
+        let mut conn = self.conn().map_err(Failed::NoConnection)?;
         let mut tx = conn
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -264,6 +415,28 @@ impl Backend for Postgres {
         })?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Backend for Postgres {
+    fn write(
+        &self,
+        durability: Durability,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
+        let written = self.write_retrying(durability, f);
+        self.note(written)
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        // A read changes nothing: one that lost its connection can always run again.
+        let read = match self.try_read(f) {
+            Err(Failed::Before(StoreError::Unavailable(_))) => self.try_read(f),
+            read => read,
+        };
+        self.note(read.map_err(|e| match e {
+            Failed::NoConnection(e) | Failed::Before(e) | Failed::Commit { error: e, .. } => e,
+        }))
     }
 }
 
