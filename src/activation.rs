@@ -189,6 +189,7 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Promoted {
     pub version: u64,
+    pub checksum: u64,
     pub activation_us: i64,
     pub at_mono_ns: i64,
 }
@@ -353,6 +354,7 @@ impl Activation {
         let winner = &current.armed[due];
         let promoted = Promoted {
             version: winner.version.number,
+            checksum: winner.version.checksum,
             activation_us: winner.activation_us,
             at_mono_ns: winner.at_mono_ns,
         };

@@ -336,6 +336,22 @@ struct Retriever {
     started_ns: i64,
     /// When this handle's last check-in succeeded (CLOCK_MONOTONIC ns; 0: never).
     confirmed_mono_ns: i64,
+    /// The data server's clock at this handle's first check-in, µs (0: none yet).
+    since_us: i64,
+    /// The last switch of readers to another version, until a check-in has reported it.
+    switch: Option<Switch>,
+}
+
+/// A switch of what readers see, for the proof of activation (see [`wire::SwitchReport`]).
+#[derive(Debug, Clone, Copy)]
+struct Switch {
+    version: u64,
+    checksum: u64,
+    /// The activation time armed for; 0 for a catch-up.
+    activation_us: i64,
+    /// When readers switched, CLOCK_MONOTONIC ns.
+    at_mono_ns: i64,
+    late: bool,
 }
 
 /// How often a follower reads the host's schedule: well inside any retrieval window, and a
@@ -390,6 +406,8 @@ impl Retriever {
             next_member_ns: 0,
             started_ns: mono_ns(),
             confirmed_mono_ns: 0,
+            since_us: 0,
+            switch: None,
             shared,
         }
     }
@@ -474,7 +492,7 @@ impl Retriever {
     }
 
     /// True if an armed version became active.
-    fn promote_due(&self) -> bool {
+    fn promote_due(&mut self) -> bool {
         let Some(p) = self.shared.activation.promote_due(mono_ns()) else {
             return false;
         };
@@ -483,7 +501,32 @@ impl Retriever {
         s.last_activation_us.store(p.activation_us, Relaxed);
         s.last_activation_mono_ns.store(p.at_mono_ns, Relaxed);
         s.lagging.store(0, Relaxed);
+        // A version armed only after its instant had passed was switched to when it was
+        // armed, late (see `cycle`): that record stands.
+        let armed_late = self.switch.is_some_and(|w| {
+            w.late && w.version == p.version && w.activation_us == p.activation_us
+        });
+        if !armed_late {
+            self.switch = Some(Switch {
+                version: p.version,
+                checksum: p.checksum,
+                activation_us: p.activation_us,
+                at_mono_ns: p.at_mono_ns,
+                late: false,
+            });
+        }
         true
+    }
+
+    /// Records a switch readers made just now, after the activation time it belonged to.
+    fn switched_late(&mut self, version: &Version, activation_us: i64) {
+        self.switch = Some(Switch {
+            version: version.number(),
+            checksum: version.checksum(),
+            activation_us,
+            at_mono_ns: mono_ns(),
+            late: true,
+        });
     }
 
     /// This handle's share of its host's work: the network cycle if it leads the host (or
@@ -606,6 +649,22 @@ impl Retriever {
             )
             .query("error_us", previous.map_or(0, |e| e.error_us).to_string())
             .query("lagging", stats.lagging.load(Relaxed).to_string());
+        if self.since_us != 0 {
+            req = req.query(wire::QUERY_SINCE, self.since_us.to_string());
+        }
+        // The switch instant on the data server's clock, by the best offset estimate there
+        // is now: the one the switch was armed with, or a better one measured since.
+        let report = self.switch.zip(previous);
+        if let Some((sw, est)) = report {
+            let at_us = sw.at_mono_ns.saturating_add(est.mono_offset_ns) / 1000;
+            req = req
+                .query(wire::QUERY_SWITCH_VERSION, sw.version.to_string())
+                .query(wire::QUERY_SWITCH_CHECKSUM, wire::checksum_hex(sw.checksum))
+                .query(wire::QUERY_SWITCH_ACTIVATION, sw.activation_us.to_string())
+                .query(wire::QUERY_SWITCH_AT, at_us.to_string())
+                .query(wire::QUERY_SWITCH_ERROR, est.error_us.to_string())
+                .query(wire::QUERY_SWITCH_LATE, u8::from(sw.late).to_string());
+        }
         if let (Some(cache), Some(_)) = (&self.shared.cache, &self.lead) {
             let members: Vec<wire::ReportedMember> = cache
                 .members(mono_ns() - MEMBER_STALE_NS)
@@ -680,6 +739,13 @@ impl Retriever {
         };
         let server_us = server_us.ok_or("check-in answer lacks the server time header")?;
         plausible(&table, server_us)?;
+        if report.is_some() {
+            // Heard: the next check-ins report nothing until the next switch.
+            self.switch = None;
+        }
+        if self.since_us == 0 {
+            self.since_us = server_us;
+        }
         let estimate = self.clocks[self.server].add(Sample {
             sent_ns,
             received_ns,
@@ -856,11 +922,12 @@ impl Retriever {
                     Some((v, _)) => v,
                     None => self.obtain(table.active_version)?,
                 };
-                self.shared.activation.activate_now(version);
+                self.shared.activation.activate_now(version.clone());
                 let s = &self.shared.stats;
                 s.activations.fetch_add(1, Relaxed);
                 if ours != 0 {
                     s.lagging.store(1, Relaxed);
+                    self.switched_late(&version, 0);
                 }
                 self.shared.mark_ready();
             }
@@ -898,9 +965,16 @@ impl Retriever {
                 }
                 None => self.obtain(table.staged_version)?,
             };
+            let before = self.shared.activation.current_number();
             self.shared
                 .activation
-                .arm(version, table.activation_time_us, at);
+                .arm(version.clone(), table.activation_time_us, at);
+            if before != version.number()
+                && self.shared.activation.current_number() == version.number()
+            {
+                // Its instant passed while it was on its way: readers switch now, late.
+                self.switched_late(&version, table.activation_time_us);
+            }
         }
 
         self.inherited = None;

@@ -17,6 +17,35 @@ pub const PATH_VERSIONS: &str = "/v1/versions";
 pub const PATH_CURRENT: &str = "/v1/versions/current";
 /// Prefix of every admin endpoint.
 pub const PATH_ADMIN: &str = "/v1/admin";
+/// Readiness probe: 200 when the database answers, 503 with the reason when it does not.
+pub const PATH_READY: &str = "/v1/ready";
+/// Prometheus metrics, in the text exposition format.
+pub const PATH_METRICS: &str = "/metrics";
+
+/// The admin endpoints, each [`PATH_ADMIN`] followed by its `ADMIN_*` suffix.
+pub const ADMIN_PUT: &str = "/put";
+pub const ADMIN_DELETE: &str = "/delete";
+pub const ADMIN_IMPORT: &str = "/import";
+pub const ADMIN_INTERVAL: &str = "/interval";
+pub const ADMIN_ROLLBACK: &str = "/rollback";
+pub const ADMIN_STATUS: &str = "/status";
+pub const ADMIN_HISTORY: &str = "/history";
+pub const ADMIN_DIFF: &str = "/diff";
+pub const ADMIN_KEYS: &str = "/keys";
+pub const ADMIN_KEY: &str = "/key";
+pub const ADMIN_SCHEDULED: &str = "/scheduled";
+pub const ADMIN_ROTATIONS: &str = "/rotations";
+pub const ADMIN_PIN: &str = "/pin";
+pub const ADMIN_UNPIN: &str = "/unpin";
+/// The proof of each activation: who switched, when, who was late or missing.
+pub const ADMIN_ACTIVATIONS: &str = "/activations";
+/// The audit log: who changed what, when and from where.
+pub const ADMIN_AUDIT: &str = "/audit";
+
+/// The full path of an admin endpoint: `admin_path(ADMIN_PUT)` is `/v1/admin/put`.
+pub fn admin_path(suffix: &str) -> String {
+    format!("{PATH_ADMIN}{suffix}")
+}
 
 /// Data-server clock when the answer left, µs since the Unix epoch: stamped as late as
 /// possible on every answer, 304 included, so each round trip is also a clock sample.
@@ -146,6 +175,70 @@ pub struct CheckinQuery {
     /// [`MAX_REPORTED_MEMBERS`]).
     #[serde(default)]
     pub members: String,
+    /// Data-server clock at this process's first check-in, µs (0: not told): the proof of
+    /// activation expects a switch only from processes that were up at the activation time.
+    #[serde(default)]
+    pub since_us: i64,
+    /// The last switch, reported at the check-ins after it (see [`SwitchReport`]); absent
+    /// (0) from a client that has not switched since it started, or that predates the proof.
+    #[serde(default)]
+    pub sw_version: u64,
+    #[serde(default)]
+    pub sw_checksum: String,
+    #[serde(default)]
+    pub sw_activation_us: i64,
+    #[serde(default)]
+    pub sw_at_us: i64,
+    #[serde(default)]
+    pub sw_error_us: i64,
+    #[serde(default)]
+    pub sw_late: u8,
+}
+
+/// Query parameters of a check-in's switch report ([`CheckinQuery`]'s `sw_*` fields).
+pub const QUERY_SINCE: &str = "since_us";
+/// The version the client switched to.
+pub const QUERY_SWITCH_VERSION: &str = "sw_version";
+/// That version's checksum, as [`checksum_hex`] writes it: what the client serves.
+pub const QUERY_SWITCH_CHECKSUM: &str = "sw_checksum";
+/// The activation time it armed the switch for (data-server µs); 0 for a catch-up.
+pub const QUERY_SWITCH_ACTIVATION: &str = "sw_activation_us";
+/// The instant readers switched, converted to the data server's clock with the client's
+/// latest offset estimate, µs.
+pub const QUERY_SWITCH_AT: &str = "sw_at_us";
+/// The error bound of that conversion, µs.
+pub const QUERY_SWITCH_ERROR: &str = "sw_error_us";
+/// 1 when the client switched late: it caught up after the activation time.
+pub const QUERY_SWITCH_LATE: &str = "sw_late";
+
+/// A client's proof that it switched, as a check-in reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    pub version: u64,
+    pub checksum: u64,
+    /// The activation time armed for; 0 when the client caught up late.
+    pub activation_us: i64,
+    /// When readers switched, data-server clock, µs.
+    pub switched_us: i64,
+    pub error_us: i64,
+    pub late: bool,
+}
+
+impl CheckinQuery {
+    /// The switch this check-in reports, if it reports one that parses.
+    pub fn switch_report(&self) -> Option<SwitchReport> {
+        if self.sw_version == 0 {
+            return None;
+        }
+        Some(SwitchReport {
+            version: self.sw_version,
+            checksum: parse_checksum_hex(&self.sw_checksum)?,
+            activation_us: self.sw_activation_us,
+            switched_us: self.sw_at_us,
+            error_us: self.sw_error_us,
+            late: self.sw_late != 0,
+        })
+    }
 }
 
 /// The most followers a leader lists in one check-in; a larger host reports the first ones.
@@ -530,5 +623,41 @@ mod tests {
         );
         assert_eq!(checksum_hex(0xab), "00000000000000ab");
         assert_eq!(parse_checksum_hex("00000000000000ab"), Some(0xab));
+    }
+
+    #[test]
+    fn a_switch_report_travels_under_the_query_names_clients_send() {
+        let q = CheckinQuery {
+            name: "web".into(),
+            since_us: 5,
+            sw_version: 7,
+            sw_checksum: checksum_hex(0xab),
+            sw_activation_us: 1_000,
+            sw_at_us: 1_010,
+            sw_error_us: 20,
+            sw_late: 1,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&q).unwrap();
+        for name in [
+            QUERY_SINCE,
+            QUERY_SWITCH_VERSION,
+            QUERY_SWITCH_CHECKSUM,
+            QUERY_SWITCH_ACTIVATION,
+            QUERY_SWITCH_AT,
+            QUERY_SWITCH_ERROR,
+            QUERY_SWITCH_LATE,
+        ] {
+            assert!(v.get(name).is_some(), "{name}");
+        }
+        let r = q.switch_report().unwrap();
+        assert_eq!((r.version, r.checksum, r.late), (7, 0xab, true));
+        // An old client sends none of it; a garbled checksum is no report.
+        assert_eq!(CheckinQuery::default().switch_report(), None);
+        let garbled = CheckinQuery {
+            sw_checksum: "xyz".into(),
+            ..q
+        };
+        assert_eq!(garbled.switch_report(), None);
     }
 }
