@@ -2,6 +2,7 @@
 through an outage, and sharing one host cache (one download, one check-in stream, one copy of
 a 51 MB version, and new workers serving from it at once across `nginx -s reload`)."""
 
+import json
 import os
 import signal
 import time
@@ -91,6 +92,57 @@ def test_missing_key_is_404_and_values_survive_the_data_server_going_down(nginx_
             assert (status, body) == (200, b"2.10")
             assert int(headers["X-Lockstep-Version"]) >= 2
         assert fetch(port, "/prices/nope")[0] == 404
+    finally:
+        if nginx:
+            nginx.stop()
+        server.stop()
+
+
+def test_variables_and_the_status_location_show_each_workers_handle(nginx_bin, workdir):
+    server = Server(workdir, interval="1s", min_window="500ms")
+    nginx = None
+    try:
+        server.put("price:apple", "1.25")
+        server.wait_active("price:apple", "1.25")
+        port = free_port()
+        nginx = start_nginx(nginx_bin, workdir, server.url, port)
+        seen = {}
+        deadline = time.time() + 20
+        while len(seen) < 4 and time.time() < deadline:  # every worker, whichever answers
+            status, body, _ = fetch(port, "/vars")
+            assert status == 200, body
+            fields = dict(f.split("=", 1) for f in body.decode().split())
+            seen[fields["pid"]] = fields
+        assert len(seen) == 4, seen
+        active = json.loads(urllib.request.urlopen(server.url + "/v1/checkin?name=t",
+                                                   timeout=5).read())["active_version"]
+        now_us = time.time() * 1e6
+        for fields in seen.values():
+            assert abs(int(fields["active"]) - active) <= 1, (fields, active)
+            assert int(fields["staged"]) >= 0
+            assert fields["lagging"] == "0"
+            # µs on the data server's clock (this host's): within the last few seconds.
+            assert now_us - 10e6 < int(fields["last_checkin"]) <= now_us + 1e6, fields
+
+        status, body, headers = fetch(port, "/lockstep-status")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        stats = json.loads(body)
+        assert stats["pid"] > 0 and stats["checkins"] >= 0 and stats["host_role"] in (1, 2)
+        assert stats["active_version"] >= active - 1 and stats["lagging"] is False
+        assert stats["last_error"] == ""
+
+        # The data server goes away: the leader's status says why, as valid JSON.
+        server.stop()
+
+        def leader_failing():
+            for _ in range(8):
+                st = json.loads(fetch(port, "/lockstep-status")[1] or b"{}")
+                if st.get("consecutive_failures", 0) > 0 and st.get("last_error"):
+                    return st
+            return None
+        failing = wait_for(leader_failing, timeout=20)
+        assert failing and "check-in" in failing["last_error"], failing
+        assert failing["active_version"] >= active - 1  # still serving
     finally:
         if nginx:
             nginx.stop()
