@@ -82,6 +82,11 @@ struct Editor {
 
 impl Editor {
     fn start(urls: Vec<String>) -> Editor {
+        Editor::start_named(urls, "k")
+    }
+
+    /// An editor whose keys are `{prefix}1`, `{prefix}2`, …
+    fn start_named(urls: Vec<String>, prefix: &'static str) -> Editor {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(Vec::new()));
@@ -97,7 +102,7 @@ impl Editor {
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let url = &urls[i as usize % urls.len()];
-                    let key = format!("k{i}");
+                    let key = format!("{prefix}{i}");
                     let body = serde_json::json!({"key": key, "value": "v"}).to_string();
                     let r = agent
                         .post(&format!("{url}/v1/admin/put"))
@@ -375,7 +380,12 @@ fn edits_are_neither_lost_nor_failed_while_the_database_connections_are_killed()
     let args = ["--interval", "1s", "--min-window", "500ms"];
     let servers = [Server::start(&db, &args), Server::start(&db, &args)];
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-    let editor = Editor::start(urls.clone());
+    // Four at once, so that a kill usually finds a transaction in flight (or waiting for the
+    // sync row's lock).
+    let editors: Vec<Editor> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|prefix| Editor::start_named(urls.clone(), prefix))
+        .collect();
     let killer_seed = now_us() as u64;
     eprintln!("killer seed {killer_seed}");
     let mut rng = fastrand::Rng::with_seed(killer_seed);
@@ -395,7 +405,12 @@ fn edits_are_neither_lost_nor_failed_while_the_database_connections_are_killed()
             .unwrap();
         killed += n;
     }
-    let (acked, failed) = editor.stop();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    for editor in editors {
+        let (a, f) = editor.stop();
+        acked.extend(a);
+        failed.extend(f);
+    }
     let keys = production(&servers[0]);
     let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
     eprintln!(
