@@ -9,6 +9,7 @@ mod farm;
 mod rotation;
 mod store;
 mod sync_cache;
+mod ui;
 mod version_cache;
 
 use std::future::IntoFuture;
