@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   nginx nginx-dev                    # the nginx module (built against Debian's nginx sources)
   libpcre2-dev zlib1g-dev            # what nginx's configure needs to build a module
   postgresql   # the data server's PostgreSQL backend: tests start throwaway clusters (initdb/pg_ctl)
+  chromium fonts-dejavu-core   # the admin page's browser test (Playwright drives the system Chromium)
 )
 
 if command -v apt-get >/dev/null; then
@@ -30,4 +31,4 @@ if ! command -v cargo >/dev/null; then
 fi
 
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn
+"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn playwright
