@@ -18,8 +18,9 @@ make -C examples/c
 echo "== PHP extension (phpize, make, make test) and nginx module"
 LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/php/build.sh test
 LOCKSTEP_LIBDIR="$PWD/target/debug" ./bindings/nginx/build.sh
-echo "== benchmarks still compile"
+echo "== benchmarks still compile (and the bench scripts parse)"
 cargo bench -p lockstep --no-run
+for script in benches/*.sh; do bash -n "$script"; done
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
 echo "== Python binding, and real nginx and PHP-FPM with the module and the extension"
