@@ -31,4 +31,4 @@ if ! command -v cargo >/dev/null; then
 fi
 
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn playwright
+"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn playwright prometheus_client
