@@ -1,6 +1,7 @@
 //! `lockstep`: the data server (`lockstep serve`) and its management CLI.
 
 mod api;
+mod backup;
 mod cli;
 mod clock;
 mod demo;
@@ -168,6 +169,16 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Write a consistent copy of the SQLite database to FILE, while the data server runs
+    /// (SQLite's online backup). To restore, stop the data server and put FILE in the
+    /// database's place. For PostgreSQL use pg_dump.
+    Backup {
+        /// Where the copy goes; it must not exist yet.
+        file: PathBuf,
+        /// The database to copy: a SQLite file (PATH or sqlite:PATH).
+        #[arg(long, env = "LOCKSTEP_DB", default_value = "lockstep.db")]
+        db: String,
+    },
     /// The whole system on this machine: a data server and web servers with skewed clocks
     /// switching versions at the same instant, shown live.
     Demo(demo::DemoArgs),
@@ -318,6 +329,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");
+            // systemd (Type=notify) starts dependent units now; without NOTIFY_SOCKET a no-op.
+            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!("cannot tell the service manager we are ready: {e}");
+            }
             std::future::pending::<Result<(), String>>().await
         };
         let result = tokio::select! {
@@ -533,7 +548,11 @@ fn run_cli(args: Args) -> Result<(), CliError> {
     let token = std::env::var("LOCKSTEP_ADMIN_TOKEN").ok();
     let cli = Cli::new(args.server, token, args.json);
     match args.command {
-        Command::Serve(_) | Command::Demo(_) | Command::DemoWeb(_) | Command::Migrate { .. } => {
+        Command::Serve(_)
+        | Command::Demo(_)
+        | Command::DemoWeb(_)
+        | Command::Migrate { .. }
+        | Command::Backup { .. } => {
             unreachable!("handled in main")
         }
         Command::Put {
@@ -625,6 +644,14 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(serve_args) => serve(serve_args),
         Command::Migrate { from, to } => migrate(&from, &to),
+        Command::Backup { file, db } => backup::backup(&db, &file).map(|done| {
+            println!(
+                "lockstep: backed up {db} to {} ({} bytes, {} versions)",
+                file.display(),
+                done.bytes,
+                done.versions
+            )
+        }),
         Command::Demo(demo_args) => demo::run(demo_args),
         Command::DemoWeb(web_args) => demo::web(web_args),
         _ => run_cli(args).map_err(|e| e.0),
