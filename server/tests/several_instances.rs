@@ -443,3 +443,51 @@ fn edits_are_neither_lost_nor_failed_while_the_database_connections_are_killed()
     );
     assert_rotation_log_whole(&servers[1]);
 }
+
+#[test]
+fn an_edit_whose_commit_loses_its_connection_runs_again_once_the_database_says_it_aborted() {
+    let Some(db) = database() else { return };
+    let cluster = common::postgres::cluster().unwrap();
+    let name = database_name(&db);
+    let s = Server::start(&db, &["--interval", "1h"]);
+    // Commits of production rows take a second: a deferred constraint trigger runs at COMMIT,
+    // which leaves time to cut the connection while the commit is under way.
+    cluster.psql(
+        &name,
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON production \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    );
+    let url = format!("{}/v1/admin/put", s.url);
+    let edit =
+        std::thread::spawn(move || post(&url, Some(TOKEN), br#"{"key": "price", "value": "p1"}"#));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let killed = loop {
+        let pids = cluster.psql(
+            "postgres",
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{name}' \
+                 AND wait_event = 'PgSleep'"
+            ),
+        );
+        if let Some(pid) = pids.lines().next() {
+            cluster.psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+            break pid.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit never reached its commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Its transaction aborted with the connection: it runs again, and this commit completes.
+    let answer = edit.join().unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "the edit whose commit's connection (backend {killed}) was cut: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(production(&s).contains("price"), "the edit is not in production");
+}
