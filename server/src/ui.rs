@@ -151,7 +151,10 @@ fn security_headers() -> [(header::HeaderName, HeaderValue); 4] {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
     ]
 }
@@ -163,7 +166,10 @@ mod tests {
     #[test]
     fn every_module_the_page_imports_is_served() {
         let names: Vec<&str> = ASSETS.iter().map(|a| a.name).collect();
-        for asset in ASSETS.iter().filter(|a| a.content_type == JS || a.name == "index.html") {
+        for asset in ASSETS
+            .iter()
+            .filter(|a| a.content_type == JS || a.name == "index.html")
+        {
             let text = std::str::from_utf8(asset.bytes).expect("utf-8");
             for quote in ["\"./", "'./", "src=\"", "href=\""] {
                 for part in text.split(quote).skip(1) {

@@ -230,6 +230,11 @@ def admin_session(page, server):
     page.click("#nav >> text=Interval")
     expect(page.locator("#interval-now")).to_have_text("1 s")
     expect(page.locator("#window-now")).to_have_text("500 ms")
+    page.fill("#window-input", "400ms")
+    page.click("#interval-form button[type=submit]")
+    expect(page.locator("#window-now")).to_have_text("400 ms")
+    expect(page.locator("#flash")).to_contain_text("minimum retrieval window 400ms")
+    assert server.admin("/v1/admin/status")["sync"]["min_window_us"] == 400_000
     shot(page, "07-interval")
 
     # The farm: a thousand synthetic members, every other one checking in again so that the
@@ -283,8 +288,11 @@ def admin_session(page, server):
 
     page.click("#nav >> text=Audit")
     expect(page.locator("#view h1")).to_have_text("Audit log")
-    if page.locator("#audit").count():
-        expect(page.locator("#audit tbody")).to_contain_text("price:apple")
+    # Who changed what, each change the page made among them.
+    for action in ("put", "schedule-put", "import", "rollback", "interval"):
+        expect(page.locator(f'#audit tbody tr[data-action="{action}"]').first).to_be_visible()
+    expect(page.locator('#audit tbody tr[data-action="rollback"]')).to_contain_text(
+        f"content of version {old}")
     shot(page, "11-audit")
     page.click("#signout")
     expect(page.locator("#signin")).to_be_visible()
