@@ -23,7 +23,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::clock::{format_duration_us, format_us};
-use crate::store::{Change, IntervalChange, Store, StoreError};
+use crate::store::{Change, IntervalChange, PinChange, Store, StoreError};
 use crate::{clock, farm};
 
 /// Size limits on what admins may send.
@@ -264,6 +264,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/admin/import", post(admin_import))
         .route("/v1/admin/interval", post(admin_interval))
         .route("/v1/admin/rollback", post(admin_rollback))
+        .route("/v1/admin/pin", post(admin_pin))
+        .route("/v1/admin/unpin", post(admin_unpin))
         .route("/v1/admin/status", get(admin_status))
         .route("/v1/admin/history", get(admin_history))
         .route("/v1/admin/diff", get(admin_diff))
@@ -606,6 +608,48 @@ async fn admin_rollback(
         dry_run: req.dry_run,
         live_by_us: out.activation_time_us,
         production: out.production,
+        message,
+    }))
+}
+
+async fn admin_pin(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PinChange>> {
+    pin(state, headers, body, true).await
+}
+
+async fn admin_unpin(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PinChange>> {
+    pin(state, headers, body, false).await
+}
+
+/// Pins or unpins a version: retention keeps a pinned version's content.
+async fn pin(
+    state: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    pinned: bool,
+) -> ApiResult<Json<PinChange>> {
+    require_admin(&state, &headers)?;
+    let req: PinChange = parse_json(body)?;
+    let version = req.version;
+    let store = state.store.clone();
+    blocking(move || store.pin(version, pinned)).await?;
+    let message = match pinned {
+        true => format!("version {version} is pinned: retention keeps its content"),
+        false => format!(
+            "version {version} is unpinned: retention drops its content once it is neither \
+             among the newest versions kept nor within the time kept"
+        ),
+    };
+    Ok(Json(PinChange {
+        version,
+        pinned,
         message,
     }))
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::clock::{format_duration_us, format_us};
 use crate::farm::{HostView, Member, Role};
-use crate::store::{Status, VersionRow};
+use crate::store::{PinChange, Status, VersionRow};
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
@@ -286,12 +286,18 @@ impl Cli {
                 info: v,
                 downloads,
                 pruned_us,
+                pinned,
+                ..
             } in h
             {
-                // A version whose content retention dropped says so after its reason.
-                let pruned = pruned_us
+                // A version whose content retention dropped says so after its reason, and so
+                // does one pinned against it.
+                let mut pruned = pruned_us
                     .map(|at| format!(" (content dropped {})", format_us(at)))
                     .unwrap_or_default();
+                if *pinned {
+                    pruned.push_str(" (pinned)");
+                }
                 outln!(
                     out,
                     "{:>7} {:>8} {:>10} {:>9} {:<24} {:<24} {:<24} {}{}",
@@ -327,6 +333,22 @@ impl Cli {
                 outln!(out, "versions {} and {} have the same content", d.a, d.b);
             }
         })
+    }
+
+    /// Pins `version` (retention keeps its content) or unpins it.
+    pub fn pin(&self, version: u64, pinned: bool) -> CliResult {
+        let path = if pinned {
+            "/v1/admin/pin"
+        } else {
+            "/v1/admin/unpin"
+        };
+        let request = PinChange {
+            version,
+            pinned,
+            message: String::new(),
+        };
+        let r: PinChange = self.post(path, &request)?;
+        self.print(&r, |r, out| outln!(out, "{}", r.message))
     }
 
     /// Rolls back to `version`, listing the production keys that change. Without `yes` it

@@ -84,6 +84,11 @@ struct ServeArgs {
     /// Versions younger than this keep their content, whatever --keep-versions says.
     #[arg(long, default_value = "1h")]
     keep_for: String,
+    /// Versions younger than this keep their change set (the keys they changed), so history,
+    /// diff and rollback reach them after their content is dropped; older ones keep only their
+    /// history row.
+    #[arg(long, default_value = "30d")]
+    keep_changes_for: String,
     /// Largest key, bytes.
     #[arg(long, default_value_t = 1024)]
     max_key_bytes: usize,
@@ -158,6 +163,11 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Keep VERSION's content from retention (--keep-versions, --keep-for), so it can be
+    /// downloaded, diffed and rolled back to from its own bytes.
+    Pin { version: u64 },
+    /// Let retention drop VERSION's content again (its history row and change set stay).
+    Unpin { version: u64 },
     /// Copy a data server's whole state (production, schedules, versions and history) into a
     /// new database, e.g. from SQLite to PostgreSQL, checking counts and checksums. Stop the
     /// data servers on FROM first.
@@ -225,6 +235,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         keep_versions: args.keep_versions,
         keep_for_us: clock::parse_duration_us(&args.keep_for)
             .map_err(|e| format!("bad --keep-for: {e}; write it like 30m, 1h or 7d"))?,
+        keep_changes_for_us: clock::parse_duration_us(&args.keep_changes_for)
+            .map_err(|e| format!("bad --keep-changes-for: {e}; write it like 7d or 30d"))?,
     };
     // A new database starts with these; an existing one changes only what is given.
     let seed_interval = interval.unwrap_or(DEFAULT_INTERVAL_US);
@@ -581,6 +593,8 @@ fn run_cli(args: Args) -> Result<(), CliError> {
         Command::History { limit, all } => cli.history(if all { None } else { Some(limit) }),
         Command::Diff { a, b } => cli.diff(a, b),
         Command::Rollback { version, yes } => cli.rollback(version, yes),
+        Command::Pin { version } => cli.pin(version, true),
+        Command::Unpin { version } => cli.pin(version, false),
     }
 }
 

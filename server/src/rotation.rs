@@ -74,10 +74,15 @@ fn rotate(
     }
 
     // 3. staged ← production: a new version only if production changed since the one that
-    //    just became active was built; its bytes encoded ahead of time when they were (see
-    //    `store::prepare`), so that this is a few writes whatever the size of the data.
-    let staged = match prepared {
+    //    just became active was built. Its bytes were encoded and stored ahead of time when
+    //    they could be (see `store::prepare`), so that this writes a version row naming them,
+    //    a few writes whatever the size of the data; it encodes here otherwise.
+    let ahead = match prepared {
         Some(p) => staging::stage_prepared(tx, active, p, now_us)?,
+        None => None,
+    };
+    let staged = match ahead {
+        Some(v) => v,
         None => staging::restage_production(tx, active, gen, now_us, "rotation")?,
     };
     for (id, _) in &due_changes {

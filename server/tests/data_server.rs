@@ -1377,6 +1377,12 @@ fn a_rotation_stages_a_version_built_before_its_activation_time() {
                 row["created_us"].as_i64() < rotation["activation_time_us"].as_i64(),
                 "version {staged} was built at its rotation, not ahead: {row} {rotation}"
             );
+            // Its bytes were stored before T too: the rotation wrote a row naming them.
+            let stored = row["stored_ahead_us"].as_i64();
+            assert!(
+                stored.is_some() && stored < rotation["activation_time_us"].as_i64(),
+                "version {staged}'s bytes were written by its rotation: {row} {rotation}"
+            );
         }
     });
 }

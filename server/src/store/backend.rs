@@ -136,8 +136,8 @@ pub trait Tx {
     fn history(&mut self, limit: u64) -> Result<Vec<VersionInfo>>;
     fn version_count(&mut self) -> Result<u64>;
     /// Drops the bytes of versions numbered below `below` and created before `before_us`,
-    /// except `keep` (the active and staged versions); their catalogue rows stay. Returns how
-    /// many it dropped.
+    /// except `keep` (the active and staged versions) and pinned ones; their catalogue rows and
+    /// change sets stay. Returns how many it dropped.
     fn prune_versions(
         &mut self,
         below: u64,
@@ -163,4 +163,34 @@ pub trait Tx {
     fn farm(&mut self, since_us: i64) -> Result<Vec<Member>>;
     fn add_downloads(&mut self, counts: &HashMap<u64, u64>) -> Result<()>;
     fn downloads(&mut self, oldest: u64, newest: u64) -> Result<HashMap<u64, u64>>;
+
+    // Versions stored ahead of their rotation (see `store::prepare`), change sets (see
+    // `store::changeset`) and pins.
+    /// Stores a version's bytes, keyed by its checksum, before the rotation of `for_us` that
+    /// may use them; a rotation that does not leaves them to [`Tx::drop_orphans`].
+    fn insert_blob(&mut self, checksum: u64, bytes: &[u8], for_us: i64, now_us: i64) -> Result<()>;
+    /// When the bytes with this checksum were stored ahead, if they are.
+    fn blob_stored(&mut self, checksum: u64) -> Result<Option<i64>>;
+    /// Inserts a version row whose bytes ([`Tx::insert_blob`]) were stored ahead at
+    /// `stored_us`: `v.bytes` is not written, and `size` is their length.
+    fn insert_version_ahead(&mut self, v: &NewVersion<'_>, size: u64, stored_us: i64)
+        -> Result<()>;
+    /// When the version's bytes were stored ahead of its rotation, if they were.
+    fn version_stored_ahead(&mut self, version: u64) -> Result<Option<i64>>;
+    /// Records what the version with `checksum` changed against version `base`.
+    fn insert_changeset(&mut self, checksum: u64, base: u64, changes: &[u8]) -> Result<()>;
+    /// The version's change set: its base version and the encoded changes.
+    fn changeset(&mut self, version: u64) -> Result<Option<(u64, Vec<u8>)>>;
+    /// The lowest-numbered version after `version` whose bytes are kept.
+    fn nearest_kept_after(&mut self, version: u64) -> Result<Option<u64>>;
+    /// Deletes bytes and change sets stored ahead for a rotation before `before_us` that no
+    /// version uses (that rotation staged something else, or its instance died first).
+    fn drop_orphans(&mut self, before_us: i64) -> Result<u64>;
+    /// Pins or unpins a version; false if it does not exist.
+    fn set_pinned(&mut self, version: u64, pinned: bool) -> Result<bool>;
+    fn version_pinned(&mut self, version: u64) -> Result<bool>;
+    /// The space the database takes, in bytes, as the database counts it.
+    fn database_bytes(&mut self) -> Result<u64>;
+    /// Deletes the change sets of versions created before `before_us`; returns how many.
+    fn prune_changesets(&mut self, before_us: i64) -> Result<u64>;
 }

@@ -13,6 +13,7 @@
 //! ([`crate::farm::Batch`]) and download counts ([`crate::downloads`]).
 
 pub mod backend;
+pub mod changeset;
 pub mod migrate;
 pub mod postgres;
 pub mod prepare;
@@ -146,6 +147,10 @@ pub struct Status {
     pub pending_scheduled: u64,
     pub versions: u64,
     pub rotations: u64,
+    /// The space the database takes, as it counts it (SQLite's pages, PostgreSQL's
+    /// `pg_database_size`).
+    #[serde(default)]
+    pub database_bytes: u64,
     /// Every process, in [`farm::sort_for_view`]'s order.
     pub farm: Vec<Member>,
     pub hosts: Vec<HostView>,
@@ -161,6 +166,23 @@ pub struct VersionRow {
     /// When retention dropped the version's content (its row stays); absent while it has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_us: Option<i64>,
+    /// Retention keeps its content (`lockstep pin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+    /// When its bytes were stored, ahead of the rotation that staged it (see [`prepare`]);
+    /// absent for a version encoded at its rotation, rollback or schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_ahead_us: Option<i64>,
+}
+
+/// `POST /v1/admin/pin` and `/v1/admin/unpin`: the request (`version`) and the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinChange {
+    pub version: u64,
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub message: String,
 }
 
 /// How many versions keep their content (see [`Store::prune`]).
@@ -170,6 +192,8 @@ pub struct Retention {
     pub keep_versions: u64,
     /// Versions created within this long.
     pub keep_for_us: i64,
+    /// Versions created within this long keep their change set (see [`changeset`]).
+    pub keep_changes_for_us: i64,
 }
 
 /// Seeds a new database: an empty first version, staged and active, and the first activation
@@ -409,6 +433,22 @@ impl Store {
         else {
             return Ok(false);
         };
+        let mut built = built;
+        // Stored now, in a transaction of its own, so that the rotation at T writes no bytes.
+        let stored = self.write_with(Durability::Full, |tx| {
+            let at = clock::now_us();
+            tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
+            tx.insert_changeset(built.checksum, built.base, &built.changes)?;
+            Ok(at)
+        });
+        match stored {
+            Ok(at) => {
+                built.stored_us = Some(at);
+                built.bytes = Vec::new();
+            }
+            // The rotation writes the bytes held here instead.
+            Err(e) => tracing::warn!("cannot store the next version ahead: {e}"),
+        }
         *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
         Ok(true)
     }
@@ -663,9 +703,18 @@ impl Store {
         Ok(stored)
     }
 
-    /// The decoded content of a version, for tools.
+    /// The decoded content of a version, for tools; one whose bytes retention dropped is
+    /// rebuilt from change sets (see [`changeset::rebuild`]).
     pub fn version_content(&self, version: u64) -> Result<Content> {
-        let stored = self.version_bytes(version)?;
+        let stored = match self.version_bytes(version) {
+            Err(StoreError::NotFound(e)) => {
+                return match self.read(|tx| tx.version_pruned(version))? {
+                    Some(_) => self.read(|tx| changeset::rebuild(tx, version)),
+                    None => Err(StoreError::NotFound(e)),
+                }
+            }
+            other => other?,
+        };
         let (_, map) = format::decode(&stored.bytes).map_err(|e| {
             StoreError::Corrupt(format!("stored version {version} is damaged: {e}"))
         })?;
@@ -685,6 +734,8 @@ impl Store {
                 rows.push(VersionRow {
                     downloads: downloads.get(&info.version).copied().unwrap_or(0),
                     pruned_us: tx.version_pruned(info.version)?,
+                    pinned: tx.version_pinned(info.version)?,
+                    stored_ahead_us: tx.version_stored_ahead(info.version)?,
                     info,
                 });
             }
@@ -759,29 +810,55 @@ impl Store {
                 pending_scheduled: tx.scheduled_pending_count()?,
                 versions: tx.version_count()?,
                 rotations: tx.rotation_count()?,
+                database_bytes: tx.database_bytes()?,
                 hosts: farm::by_host(&members),
                 farm: members,
             })
         })
     }
 
-    /// Drops the content of versions that are neither active, staged, among the newest
-    /// `keep_versions` nor created within `keep_for_us`; their history rows stay, and so do
-    /// diffs and rollbacks between versions that are kept. Returns how many it dropped, and
-    /// gives the space back (SQLite's incremental vacuum; PostgreSQL's autovacuum does it).
+    /// Drops the content of versions that are neither active, staged, pinned, among the newest
+    /// `keep_versions` nor created within `keep_for_us`; their history rows and change sets
+    /// stay, so history, diffs and rollbacks still reach them (see [`changeset::rebuild`]).
+    /// Deletes bytes stored ahead for a rotation that has passed without using them. Returns
+    /// how many versions it dropped, and gives the space back (SQLite's incremental vacuum,
+    /// PostgreSQL's `VACUUM`).
     pub fn prune(&self, retention: Retention, now_us: i64) -> Result<u64> {
-        let pruned = self.write(|tx| {
+        let (pruned, orphans) = self.write(|tx| {
             let (sync, _) = tx.sync()?;
             let newest = tx.next_version_number()?.saturating_sub(1);
             let below = newest.saturating_sub(retention.keep_versions) + 1;
             let before_us = now_us.saturating_sub(retention.keep_for_us);
             let keep = [sync.active_version, sync.staged_version];
-            tx.prune_versions(below, before_us, keep, now_us)
+            let pruned = tx.prune_versions(below, before_us, keep, now_us)?;
+            let changes_before = now_us.saturating_sub(retention.keep_changes_for_us);
+            let dropped = tx.prune_changesets(changes_before)?;
+            Ok((pruned, dropped + tx.drop_orphans(sync.activation_time_us)?))
         })?;
-        if pruned > 0 {
+        if pruned + orphans > 0 {
             self.db.reclaim()?;
         }
         Ok(pruned)
+    }
+
+    /// Pins a version (retention keeps its content) or unpins it.
+    pub fn pin(&self, version: u64, pinned: bool) -> Result<()> {
+        self.write(|tx| {
+            if pinned {
+                if let Some(at) = tx.version_pruned(version)? {
+                    return Err(StoreError::Conflict(format!(
+                        "version {version}'s content was dropped at {}; a pin keeps content,                          it cannot bring it back (lockstep rollback {version} stages a version                          with that content, rebuilt from change sets)",
+                        clock::format_us(at)
+                    )));
+                }
+            }
+            if !tx.set_pinned(version, pinned)? {
+                return Err(StoreError::NotFound(format!(
+                    "version {version} does not exist"
+                )));
+            }
+            Ok(())
+        })
     }
 
     /// The rotation log, oldest first.

@@ -124,6 +124,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE versions ADD COLUMN pruned_us BIGINT;
     "#,
+    // 3: SQLite's migration 5: versions stored ahead of their rotation, change sets, pins.
+    r#"
+    CREATE TABLE blobs (
+        checksum BIGINT PRIMARY KEY,
+        bytes BYTEA NOT NULL,
+        for_us BIGINT NOT NULL,
+        stored_us BIGINT NOT NULL
+    );
+    CREATE TABLE changesets (
+        checksum BIGINT PRIMARY KEY,
+        base BIGINT NOT NULL,
+        changes BYTEA NOT NULL
+    );
+    ALTER TABLE versions ADD COLUMN stored_ahead_us BIGINT;
+    ALTER TABLE versions ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX versions_checksum ON versions (checksum);
+    "#,
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -419,6 +436,20 @@ impl Postgres {
 }
 
 impl Backend for Postgres {
+    /// A plain `VACUUM` of the tables retention empties: the dropped versions' TOAST chunks
+    /// become free space that the next versions reuse, so the database stays bounded even
+    /// when autovacuum has not come round yet. (Only `VACUUM FULL` gives space back to the
+    /// file system, and it locks the tables.)
+    fn reclaim(&self) -> Result<()> {
+        let mut conn = self.pool.get().map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the database cannot be reached now ({e}); retry shortly"
+            ))
+        })?;
+        conn.batch_execute("VACUUM versions, blobs, changesets")?;
+        Ok(())
+    }
+
     fn write(
         &self,
         durability: Durability,
@@ -788,7 +819,10 @@ impl Tx for PgTx<'_, '_> {
         Ok(self
             .tx
             .query_opt(
-                "SELECT bytes, checksum FROM versions WHERE number = $1",
+                "SELECT CASE WHEN v.stored_ahead_us IS NULL THEN v.bytes
+                             ELSE COALESCE(b.bytes, '') END, v.checksum
+                 FROM versions v LEFT JOIN blobs b ON b.checksum = v.checksum
+                 WHERE v.number = $1",
                 &[&to_i64(version)],
             )?
             .map(|r| (r.get(0), r.get::<_, i64>(1) as u64)))
@@ -855,10 +889,10 @@ impl Tx for PgTx<'_, '_> {
         keep: [u64; 2],
         now_us: i64,
     ) -> Result<u64> {
-        self.exec(
+        let n = self.exec(
             "UPDATE versions SET bytes = '', pruned_us = $5
              WHERE number < $1 AND created_us < $2 AND number <> $3 AND number <> $4
-               AND pruned_us IS NULL",
+               AND pruned_us IS NULL AND NOT pinned",
             &[
                 &to_i64(below),
                 &before_us,
@@ -866,13 +900,26 @@ impl Tx for PgTx<'_, '_> {
                 &to_i64(keep[1]),
                 &now_us,
             ],
-        )
+        )?;
+        // Deleted rather than emptied: their TOAST chunks become dead tuples that (auto)vacuum
+        // gives back for reuse (see `Postgres::reclaim`).
+        self.exec(
+            "DELETE FROM blobs WHERE checksum IN
+                (SELECT checksum FROM versions WHERE pruned_us IS NOT NULL)",
+            &[],
+        )?;
+        Ok(n)
     }
 
     fn mark_pruned(&mut self, version: u64, at_us: i64) -> Result<()> {
         self.exec(
             "UPDATE versions SET bytes = '', pruned_us = $2 WHERE number = $1",
             &[&to_i64(version), &at_us],
+        )?;
+        self.exec(
+            "DELETE FROM blobs WHERE checksum IN
+                (SELECT checksum FROM versions WHERE number = $1)",
+            &[&to_i64(version)],
         )?;
         Ok(())
     }
@@ -1041,5 +1088,141 @@ impl Tx for PgTx<'_, '_> {
             .iter()
             .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
             .collect())
+    }
+
+    fn insert_blob(&mut self, checksum: u64, bytes: &[u8], for_us: i64, now_us: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO blobs (checksum, bytes, for_us, stored_us) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (checksum) DO UPDATE SET bytes = excluded.bytes,
+                for_us = excluded.for_us, stored_us = excluded.stored_us",
+            &[&to_i64(checksum), &bytes, &for_us, &now_us],
+        )?;
+        Ok(())
+    }
+
+    fn blob_stored(&mut self, checksum: u64) -> Result<Option<i64>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT stored_us FROM blobs WHERE checksum = $1",
+                &[&to_i64(checksum)],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn insert_version_ahead(
+        &mut self,
+        v: &NewVersion<'_>,
+        size: u64,
+        stored_us: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
+                                   created_us, reason, stored_ahead_us)
+             VALUES ($1, '', $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &to_i64(v.number),
+                &to_i64(v.checksum),
+                &v.digest,
+                &v.production_gen,
+                &to_i64(size),
+                &to_i64(v.entries),
+                &v.created_us,
+                &v.reason,
+                &stored_us,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn version_stored_ahead(&mut self, version: u64) -> Result<Option<i64>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT stored_ahead_us FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .and_then(|r| r.get(0)))
+    }
+
+    fn insert_changeset(&mut self, checksum: u64, base: u64, changes: &[u8]) -> Result<()> {
+        self.exec(
+            "INSERT INTO changesets (checksum, base, changes) VALUES ($1, $2, $3)
+             ON CONFLICT (checksum) DO UPDATE SET base = excluded.base,
+                changes = excluded.changes",
+            &[&to_i64(checksum), &to_i64(base), &changes],
+        )?;
+        Ok(())
+    }
+
+    fn changeset(&mut self, version: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT c.base, c.changes FROM versions v
+                 JOIN changesets c ON c.checksum = v.checksum WHERE v.number = $1",
+                &[&to_i64(version)],
+            )?
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    fn nearest_kept_after(&mut self, version: u64) -> Result<Option<u64>> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT MIN(number) FROM versions WHERE number > $1 AND pruned_us IS NULL",
+                &[&to_i64(version)],
+            )?
+            .get::<_, Option<i64>>(0)
+            .map(|n| n as u64))
+    }
+
+    fn drop_orphans(&mut self, before_us: i64) -> Result<u64> {
+        let n = self.exec(
+            "DELETE FROM blobs b WHERE b.for_us < $1
+               AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.checksum = b.checksum)",
+            &[&before_us],
+        )?;
+        self.exec(
+            "DELETE FROM changesets c
+             WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.checksum = c.checksum)
+               AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.checksum = c.checksum)",
+            &[],
+        )?;
+        Ok(n)
+    }
+
+    fn set_pinned(&mut self, version: u64, pinned: bool) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE versions SET pinned = $2 WHERE number = $1",
+            &[&to_i64(version), &pinned],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn version_pinned(&mut self, version: u64) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT pinned FROM versions WHERE number = $1",
+                &[&to_i64(version)],
+            )?
+            .is_some_and(|r| r.get(0)))
+    }
+
+    fn database_bytes(&mut self) -> Result<u64> {
+        let n: i64 = self
+            .tx
+            .query_one("SELECT pg_database_size(current_database())", &[])?
+            .get(0);
+        Ok(n.max(0) as u64)
+    }
+
+    fn prune_changesets(&mut self, before_us: i64) -> Result<u64> {
+        self.exec(
+            "DELETE FROM changesets WHERE checksum IN
+                (SELECT checksum FROM versions WHERE created_us < $1)",
+            &[&before_us],
+        )
     }
 }

@@ -4,13 +4,17 @@
 //! into a new staged version. Encoding that version takes time in proportion to the data, and
 //! the rotation holds the write lock that every other check-in at T waits for. So shortly
 //! before T (see [`lead_us`]) each data server encodes the version the rotation will need, in
-//! memory and outside any lock; the rotation then only stores those bytes if nothing it
-//! depends on has changed since ([`Basis`]), and encodes as before otherwise.
+//! memory and outside any lock, and stores the bytes (with the version's change set) in a
+//! transaction of their own, keyed by checksum, before T. The rotation then only writes a
+//! version row naming them, if nothing it depends on has changed since ([`Basis`]) and they
+//! are still there; it encodes as before otherwise. Bytes that no rotation used (their basis
+//! changed, or the instance died between storing them and T) are deleted by retention
+//! ([`super::backend::Tx::drop_orphans`]) once their activation time has passed.
 
 use lockstep::format::{self, Content};
 
 use super::backend::Tx;
-use super::{Result, StoreError};
+use super::{changeset, Result, StoreError};
 use crate::rotation;
 
 /// Everything the rotation's new staged version depends on. Equal bases, equal versions:
@@ -33,10 +37,17 @@ pub struct Prepared {
     /// The production generation after the due scheduled changes.
     pub production_gen: i64,
     pub digest: String,
+    /// The encoded version; emptied once stored ahead.
     pub bytes: Vec<u8>,
+    pub size: u64,
     pub checksum: u64,
     pub entries: u64,
     pub created_us: i64,
+    /// The staged version it replaces, and the encoded change set against it.
+    pub base: u64,
+    pub changes: Vec<u8>,
+    /// When the bytes were stored ahead ([`super::backend::Tx::insert_blob`]), if they were.
+    pub stored_us: Option<i64>,
 }
 
 /// How long before the activation time a data server builds the next version: the minimum
@@ -88,14 +99,20 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Option<Prep
     let bytes = format::encode(basis.number, now_us, &content)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
+    let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
     Ok(Some(Prepared {
         basis,
         production_gen,
         digest,
         checksum: header.checksum,
         entries: content.len() as u64,
+        size: bytes.len() as u64,
         bytes: bytes.to_vec(),
         created_us: now_us,
+        base: sync.staged_version,
+        changes,
+        stored_us: None,
     }))
 }
 
@@ -154,6 +171,71 @@ mod tests {
         let (_, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
         assert!(rotated);
         assert_eq!(staged_price(&s), b"b");
+    }
+
+    fn blob_stored(s: &Store, checksum: u64) -> Option<i64> {
+        s.read(|tx| tx.blob_stored(checksum)).unwrap()
+    }
+
+    fn retention() -> super::super::Retention {
+        super::super::Retention {
+            keep_versions: 100,
+            keep_for_us: 3_600 * S,
+            keep_changes_for_us: 3_600 * S,
+        }
+    }
+
+    #[test]
+    fn the_rotation_names_bytes_stored_before_it_and_writes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        let checksum = {
+            let held = s.prepared.lock().unwrap();
+            let p = held.as_ref().unwrap();
+            assert!(
+                p.stored_us.is_some() && p.bytes.is_empty(),
+                "not stored ahead"
+            );
+            p.checksum
+        };
+        let stored = blob_stored(&s, checksum).expect("no bytes stored ahead");
+        let (sync, _) = s.rotate_if_due(t + 1, "test").unwrap();
+        let row = s.history(1).unwrap().remove(0);
+        assert_eq!(row.info.version, sync.staged_version);
+        assert_eq!(row.stored_ahead_us, Some(stored));
+        assert_eq!(s.version_checksum(sync.staged_version).unwrap(), checksum);
+        assert_eq!(staged_price(&s), b"a");
+        // Used, so retention keeps them.
+        s.prune(retention(), crate::clock::now_us()).unwrap();
+        assert_eq!(blob_stored(&s, checksum), Some(stored));
+    }
+
+    #[test]
+    fn bytes_stored_ahead_that_no_rotation_used_are_deleted_after_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        let checksum = s.prepared.lock().unwrap().as_ref().unwrap().checksum;
+        // The instance dies between storing them and T: another rotates without them.
+        drop(s);
+        let s = store(dir.path());
+        s.prune(retention(), crate::clock::now_us()).unwrap();
+        assert!(
+            blob_stored(&s, checksum).is_some(),
+            "deleted before their T"
+        );
+        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(staged_price(&s), b"a");
+        assert_ne!(s.version_checksum(sync.staged_version).unwrap(), checksum);
+        assert_eq!(s.history(1).unwrap()[0].stored_ahead_us, None);
+        s.prune(retention(), crate::clock::now_us()).unwrap();
+        assert_eq!(blob_stored(&s, checksum), None, "an orphan was kept");
     }
 
     #[test]

@@ -109,6 +109,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE versions ADD COLUMN pruned_us INTEGER;
     "#,
+    // 5: versions stored ahead of their rotation (`store::prepare`: the rotation then only
+    // writes a row naming `blobs`' bytes by checksum), change sets that outlive retention
+    // (`store::changeset`), pins.
+    r#"
+    CREATE TABLE blobs (
+        checksum INTEGER PRIMARY KEY,
+        bytes BLOB NOT NULL,
+        for_us INTEGER NOT NULL,
+        stored_us INTEGER NOT NULL
+    );
+    CREATE TABLE changesets (
+        checksum INTEGER PRIMARY KEY,
+        base INTEGER NOT NULL,
+        changes BLOB NOT NULL
+    );
+    ALTER TABLE versions ADD COLUMN stored_ahead_us INTEGER;
+    ALTER TABLE versions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX versions_checksum ON versions (checksum);
+    "#,
 ];
 
 /// Read connections kept open between requests; more than this many concurrent reads open
@@ -553,7 +572,10 @@ impl Tx for SqliteTx<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT bytes, checksum FROM versions WHERE number = ?1",
+                "SELECT CASE WHEN v.stored_ahead_us IS NULL THEN v.bytes
+                             ELSE COALESCE(b.bytes, X'') END, v.checksum
+                 FROM versions v LEFT JOIN blobs b ON b.checksum = v.checksum
+                 WHERE v.number = ?1",
                 params![to_i64(version)],
                 |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
             )
@@ -622,7 +644,7 @@ impl Tx for SqliteTx<'_> {
         let n = self.0.execute(
             "UPDATE versions SET bytes = X'', pruned_us = ?5
              WHERE number < ?1 AND created_us < ?2 AND number NOT IN (?3, ?4)
-               AND pruned_us IS NULL",
+               AND pruned_us IS NULL AND pinned = 0",
             params![
                 to_i64(below),
                 before_us,
@@ -631,6 +653,11 @@ impl Tx for SqliteTx<'_> {
                 now_us
             ],
         )?;
+        self.0.execute(
+            "DELETE FROM blobs WHERE checksum IN
+                (SELECT checksum FROM versions WHERE pruned_us IS NOT NULL)",
+            [],
+        )?;
         Ok(n as u64)
     }
 
@@ -638,6 +665,11 @@ impl Tx for SqliteTx<'_> {
         self.0.execute(
             "UPDATE versions SET bytes = X'', pruned_us = ?2 WHERE number = ?1",
             params![to_i64(version), at_us],
+        )?;
+        self.0.execute(
+            "DELETE FROM blobs WHERE checksum IN
+                (SELECT checksum FROM versions WHERE number = ?1)",
+            params![to_i64(version)],
         )?;
         Ok(())
     }
@@ -780,5 +812,142 @@ impl Tx for SqliteTx<'_> {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?;
         Ok(rows.collect::<rusqlite::Result<HashMap<u64, u64>>>()?)
+    }
+
+    fn insert_blob(&mut self, checksum: u64, bytes: &[u8], for_us: i64, now_us: i64) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO blobs (checksum, bytes, for_us, stored_us)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![to_i64(checksum), bytes, for_us, now_us],
+        )?;
+        Ok(())
+    }
+
+    fn blob_stored(&mut self, checksum: u64) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT stored_us FROM blobs WHERE checksum = ?1",
+                params![to_i64(checksum)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn insert_version_ahead(
+        &mut self,
+        v: &NewVersion<'_>,
+        size: u64,
+        stored_us: i64,
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
+                                   created_us, reason, stored_ahead_us)
+             VALUES (?1, X'', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                to_i64(v.number),
+                to_i64(v.checksum),
+                v.digest,
+                v.production_gen,
+                to_i64(size),
+                to_i64(v.entries),
+                v.created_us,
+                v.reason,
+                stored_us
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn version_stored_ahead(&mut self, version: u64) -> Result<Option<i64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT stored_ahead_us FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    fn insert_changeset(&mut self, checksum: u64, base: u64, changes: &[u8]) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO changesets (checksum, base, changes) VALUES (?1, ?2, ?3)",
+            params![to_i64(checksum), to_i64(base), changes],
+        )?;
+        Ok(())
+    }
+
+    fn changeset(&mut self, version: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT c.base, c.changes FROM versions v
+                 JOIN changesets c ON c.checksum = v.checksum WHERE v.number = ?1",
+                params![to_i64(version)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn nearest_kept_after(&mut self, version: u64) -> Result<Option<u64>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT MIN(number) FROM versions WHERE number > ?1 AND pruned_us IS NULL",
+                params![to_i64(version)],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|n| n as u64))
+    }
+
+    fn drop_orphans(&mut self, before_us: i64) -> Result<u64> {
+        let n = self.0.execute(
+            "DELETE FROM blobs WHERE for_us < ?1
+               AND checksum NOT IN (SELECT checksum FROM versions)",
+            params![before_us],
+        )?;
+        self.0.execute(
+            "DELETE FROM changesets WHERE checksum NOT IN (SELECT checksum FROM versions)
+               AND checksum NOT IN (SELECT checksum FROM blobs)",
+            [],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn set_pinned(&mut self, version: u64, pinned: bool) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE versions SET pinned = ?2 WHERE number = ?1",
+            params![to_i64(version), pinned],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn version_pinned(&mut self, version: u64) -> Result<bool> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT pinned FROM versions WHERE number = ?1",
+                params![to_i64(version)],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    fn database_bytes(&mut self) -> Result<u64> {
+        let pages = count(self.0, "PRAGMA page_count")?;
+        let size = count(self.0, "PRAGMA page_size")?;
+        Ok(pages.saturating_mul(size))
+    }
+
+    fn prune_changesets(&mut self, before_us: i64) -> Result<u64> {
+        let n = self.0.execute(
+            "DELETE FROM changesets WHERE checksum IN
+                (SELECT checksum FROM versions WHERE created_us < ?1)",
+            params![before_us],
+        )?;
+        Ok(n as u64)
     }
 }

@@ -4,7 +4,7 @@
 use lockstep::format::{self, Content};
 
 use super::backend::{NewVersion, Tx};
-use super::{Result, StoreError};
+use super::{changeset, Result, StoreError};
 
 /// Encodes `content` as a new immutable version and stores it. Returns its number.
 pub fn insert_version(
@@ -54,24 +54,42 @@ pub fn restage(
         return Ok(staged);
     }
     let v = insert_version(tx, content, &digest, production_gen, now_us, reason)?;
+    record_changes(tx, v, staged, content)?;
     tx.mark_staged(v, now_us)?;
     tx.set_staged(v)?;
     Ok(v)
 }
 
-/// Stores a version built ahead of the rotation (its basis checked by the caller) and makes it
-/// the staged version, where `staged` is the staged version now.
+/// Records what version `v` (with `content`) changes against `base`, the staged version it
+/// replaces, so that its content can be rebuilt once retention drops its bytes.
+fn record_changes(tx: &mut dyn Tx, v: u64, base: u64, content: &Content) -> Result<()> {
+    let (Some((old, _)), Some(checksum)) = (tx.version_bytes(base)?, tx.version_checksum(v)?)
+    else {
+        return Ok(());
+    };
+    if old.is_empty() {
+        return Ok(());
+    }
+    let changes = changeset::encode(&changeset::between(&old, content)?)?;
+    tx.insert_changeset(checksum, base, &changes)
+}
+
+/// Makes a version built ahead of the rotation (its basis checked by the caller) the staged
+/// version, where `staged` is the staged version now. Its bytes were stored ahead, so this
+/// writes only a version row that names them; if they were not (the database was out of reach
+/// then) the bytes held in memory are written here. `None` if neither is there: the caller
+/// encodes.
 pub fn stage_prepared(
     tx: &mut dyn Tx,
     staged: u64,
     p: &super::prepare::Prepared,
     now_us: i64,
-) -> Result<u64> {
+) -> Result<Option<u64>> {
     let (staged_digest, _) = version_digest(tx, staged)?;
     if p.digest == staged_digest {
-        return Ok(staged);
+        return Ok(Some(staged));
     }
-    tx.insert_version(&NewVersion {
+    let row = NewVersion {
         number: p.basis.number,
         bytes: &p.bytes,
         checksum: p.checksum,
@@ -80,10 +98,22 @@ pub fn stage_prepared(
         entries: p.entries,
         created_us: p.created_us,
         reason: "rotation",
-    })?;
+    };
+    let stored = match p.stored_us {
+        Some(_) => tx.blob_stored(p.checksum)?,
+        None => None,
+    };
+    match stored {
+        Some(at) => tx.insert_version_ahead(&row, p.size, at)?,
+        None if !p.bytes.is_empty() => {
+            tx.insert_version(&row)?;
+            tx.insert_changeset(p.checksum, p.base, &p.changes)?;
+        }
+        None => return Ok(None),
+    }
     tx.mark_staged(p.basis.number, now_us)?;
     tx.set_staged(p.basis.number)?;
-    Ok(p.basis.number)
+    Ok(Some(p.basis.number))
 }
 
 /// Makes production (at generation `gen`) the staged version, where `staged` is the staged
@@ -121,8 +151,12 @@ pub fn stored_bytes(tx: &mut dyn Tx, version: u64) -> Result<(Vec<u8>, u64)> {
     Ok((bytes, checksum))
 }
 
-/// Reads, verifies and decodes a stored version inside a transaction.
+/// Reads, verifies and decodes a stored version inside a transaction; one whose bytes
+/// retention dropped is rebuilt from change sets (see [`changeset::rebuild`]).
 pub fn version_content(tx: &mut dyn Tx, version: u64) -> Result<Content> {
+    if tx.version_pruned(version)?.is_some() {
+        return changeset::rebuild(tx, version);
+    }
     let (bytes, _) = stored_bytes(tx, version)?;
     let (_, map) = format::decode(&bytes)
         .map_err(|e| StoreError::Corrupt(format!("stored version {version} is damaged: {e}")))?;
