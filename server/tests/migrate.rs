@@ -89,6 +89,11 @@ fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
         assert!(Instant::now() < deadline, "the long cycle never began");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A pin and the change sets move too (checked after the migration).
+    admin_post(&s, "/v1/admin/pin", serde_json::json!({"version": 2}));
+    let in_v3: Vec<Option<String>> = (0..5)
+        .map(|i| value_in_version(&s, &format!("k{i}"), 3))
+        .collect();
     let before = views(&s);
     let table = checkin(&s, "probe").sync;
     // Stopped cleanly, so that its download counts are written.
@@ -136,6 +141,31 @@ fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("already holds"), "{stderr}");
     assert_eq!(admin_get(&p, "/v1/admin/scheduled"), scheduled);
+
+    // With retention at its tightest, the pinned version keeps its content, and one whose
+    // content is dropped is rebuilt from the change sets the migration carried.
+    drop(p);
+    let p = Server::start(&pg, &["--keep-versions", "1", "--keep-for", "1ms"]);
+    let row = |v: u64| {
+        admin_get(&p, "/v1/admin/history?limit=1000000")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap()
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while row(3).get("pruned_us").is_none() {
+        assert!(Instant::now() < deadline, "version 3 never dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(row(2)["pinned"], true);
+    assert!(row(2).get("pruned_us").is_none(), "{}", row(2));
+    let rebuilt: Vec<Option<String>> = (0..5)
+        .map(|i| value_in_version(&p, &format!("k{i}"), 3))
+        .collect();
+    assert_eq!(rebuilt, in_v3);
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `lockstep migrate --from lockstep.db --to postgres://…`: moves a data server's whole state
-//! (production, scheduled changes, every version with its history, the sync table, the rotation
-//! log and download counts) into an empty database in one transaction, which reads the copy
-//! back and checks counts and checksums before it commits. The farm view is not copied:
-//! clients rebuild it as they check in. Stop the data servers on the source first: the copy is
-//! of one moment.
+//! (production, scheduled changes, every version with its history, change set and pin, the
+//! sync table, the rotation log and download counts) into an empty database in one
+//! transaction, which reads the copy back and checks counts and checksums before it commits.
+//! The farm view is not copied: clients rebuild it as they check in. Stop the data servers on
+//! the source first: the copy is of one moment.
 
 use lockstep::format;
 use lockstep::wire::SyncTable;
@@ -113,7 +113,7 @@ fn copy(tx: &mut dyn Tx, out: &mut dyn Tx) -> Result<()> {
         let missing = || StoreError::Corrupt(format!("version {n} is incomplete"));
         let (bytes, checksum) = tx.version_bytes(n)?.ok_or_else(missing)?;
         let (digest, production_gen) = tx.version_digest(n)?.ok_or_else(missing)?;
-        out.insert_version(&NewVersion {
+        let row = NewVersion {
             number: n,
             bytes: &bytes,
             checksum,
@@ -122,7 +122,23 @@ fn copy(tx: &mut dyn Tx, out: &mut dyn Tx) -> Result<()> {
             entries: info.entries,
             created_us: info.created_us,
             reason: &info.reason,
-        })?;
+        };
+        // Stored as the source stores it: bytes stored ahead of their rotation stay so.
+        match tx.version_stored_ahead(n)? {
+            Some(at) => {
+                if !bytes.is_empty() {
+                    out.insert_blob(checksum, &bytes, at, at)?;
+                }
+                out.insert_version_ahead(&row, info.size, at)?;
+            }
+            None => out.insert_version(&row)?,
+        }
+        if let Some((base, changes)) = tx.changeset(n)? {
+            out.insert_changeset(checksum, base, &changes)?;
+        }
+        if tx.version_pinned(n)? {
+            out.set_pinned(n, true)?;
+        }
         if let Some(at) = info.staged_us {
             out.mark_staged(n, at)?;
         }
