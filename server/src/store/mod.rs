@@ -435,7 +435,11 @@ impl Store {
         };
         let mut built = built;
         // Stored now, in a transaction of its own, so that the rotation at T writes no bytes.
-        let stored = self.write_with(Durability::Full, |tx| {
+        // Batched: it takes no sync-row lock (edits do not wait on tens of MB) and no fsync of
+        // its own; the rotation that names these bytes commits durably after them, which makes
+        // them durable too (one log, flushed in order), and bytes lost in a crash before it are
+        // not there for it to name, so it encodes them again.
+        let stored = self.write_with(Durability::Batched, |tx| {
             let at = clock::now_us();
             tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
             tx.insert_changeset(built.checksum, built.base, &built.changes)?;
