@@ -29,7 +29,7 @@ INTERVAL=${INTERVAL:-10s}
 . benches/lib.sh
 ulimit -n "$(ulimit -Hn)"
 
-herd_client=$(cargo bench -q -p lockstep --bench herd_client --no-run 2>&1 |
+herd_client=$(cargo bench -p lockstep --bench herd_client --no-run 2>&1 |
   sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -x "$herd_client" ] || { echo "herd_client did not build" >&2; exit 1; }
 
