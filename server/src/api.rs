@@ -273,6 +273,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/admin/key", get(admin_key))
         .route("/v1/admin/scheduled", get(admin_scheduled))
         .route("/v1/admin/rotations", get(admin_rotations))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
