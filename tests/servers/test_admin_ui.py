@@ -201,13 +201,18 @@ def admin_session(page, server):
     page.click("#nav >> text=Production")
     path = os.path.join(os.path.dirname(server.log_path), "prices.json")
     with open(path, "w") as f:
-        json.dump({"price:kiwi": "0.45", "price:plum": 0.8}, f)
+        json.dump({"price:kiwi": "0.45", "price:plum": 0.8, "price:fig": "3.00"}, f)
     page.set_input_files("#import-file", path)
-    expect(page.locator("#import-summary")).to_contain_text("2 entries")
+    expect(page.locator("#import-summary")).to_contain_text("3 entries")
     page.click("#import-submit")
-    expect(page.locator("#flash")).to_contain_text("imported 2 entries, 2 changed")
+    expect(page.locator("#flash")).to_contain_text("imported 3 entries, 3 changed")
     assert server.production("price:plum") == "0.8"
     expect(page.locator('#keys tr[data-key="price:kiwi"] td.value')).to_have_text("0.45")
+    # Delete, after the browser's confirmation.
+    page.once("dialog", lambda d: d.accept())
+    page.locator('#keys tr[data-key="price:fig"] button.delete').click()
+    expect(page.locator('#keys tr[data-key="price:fig"]')).to_have_count(0)
+    assert server.production("price:fig") is None
 
     # Versions: diff, then roll back to the version that had apple at 1.25.
     server.wait_active("price:kiwi", "0.45")
