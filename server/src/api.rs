@@ -4,11 +4,16 @@
 //! every rule about versions and rotation lives in [`crate::store`]. Every error is a JSON
 //! [`ErrorBody`] whose message says what to change, and an error never changes the store.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,9 +27,11 @@ use lockstep::wire::{
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use crate::audit::{self, AuditEntry};
 use crate::clock::{format_duration_us, format_us};
+use crate::metrics::Metrics;
 use crate::store::{Change, IntervalChange, PinChange, Store, StoreError};
-use crate::{clock, farm};
+use crate::{clock, farm, proof};
 
 /// Size limits on what admins may send.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +56,7 @@ pub struct AppState {
     pub admin_token: Vec<u8>,
     pub read_token: Option<Vec<u8>>,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 type Shared = Arc<AppState>;
@@ -148,32 +156,147 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    match bearer(headers) {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing admin token: send 'Authorization: Bearer <token>' (the CLI reads LOCKSTEP_ADMIN_TOKEN)",
-        )),
-        Some(t) if token_matches(t, &state.admin_token) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin token is wrong: check LOCKSTEP_ADMIN_TOKEN against the server's",
-        )),
+/// The name of the admin token: what the audit log and the logs say made a change. A field,
+/// so that several named tokens can take its place.
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+/// The name of the read token.
+pub const READ_TOKEN_NAME: &str = "read";
+
+/// Which token a request carries, by name; `None` when it carries none.
+fn token_name(state: &AppState, parts: &Parts) -> Result<Option<&'static str>, ()> {
+    let Some(given) = bearer(&parts.headers) else {
+        return Ok(None);
+    };
+    if token_matches(given, &state.admin_token) {
+        return Ok(Some(ADMIN_TOKEN_NAME));
+    }
+    match &state.read_token {
+        Some(read) if token_matches(given, read) => Ok(Some(READ_TOKEN_NAME)),
+        _ => Err(()),
     }
 }
 
-fn require_read(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(expected) = &state.read_token else {
-        return Ok(());
-    };
-    match bearer(headers) {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing read token: send 'Authorization: Bearer <token>'",
-        )),
-        Some(t) if token_matches(t, expected) || token_matches(t, &state.admin_token) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "read token is wrong")),
+/// The address a request came from, when the server was started with it.
+fn peer(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string())
+}
+
+/// A wrong token is logged at warn, with where it came from and never what it was.
+fn rejected(parts: &Parts, wanted: &str) {
+    tracing::warn!(
+        peer = %peer(parts),
+        path = %parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri.path(), |u| u.0.path()),
+        "rejected a request with a wrong token (needs the {wanted} token)"
+    );
+}
+
+/// A request authorised by the admin token: only a handler that takes one can change
+/// anything, so no handler can forget to check.
+pub struct Admin {
+    /// The token's name.
+    pub who: String,
+    pub peer: String,
+}
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Admin> {
+        match token_name(state, parts) {
+            Ok(Some(ADMIN_TOKEN_NAME)) => Ok(Admin {
+                who: ADMIN_TOKEN_NAME.to_owned(),
+                peer: peer(parts),
+            }),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing admin token: send 'Authorization: Bearer <token>' (the CLI reads LOCKSTEP_ADMIN_TOKEN)",
+            )),
+            Ok(Some(_)) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this token may only read: changes need the admin token",
+            )),
+            Err(()) => {
+                rejected(parts, "admin");
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "admin token is wrong: check LOCKSTEP_ADMIN_TOKEN against the server's",
+                ))
+            }
+        }
     }
+}
+
+/// A request authorised to see the admin views: the admin token, or the read token when the
+/// server has one. Never anonymous: the views show the farm and who changed what.
+pub struct Viewer;
+
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Viewer> {
+        match token_name(state, parts) {
+            Ok(Some(_)) => Ok(Viewer),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing token: send 'Authorization: Bearer <token>' with the admin or read token",
+            )),
+            Err(()) => {
+                rejected(parts, "admin or read");
+                Err(ApiError::new(StatusCode::FORBIDDEN, "token is wrong"))
+            }
+        }
+    }
+}
+
+/// A client's request (check-ins, versions, metrics): the read or admin token when the
+/// server has a read token, anything otherwise.
+pub struct Reader;
+
+impl FromRequestParts<Shared> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Reader> {
+        if state.read_token.is_none() {
+            return Ok(Reader);
+        }
+        match token_name(state, parts) {
+            Ok(Some(_)) => Ok(Reader),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing read token: send 'Authorization: Bearer <token>'",
+            )),
+            Err(()) => {
+                rejected(parts, "read");
+                Err(ApiError::new(StatusCode::FORBIDDEN, "read token is wrong"))
+            }
+        }
+    }
+}
+
+/// Records a change in the audit log and logs it at info, after it committed.
+async fn audit(state: &AppState, admin: &Admin, action: &str, summary: String) -> ApiResult<()> {
+    let entry = AuditEntry {
+        id: 0,
+        at_us: clock::now_us(),
+        who: admin.who.clone(),
+        action: action.to_owned(),
+        summary: audit::clip(&summary, audit::MAX_SUMMARY_BYTES),
+        peer: admin.peer.clone(),
+    };
+    tracing::info!(who = %entry.who, peer = %entry.peer, action, "{}", entry.summary);
+    let store = state.store.clone();
+    blocking(move || store.record_audit(&entry)).await
+}
+
+/// A key or value for the audit log: its text, or base64 marked as such, clipped.
+fn shown(bytes: &[u8]) -> String {
+    audit::clip(&Blob::from_bytes(bytes).display(), 128)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
@@ -254,36 +377,66 @@ async fn stamp_server_clock(request: Request, next: Next) -> Response {
 
 pub fn router(state: Shared) -> Router {
     let max_body = state.limits.max_body_bytes;
+    let admin = Router::new()
+        .route(wire::ADMIN_PUT, post(admin_put))
+        .route(wire::ADMIN_DELETE, post(admin_delete))
+        .route(wire::ADMIN_IMPORT, post(admin_import))
+        .route(wire::ADMIN_INTERVAL, post(admin_interval))
+        .route(wire::ADMIN_ROLLBACK, post(admin_rollback))
+        .route(wire::ADMIN_PIN, post(admin_pin))
+        .route(wire::ADMIN_UNPIN, post(admin_unpin))
+        .route(wire::ADMIN_STATUS, get(admin_status))
+        .route(wire::ADMIN_HISTORY, get(admin_history))
+        .route(wire::ADMIN_DIFF, get(admin_diff))
+        .route(wire::ADMIN_KEYS, get(admin_keys))
+        .route(wire::ADMIN_KEY, get(admin_key))
+        .route(wire::ADMIN_SCHEDULED, get(admin_scheduled))
+        .route(wire::ADMIN_ROTATIONS, get(admin_rotations))
+        .route(wire::ADMIN_ACTIVATIONS, get(admin_activations))
+        .route(wire::ADMIN_AUDIT, get(admin_audit))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route(wire::PATH_HEALTH, get(health))
+        .route(wire::PATH_READY, get(ready))
+        .route(wire::PATH_METRICS, get(metrics))
         .route(wire::PATH_CHECKIN, get(checkin))
         .route(wire::PATH_CURRENT, get(current_version))
-        .route("/v1/versions/{number}", get(version))
-        .route("/v1/admin/put", post(admin_put))
-        .route("/v1/admin/delete", post(admin_delete))
-        .route("/v1/admin/import", post(admin_import))
-        .route("/v1/admin/interval", post(admin_interval))
-        .route("/v1/admin/rollback", post(admin_rollback))
-        .route("/v1/admin/pin", post(admin_pin))
-        .route("/v1/admin/unpin", post(admin_unpin))
-        .route("/v1/admin/status", get(admin_status))
-        .route("/v1/admin/history", get(admin_history))
-        .route("/v1/admin/diff", get(admin_diff))
-        .route("/v1/admin/keys", get(admin_keys))
-        .route("/v1/admin/key", get(admin_key))
-        .route("/v1/admin/scheduled", get(admin_scheduled))
-        .route("/v1/admin/rotations", get(admin_rotations))
+        .route(&format!("{}/{{number}}", wire::PATH_VERSIONS), get(version))
+        .nest(wire::PATH_ADMIN, admin)
         .merge(crate::ui::router())
+        // A route layer: it sees the matched route's pattern.
+        .route_layer(middleware::from_fn_with_state(state.clone(), time_request))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(stamp_server_clock))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Times every request for `lockstep_http_request_duration_seconds`, by route pattern.
+async fn time_request(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state.metrics.request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn health() -> Response {
@@ -293,11 +446,25 @@ async fn health() -> Response {
 /// The retrieval step: rotate if due, remember the client, answer with the sync table and the
 /// server clock (304 when the client already holds this sync table).
 async fn checkin(
+    _: Reader,
     State(state): State<Shared>,
     headers: HeaderMap,
     query: Result<Query<CheckinQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    require_read(&state, &headers)?;
+    let answered = checkin_answer(&state, &headers, query).await;
+    state.metrics.checkin(match &answered {
+        Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    });
+    answered
+}
+
+async fn checkin_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<CheckinQuery>, QueryRejection>,
+) -> ApiResult<Response> {
     let Query(q) = query?;
     let store = state.store.clone();
     let by = if q.name.is_empty() {
@@ -325,13 +492,16 @@ async fn checkin(
         }
     };
     let now = clock::now_us();
+    if let Some(row) = proof::row_of_checkin(&q, now) {
+        state.store.record_switch(row);
+    }
     state.store.record_checkin(farm::members_of_checkin(q, now));
     let etag = sync.etag();
     let etag_header = (
         header::ETAG,
         HeaderValue::from_str(&etag).expect("ascii etag"),
     );
-    if !rotated && if_none_match(&headers, &etag) {
+    if !rotated && if_none_match(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [etag_header]).into_response());
     }
     let body = CheckinResponse {
@@ -375,6 +545,7 @@ async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> Ap
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
     state.store.count_download(stored.version);
+    state.metrics.download(stored.bytes.len());
     Ok((
         common,
         [(
@@ -387,11 +558,11 @@ async fn serve_version(state: &AppState, headers: &HeaderMap, number: u64) -> Ap
 }
 
 async fn version(
+    _: Reader,
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(number): Path<String>,
 ) -> ApiResult<Response> {
-    require_read(&state, &headers)?;
     let number: u64 = number
         .parse()
         .map_err(|_| ApiError::bad_request(format!("'{number}' is not a version number")))?;
@@ -399,8 +570,11 @@ async fn version(
 }
 
 /// Bootstrap: the version that should be active now (rotating first if a rotation is due).
-async fn current_version(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
-    require_read(&state, &headers)?;
+async fn current_version(
+    _: Reader,
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let store = state.store.clone();
     let (sync, _) = blocking(move || store.rotate_if_due(clock::now_us(), "bootstrap")).await?;
     serve_version(&state, &headers, sync.active_version).await
@@ -417,16 +591,25 @@ fn write_response(changed: u64, live_by_us: Option<i64>, message: String) -> Jso
 
 async fn apply_or_schedule(
     state: &AppState,
+    admin: &Admin,
     change: Change,
     at: Option<String>,
+    action: &str,
+    what: String,
 ) -> ApiResult<Json<WriteResponse>> {
     let store = state.store.clone();
+    let who = admin.who.clone();
     match at {
         Some(at) => {
             let effective = parse_time(&at)?;
             let live =
-                blocking(move || store.schedule(&change, effective, "admin", clock::now_us()))
-                    .await?;
+                blocking(move || store.schedule(&change, effective, &who, clock::now_us())).await?;
+            let summary = format!(
+                "{what} at {}, live at {}",
+                clock::format_us(effective),
+                clock::format_us(live)
+            );
+            audit(state, admin, &format!("schedule-{action}"), summary).await?;
             Ok(write_response(
                 1,
                 Some(live),
@@ -439,11 +622,14 @@ async fn apply_or_schedule(
         }
         None => {
             let (changed, sync) = blocking(move || {
-                let changed = store.apply(&[change], "admin", clock::now_us())?;
+                let changed = store.apply(&[change], &who, clock::now_us())?;
                 Ok((changed, store.sync_table()?))
             })
             .await?;
             let live = sync.activation_time_us.saturating_add(sync.interval_us);
+            if changed > 0 {
+                audit(state, admin, action, what).await?;
+            }
             Ok(write_response(
                 changed,
                 Some(live),
@@ -461,37 +647,36 @@ async fn apply_or_schedule(
 }
 
 async fn admin_put(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResponse>> {
-    require_admin(&state, &headers)?;
     let req: PutRequest = parse_json(body)?;
     let key = blob("key", req.key)?;
     let value = blob("value", req.value)?;
     check_key(&state.limits, &key)?;
     check_value(&state.limits, &value)?;
-    apply_or_schedule(&state, Change::Put(key, value), req.at).await
+    let what = format!("{} = {}", shown(&key), shown(&value));
+    apply_or_schedule(&state, &admin, Change::Put(key, value), req.at, "put", what).await
 }
 
 async fn admin_delete(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResponse>> {
-    require_admin(&state, &headers)?;
     let req: DeleteRequest = parse_json(body)?;
     let key = blob("key", req.key)?;
     check_key(&state.limits, &key)?;
-    apply_or_schedule(&state, Change::Delete(key), req.at).await
+    let what = shown(&key);
+    apply_or_schedule(&state, &admin, Change::Delete(key), req.at, "delete", what).await
 }
 
 async fn admin_import(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResponse>> {
-    require_admin(&state, &headers)?;
     let req: ImportRequest = parse_json(body)?;
     let mut changes = Vec::with_capacity(req.entries.len());
     for (i, e) in req.entries.into_iter().enumerate() {
@@ -505,6 +690,8 @@ async fn admin_import(
     let n = changes.len();
     let store = state.store.clone();
     let changed = blocking(move || store.apply(&changes, "import", clock::now_us())).await?;
+    let summary = format!("{n} entries, {changed} changed production");
+    audit(&state, &admin, "import", summary).await?;
     Ok(write_response(
         changed,
         None,
@@ -513,11 +700,10 @@ async fn admin_import(
 }
 
 async fn admin_interval(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<IntervalResponse>> {
-    require_admin(&state, &headers)?;
     let req: IntervalRequest = parse_json(body)?;
     let interval = parse_duration_us("interval", &req.interval)?;
     let window = req
@@ -528,6 +714,9 @@ async fn admin_interval(
     let store = state.store.clone();
     let change =
         blocking(move || store.set_interval(Some(interval), window, clock::now_us())).await?;
+    if change.before != change.after {
+        audit(&state, &admin, "interval", interval_message(&change)).await?;
+    }
     Ok(Json(IntervalResponse {
         sync: change.after,
         previous_activation_us: change.before.activation_time_us,
@@ -567,11 +756,10 @@ pub fn interval_message(c: &IntervalChange) -> String {
 }
 
 async fn admin_rollback(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RollbackResponse>> {
-    require_admin(&state, &headers)?;
     let req: RollbackRequest = parse_json(body)?;
     let store = state.store.clone();
     let out = blocking(move || {
@@ -604,6 +792,9 @@ async fn admin_rollback(
             req.version
         ),
     };
+    if out.version.is_some() {
+        audit(&state, &admin, "rollback", message.clone()).await?;
+    }
     Ok(Json(RollbackResponse {
         version: out.version,
         dry_run: req.dry_run,
@@ -614,33 +805,34 @@ async fn admin_rollback(
 }
 
 async fn admin_pin(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PinChange>> {
-    pin(state, headers, body, true).await
+    pin(state, admin, body, true).await
 }
 
 async fn admin_unpin(
+    admin: Admin,
     State(state): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PinChange>> {
-    pin(state, headers, body, false).await
+    pin(state, admin, body, false).await
 }
 
 /// Pins or unpins a version: retention keeps a pinned version's content.
 async fn pin(
     state: Shared,
-    headers: HeaderMap,
+    admin: Admin,
     body: Result<Bytes, BytesRejection>,
     pinned: bool,
 ) -> ApiResult<Json<PinChange>> {
-    require_admin(&state, &headers)?;
     let req: PinChange = parse_json(body)?;
     let version = req.version;
     let store = state.store.clone();
     blocking(move || store.pin(version, pinned)).await?;
+    let action = if pinned { "pin" } else { "unpin" };
+    audit(&state, &admin, action, format!("version {version}")).await?;
     let message = match pinned {
         true => format!("version {version} is pinned: retention keeps its content"),
         false => format!(
@@ -655,8 +847,7 @@ async fn pin(
     }))
 }
 
-async fn admin_status(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
+async fn admin_status(_: Viewer, State(state): State<Shared>) -> ApiResult<Response> {
     let store = state.store.clone();
     Ok(Json(blocking(move || store.status(clock::now_us())).await?).into_response())
 }
@@ -670,11 +861,10 @@ struct LimitQuery {
 const DEFAULT_HISTORY_LIMIT: u64 = 100;
 
 async fn admin_history(
+    _: Viewer,
     State(state): State<Shared>,
-    headers: HeaderMap,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
     let Query(q) = query?;
     let store = state.store.clone();
     let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
@@ -688,11 +878,10 @@ struct DiffQuery {
 }
 
 async fn admin_diff(
+    _: Viewer,
     State(state): State<Shared>,
-    headers: HeaderMap,
     query: Result<Query<DiffQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
     let Query(q) = query?;
     let store = state.store.clone();
     Ok(Json(blocking(move || store.diff(q.a, q.b)).await?).into_response())
@@ -706,11 +895,10 @@ struct KeysQuery {
 }
 
 async fn admin_keys(
+    _: Viewer,
     State(state): State<Shared>,
-    headers: HeaderMap,
     query: Result<Query<KeysQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
     let Query(q) = query?;
     let store = state.store.clone();
     let limit = q.limit.unwrap_or(10_000);
@@ -728,11 +916,10 @@ struct KeyQuery {
 }
 
 async fn admin_key(
+    _: Viewer,
     State(state): State<Shared>,
-    headers: HeaderMap,
     query: Result<Query<KeyQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
     let Query(q) = query?;
     let key = match (q.key, q.key_b64) {
         (Some(k), None) => k.into_bytes(),
@@ -773,14 +960,85 @@ async fn admin_key(
     }
 }
 
-async fn admin_scheduled(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
+async fn admin_scheduled(_: Viewer, State(state): State<Shared>) -> ApiResult<Response> {
     let store = state.store.clone();
     Ok(Json(blocking(move || store.scheduled_pending()).await?).into_response())
 }
 
-async fn admin_rotations(State(state): State<Shared>, headers: HeaderMap) -> ApiResult<Response> {
-    require_admin(&state, &headers)?;
+async fn admin_rotations(_: Viewer, State(state): State<Shared>) -> ApiResult<Response> {
     let store = state.store.clone();
     Ok(Json(blocking(move || store.rotations()).await?).into_response())
+}
+
+/// Activations listed without a `limit`.
+const DEFAULT_ACTIVATIONS_LIMIT: u64 = 20;
+/// The most activations one request may ask for: each reads its reports and the farm.
+const MAX_ACTIVATIONS_LIMIT: u64 = 1_000;
+
+async fn admin_activations(
+    _: Viewer,
+    State(state): State<Shared>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_ACTIVATIONS_LIMIT)
+        .min(MAX_ACTIVATIONS_LIMIT);
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.activations(limit, clock::now_us())).await?).into_response())
+}
+
+/// Audit entries listed without a `limit`.
+const DEFAULT_AUDIT_LIMIT: u64 = 100;
+
+async fn admin_audit(
+    _: Viewer,
+    State(state): State<Shared>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).min(100_000);
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.audit(limit)).await?).into_response())
+}
+
+/// Readiness: 200 when the database answers a read, 503 saying why when it does not.
+async fn ready(State(state): State<Shared>) -> Response {
+    let store = state.store.clone();
+    match blocking(move || store.ready()).await {
+        Ok(sync) => Json(serde_json::json!({
+            "status": "ready",
+            "server_time_us": clock::now_us(),
+            "active_version": sync.active_version,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "not ready",
+                "error": format!("the database does not answer: {}", e.message),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(_: Reader, State(state): State<Shared>) -> ApiResult<Response> {
+    let store = state.store.clone();
+    let (status, last) = blocking(move || {
+        let now = clock::now_us();
+        let status = store.status(now)?;
+        let last = store.activations(1, now)?.into_iter().next();
+        Ok((status, last))
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.render(&status, last.as_ref()),
+    )
+        .into_response())
 }

@@ -12,15 +12,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use lockstep::wire::{
-    Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest,
+    self, Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest,
     IntervalResponse, KeyChanges, KeyInfo, PutRequest, RollbackRequest, RollbackResponse,
     WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::audit::AuditEntry;
 use crate::clock::{format_duration_us, format_us};
 use crate::farm::{HostView, Member, Role};
+use crate::proof::ActivationProof;
 use crate::store::{PinChange, Status, VersionRow};
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
@@ -160,7 +162,7 @@ impl Cli {
 
     pub fn put(&self, key: String, value: Vec<u8>, at: Option<String>) -> CliResult {
         let r: WriteResponse = self.post(
-            "/v1/admin/put",
+            &wire::admin_path(wire::ADMIN_PUT),
             &PutRequest {
                 key: Blob::Text(key),
                 value: Blob::from_bytes(&value),
@@ -172,7 +174,7 @@ impl Cli {
 
     pub fn rm(&self, key: String, at: Option<String>) -> CliResult {
         let r: WriteResponse = self.post(
-            "/v1/admin/delete",
+            &wire::admin_path(wire::ADMIN_DELETE),
             &DeleteRequest {
                 key: Blob::Text(key),
                 at,
@@ -185,16 +187,18 @@ impl Cli {
         let mut q = vec![("key", key)];
         if let Some(v) = version {
             q.push(("version", v.to_string()));
-            let e: Entry = self.get("/v1/admin/key", &q)?;
+            let e: Entry = self.get(&wire::admin_path(wire::ADMIN_KEY), &q)?;
             return self.print(&e, |e, out| outln!(out, "{}", e.value.display()));
         }
-        let info: KeyInfo = self.get("/v1/admin/key", &q)?;
+        let info: KeyInfo = self.get(&wire::admin_path(wire::ADMIN_KEY), &q)?;
         self.print(&info, |i, out| outln!(out, "{}", i.value.display()))
     }
 
     pub fn ls(&self, prefix: Option<String>) -> CliResult {
-        let keys: Vec<KeyInfo> =
-            self.get("/v1/admin/keys", &[("prefix", prefix.unwrap_or_default())])?;
+        let keys: Vec<KeyInfo> = self.get(
+            &wire::admin_path(wire::ADMIN_KEYS),
+            &[("prefix", prefix.unwrap_or_default())],
+        )?;
         self.print(&keys, |keys, out| {
             for k in keys {
                 outln!(out, "{}\t{}", k.key.display(), k.value.display());
@@ -207,13 +211,16 @@ impl Cli {
             .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
         let entries =
             parse_import(&text).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
-        let r: WriteResponse = self.post("/v1/admin/import", &ImportRequest { entries })?;
+        let r: WriteResponse = self.post(
+            &wire::admin_path(wire::ADMIN_IMPORT),
+            &ImportRequest { entries },
+        )?;
         self.print_write(&r)
     }
 
     pub fn interval(&self, interval: String, min_window: Option<String>) -> CliResult {
         let r: IntervalResponse = self.post(
-            "/v1/admin/interval",
+            &wire::admin_path(wire::ADMIN_INTERVAL),
             &IntervalRequest {
                 interval,
                 min_window,
@@ -223,7 +230,7 @@ impl Cli {
     }
 
     pub fn status(&self) -> CliResult {
-        let s: Status = self.get("/v1/admin/status", &[])?;
+        let s: Status = self.get(&wire::admin_path(wire::ADMIN_STATUS), &[])?;
         self.print(&s, |s, out| {
             outln!(out, "data server time   {}", format_us(s.server_time_us));
             outln!(
@@ -259,12 +266,12 @@ impl Cli {
     /// The newest `limit` versions (every one with `None`), saying so when the list is cut.
     pub fn history(&self, limit: Option<u64>) -> CliResult {
         let h: Vec<VersionRow> = self.get(
-            "/v1/admin/history",
+            &wire::admin_path(wire::ADMIN_HISTORY),
             &[("limit", limit.unwrap_or(u64::MAX).to_string())],
         )?;
         let total = match limit {
             Some(n) if h.len() as u64 >= n => {
-                let s: Status = self.get("/v1/admin/status", &[])?;
+                let s: Status = self.get(&wire::admin_path(wire::ADMIN_STATUS), &[])?;
                 s.versions
             }
             _ => h.len() as u64,
@@ -324,7 +331,7 @@ impl Cli {
 
     pub fn diff(&self, a: u64, b: u64) -> CliResult {
         let d: DiffResponse = self.get(
-            "/v1/admin/diff",
+            &wire::admin_path(wire::ADMIN_DIFF),
             &[("a", a.to_string()), ("b", b.to_string())],
         )?;
         self.print(&d, |d, out| {
@@ -337,18 +344,114 @@ impl Cli {
 
     /// Pins `version` (retention keeps its content) or unpins it.
     pub fn pin(&self, version: u64, pinned: bool) -> CliResult {
-        let path = if pinned {
-            "/v1/admin/pin"
+        let path = wire::admin_path(if pinned {
+            wire::ADMIN_PIN
         } else {
-            "/v1/admin/unpin"
-        };
+            wire::ADMIN_UNPIN
+        });
         let request = PinChange {
             version,
             pinned,
             message: String::new(),
         };
-        let r: PinChange = self.post(path, &request)?;
+        let r: PinChange = self.post(&path, &request)?;
         self.print(&r, |r, out| outln!(out, "{}", r.message))
+    }
+
+    /// The newest `limit` activations and their proof: who switched, the spread of the switch
+    /// instants, who was late and who is missing.
+    pub fn activations(&self, limit: u64) -> CliResult {
+        let list: Vec<ActivationProof> = self.get(
+            &wire::admin_path(wire::ADMIN_ACTIVATIONS),
+            &[("limit", limit.to_string())],
+        )?;
+        self.print(&list, |list, out| {
+            if list.is_empty() {
+                outln!(
+                    out,
+                    "no activation has switched the farm to a new version yet"
+                );
+            }
+            outln!(
+                out,
+                "{:<24} {:>7} {:>8} {:>5} {:>7} {:>12}",
+                "activation",
+                "version",
+                "switched",
+                "late",
+                "missing",
+                "spread"
+            );
+            for a in list {
+                let spread = match (a.spread_us, a.error_us) {
+                    (Some(s), Some(e)) => format!("{}µs ±{}µs", s, e),
+                    _ => "-".to_owned(),
+                };
+                outln!(
+                    out,
+                    "{:<24} {:>7} {:>8} {:>5} {:>7} {:>12}",
+                    format_us(a.activation_time_us),
+                    a.version,
+                    a.clients_switched,
+                    a.clients_late,
+                    a.clients_missing,
+                    spread
+                );
+                for s in &a.late {
+                    outln!(
+                        out,
+                        "    late     {}@{} pid {}: switched {:.3}s after",
+                        s.name,
+                        s.host,
+                        s.pid,
+                        s.offset_us as f64 / 1e6
+                    );
+                }
+                for m in &a.missing {
+                    outln!(
+                        out,
+                        "    missing  {}@{} pid {}: serves version {}, last seen {}",
+                        m.name,
+                        m.host,
+                        m.pid,
+                        m.active,
+                        format_us(m.last_checkin_us)
+                    );
+                }
+                for s in &a.mismatched {
+                    outln!(
+                        out,
+                        "    mismatch {}@{} pid {}: serves checksum {} as version {}",
+                        s.name,
+                        s.host,
+                        s.pid,
+                        s.checksum,
+                        a.version
+                    );
+                }
+            }
+        })
+    }
+
+    /// The newest `limit` entries of the audit log.
+    pub fn audit(&self, limit: u64) -> CliResult {
+        let list: Vec<AuditEntry> = self.get(
+            &wire::admin_path(wire::ADMIN_AUDIT),
+            &[("limit", limit.to_string())],
+        )?;
+        self.print(&list, |list, out| {
+            for e in list {
+                outln!(
+                    out,
+                    "{}  {:<10} {:<16} {:<22} {}",
+                    format_us(e.at_us),
+                    e.who,
+                    e.action,
+                    e.peer,
+                    e.summary
+                );
+            }
+        })
     }
 
     /// Rolls back to `version`, listing the production keys that change. Without `yes` it
@@ -361,7 +464,8 @@ impl Cli {
             discard_edits: yes,
         };
         if !yes {
-            let preview: RollbackResponse = self.post("/v1/admin/rollback", &request(true))?;
+            let preview: RollbackResponse =
+                self.post(&wire::admin_path(wire::ADMIN_ROLLBACK), &request(true))?;
             if !preview.production.is_empty() {
                 self.print(&preview, |p, out| {
                     outln!(
@@ -376,7 +480,8 @@ impl Cli {
                 )));
             }
         }
-        let r: RollbackResponse = self.post("/v1/admin/rollback", &request(false))?;
+        let r: RollbackResponse =
+            self.post(&wire::admin_path(wire::ADMIN_ROLLBACK), &request(false))?;
         self.print(&r, |r, out| {
             if !r.production.is_empty() {
                 outln!(out, "production changed (+ added, - removed, ~ changed):");

@@ -83,6 +83,10 @@ pub struct Member {
     /// The leader whose check-in listed this follower; `null` for the others.
     #[serde(default)]
     pub leader_pid: Option<u32>,
+    /// Data-server clock at the process's first check-in, as it told (0: not told, and
+    /// always for a follower).
+    #[serde(default)]
+    pub since_us: i64,
 }
 
 /// The members a check-in at `now_us` tells about: the process itself and, from a leader, its
@@ -119,8 +123,10 @@ pub fn members_of_checkin(q: CheckinQuery, now_us: i64) -> Vec<Member> {
             },
             role: Role::Follower,
             leader_pid: Some(q.pid),
+            since_us: 0,
         });
     }
+    let since_us = q.since_us.clamp(0, now_us);
     out.push(Member {
         process: FarmMember {
             name: q.name,
@@ -137,6 +143,7 @@ pub fn members_of_checkin(q: CheckinQuery, now_us: i64) -> Vec<Member> {
         },
         role,
         leader_pid: None,
+        since_us,
     });
     out
 }

@@ -1,12 +1,15 @@
 //! `lockstep`: the data server (`lockstep serve`) and its management CLI.
 
 mod api;
+mod audit;
 mod backup;
 mod cli;
 mod clock;
 mod demo;
 mod downloads;
 mod farm;
+mod metrics;
+mod proof;
 mod rotation;
 mod store;
 mod sync_cache;
@@ -47,8 +50,18 @@ struct Args {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    /// How log lines on stderr look: text (coloured only on a terminal) or json (one
+    /// object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +97,10 @@ struct ServeArgs {
     /// Versions younger than this keep their content, whatever --keep-versions says.
     #[arg(long, default_value = "1h")]
     keep_for: String,
+    /// A farm member silent this long leaves the farm view (it is shown stale, greyed, after a
+    /// few missed check-ins first); at least that stale time plus one check-in period.
+    #[arg(long, default_value = "10m")]
+    farm_expiry: String,
     /// Versions younger than this keep their change set (the keys they changed), so history,
     /// diff and rollback reach them after their content is dropped; older ones keep only their
     /// history row.
@@ -162,6 +179,17 @@ enum Command {
         /// Roll back even if that discards production edits (the keys are listed).
         #[arg(long)]
         yes: bool,
+    },
+    /// The proof of the newest activations: per activation time the version, how many
+    /// clients switched on time, late or not at all, and the spread of the switch instants.
+    Activations {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+    },
+    /// The audit log, newest first: who changed what, when and from where.
+    Audit {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
     },
     /// Keep VERSION's content from retention (--keep-versions, --keep-for), so it can be
     /// downloaded, diffed and rolled back to from its own bytes.
@@ -244,6 +272,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         interval_us: seed_interval,
         min_window_us: window.unwrap_or(seed_interval / 2),
     };
+    let farm_expiry_us = clock::parse_duration_us(&args.farm_expiry)
+        .map_err(|e| format!("bad --farm-expiry: {e}; write it like 90s, 10m or 1h"))?;
     let location = store::Location::parse(&args.db);
     let limits = api::Limits {
         max_key_bytes: args.max_key_bytes,
@@ -315,6 +345,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 async move { until_ready(&ready, &waiting, req).await }
             })
         };
+        // Peers' addresses reach the handlers, for the audit log and the logs.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .into_future();
@@ -330,6 +362,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 Err(_) => return Err("the start-up thread ended without a store".to_owned()),
             };
             let _ = opened.set(store.clone());
+            store.set_farm_expiry(farm_expiry_us);
             start_prepare_thread(store.clone())?;
             *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(start_flusher(store.clone(), retention));
@@ -338,6 +371,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 admin_token,
                 read_token,
                 limits,
+                metrics: Arc::default(),
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");
@@ -593,6 +627,8 @@ fn run_cli(args: Args) -> Result<(), CliError> {
         Command::History { limit, all } => cli.history(if all { None } else { Some(limit) }),
         Command::Diff { a, b } => cli.diff(a, b),
         Command::Rollback { version, yes } => cli.rollback(version, yes),
+        Command::Activations { limit } => cli.activations(limit),
+        Command::Audit { limit } => cli.audit(limit),
         Command::Pin { version } => cli.pin(version, true),
         Command::Unpin { version } => cli.pin(version, false),
     }
@@ -635,6 +671,20 @@ fn usage_error(e: &clap::Error) -> String {
     }
 }
 
+/// Logs on stderr: colours only for a terminal, never escape codes in a file or a pipe.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -648,13 +698,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let json = args.json;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(args.log_format);
     let result = match args.command {
         Command::Serve(serve_args) => serve(serve_args),
         Command::Migrate { from, to } => migrate(&from, &to),

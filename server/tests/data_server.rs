@@ -436,16 +436,18 @@ fn read_token_is_required_when_configured() {
     let v = format!("{}/v1/versions/current", s.url);
     assert_eq!(get(&v, None, &[]).status, 401);
     assert_eq!(get(&v, Some("reader-secret"), &[]).status, 200);
-    // A read token is not an admin token.
-    assert_eq!(
-        get(
-            &format!("{}/v1/admin/status", s.url),
-            Some("reader-secret"),
-            &[]
-        )
-        .status,
-        403
+    // A read token sees the admin views but is not an admin token: it changes nothing.
+    let status = format!("{}/v1/admin/status", s.url);
+    assert_eq!(get(&status, Some("reader-secret"), &[]).status, 200);
+    assert_eq!(get(&status, None, &[]).status, 401);
+    assert_eq!(get(&status, Some("nope"), &[]).status, 403);
+    let put = post(
+        &format!("{}/v1/admin/put", s.url),
+        Some("reader-secret"),
+        br#"{"key": "k", "value": "v"}"#,
     );
+    assert_eq!(put.status, 403, "{}", String::from_utf8_lossy(&put.body));
+    assert!(get(&format!("{}/v1/admin/key?key=k", s.url), Some(TOKEN), &[]).status == 404);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! version), and once schedule a change for an exact activation time.
 
 use lockstep::wire::{
-    Blob, Entry, ImportRequest, PutRequest, RotationRecord, StatusResponse, WriteResponse,
+    self, Blob, Entry, ImportRequest, PutRequest, RotationRecord, StatusResponse, WriteResponse,
 };
 
 use super::tally::ScheduledChange;
@@ -62,7 +62,10 @@ impl Script {
             .collect();
         let _: serde_json::Value = self
             .admin
-            .post("/v1/admin/import", &ImportRequest { entries })
+            .post(
+                &wire::admin_path(wire::ADMIN_IMPORT),
+                &ImportRequest { entries },
+            )
             .map_err(err)?;
         let list: Vec<String> = PRICES.iter().map(|(k, v)| format!("{k}={v}")).collect();
         Ok(format!(
@@ -74,7 +77,10 @@ impl Script {
 
     /// Rotations the data server logged since the last call.
     pub fn new_rotations(&mut self) -> Result<Vec<RotationRecord>, String> {
-        let log: Vec<RotationRecord> = self.admin.get("/v1/admin/rotations", &[]).map_err(err)?;
+        let log: Vec<RotationRecord> = self
+            .admin
+            .get(&wire::admin_path(wire::ADMIN_ROTATIONS), &[])
+            .map_err(err)?;
         let new = log
             .into_iter()
             .skip(self.rotations_seen)
@@ -103,7 +109,10 @@ impl Script {
     /// version staged for it is built by a later rotation, as with a change scheduled days
     /// ahead.
     fn schedule_change(&mut self) -> Result<(i64, String), String> {
-        let status: StatusResponse = self.admin.get("/v1/admin/status", &[]).map_err(err)?;
+        let status: StatusResponse = self
+            .admin
+            .get(&wire::admin_path(wire::ADMIN_STATUS), &[])
+            .map_err(err)?;
         let interval_us = status.sync.interval_us;
         let mut at_us = status.sync.activation_time_us + interval_us;
         // On a loaded machine the put can reach the data server after that time has passed
@@ -144,6 +153,8 @@ impl Script {
             value: Blob::Text(value.into()),
             at: at_us.map(format_us),
         };
-        self.admin.post("/v1/admin/put", &req).map_err(err)
+        self.admin
+            .post(&wire::admin_path(wire::ADMIN_PUT), &req)
+            .map_err(err)
     }
 }

@@ -17,7 +17,9 @@ use lockstep::format::Content;
 use lockstep::wire::{KeyInfo, RotationRecord, ScheduledChange, SyncTable, VersionInfo};
 
 use super::{Change, Result};
+use crate::audit::AuditEntry;
 use crate::farm::Member;
+use crate::proof::SwitchRow;
 
 /// How a write transaction commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,4 +196,15 @@ pub trait Tx {
     fn database_bytes(&mut self) -> Result<u64>;
     /// Deletes the change sets of versions created before `before_us`; returns how many.
     fn prune_changesets(&mut self, before_us: i64) -> Result<u64>;
+
+    // The proof of activation (see `crate::proof`): batched writes.
+    /// Upserts switch reports and deletes those reported before `expired_before_us`.
+    fn write_switches(&mut self, batch: &[SwitchRow], expired_before_us: i64) -> Result<()>;
+    /// Reports of switches to versions `oldest..=newest`.
+    fn switches(&mut self, oldest: u64, newest: u64) -> Result<Vec<SwitchRow>>;
+
+    // The audit log (see `crate::audit`).
+    fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
+    /// The newest `limit` entries, newest first.
+    fn audit(&mut self, limit: u64) -> Result<Vec<AuditEntry>>;
 }

@@ -29,8 +29,10 @@ use lockstep::wire::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditEntry;
 use crate::downloads::Downloads;
 use crate::farm::{self, HostView, Member};
+use crate::proof::{self, ActivationProof};
 use crate::sync_cache::SyncCache;
 pub use crate::version_cache::StoredVersion;
 use crate::version_cache::VersionCache;
@@ -135,6 +137,10 @@ pub struct Store {
     versions: VersionCache,
     farm: farm::Batch,
     downloads: Downloads,
+    /// Switch reports waiting for the farm's batch (see [`crate::proof`]).
+    switches: proof::Batch,
+    /// Silence after which a member leaves the farm view (`serve --farm-expiry`).
+    farm_expiry_us: std::sync::atomic::AtomicI64,
 }
 
 /// `GET /v1/admin/status`: [`lockstep::wire::StatusResponse`]'s fields, its farm members
@@ -308,6 +314,8 @@ impl Store {
             versions: VersionCache::default(),
             farm: farm::Batch::default(),
             downloads: Downloads::default(),
+            switches: proof::Batch::default(),
+            farm_expiry_us: std::sync::atomic::AtomicI64::new(farm::EXPIRE_AFTER_US),
         }
     }
 
@@ -391,6 +399,18 @@ impl Store {
         let rotated =
             self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()))?;
         self.sync.remember(rotated.0);
+        if rotated.1 {
+            tracing::info!(
+                by,
+                active = rotated.0.active_version,
+                staged = rotated.0.staged_version,
+                "rotation: version {} active since {}; version {} staged for {}",
+                rotated.0.active_version,
+                clock::format_us(sync.activation_time_us),
+                rotated.0.staged_version,
+                clock::format_us(rotated.0.activation_time_us)
+            );
+        }
         Ok(rotated)
     }
 
@@ -773,15 +793,21 @@ impl Store {
     /// the farm view is a status display, rebuilt by the next check-ins after a crash, download
     /// counts may lose the last second's on a crash (see [`crate::downloads`]), and an fsync a
     /// second would hold the write lock that rotations and edits wait for. Members silent for
-    /// [`farm::EXPIRE_AFTER_US`] are deleted in the same transaction as the farm's.
+    /// the farm expiry are deleted in the same transaction as the farm's.
     pub fn flush_batched(&self, now_us: i64) -> Result<()> {
         let batch = self.farm.take();
-        if batch.is_empty() && self.downloads.nothing_pending() {
+        let switches = self.switches.take();
+        if batch.is_empty() && switches.is_empty() && self.downloads.nothing_pending() {
             return Ok(());
         }
         let written = self.write_with(Durability::Batched, |tx| {
             if !batch.is_empty() {
-                tx.write_farm(&batch, now_us - farm::EXPIRE_AFTER_US)?;
+                let expiry = self.farm_expiry(tx.sync()?.0.interval_us);
+                tx.write_farm(&batch, now_us.saturating_sub(expiry))?;
+            }
+            if !switches.is_empty() {
+                let keep = proof::keep_us(tx.sync()?.0.interval_us);
+                tx.write_switches(&switches, now_us.saturating_sub(keep))?;
             }
             self.downloads.flush(tx)
         });
@@ -792,19 +818,20 @@ impl Store {
             }
             Err(e) => {
                 self.farm.restore(batch);
+                self.switches.restore(switches);
                 Err(e)
             }
         }
     }
 
     /// The sync table, counts and the farm, by process and by host: members silent for
-    /// [`farm::EXPIRE_AFTER_US`] left out, those silent for [`farm::stale_after_us`] marked
+    /// the farm expiry (`serve --farm-expiry`) left out, those silent for [`farm::stale_after_us`] marked
     /// stale.
     pub fn status(&self, now_us: i64) -> Result<Status> {
         self.flush_batched(now_us)?;
         self.read(|tx| {
             let (sync, _) = tx.sync()?;
-            let mut members = tx.farm(now_us - farm::EXPIRE_AFTER_US)?;
+            let mut members = tx.farm(now_us.saturating_sub(self.farm_expiry(sync.interval_us)))?;
             farm::mark_silence(&mut members, now_us, sync.interval_us);
             farm::sort_for_view(&mut members);
             Ok(Status {
@@ -868,6 +895,80 @@ impl Store {
     /// The rotation log, oldest first.
     pub fn rotations(&self) -> Result<Vec<RotationRecord>> {
         self.read(|tx| tx.rotations())
+    }
+
+    /// Remembers a check-in's switch report; written by [`Store::flush_batched`].
+    pub fn record_switch(&self, row: proof::SwitchRow) {
+        self.switches.record(row);
+    }
+
+    /// The newest `limit` activations that switched the farm to another version, newest
+    /// first, each with its proof (see [`proof::prove`]).
+    pub fn activations(&self, limit: u64, now_us: i64) -> Result<Vec<ActivationProof>> {
+        self.flush_batched(now_us)?;
+        self.read(|tx| {
+            let (sync, _) = tx.sync()?;
+            // Versions staged and replaced before their time never activated: look further.
+            let scan = limit.saturating_mul(4).saturating_add(16);
+            let activated: Vec<proof::Activated> = tx
+                .history(scan)?
+                .into_iter()
+                .filter(|v| v.reason != "initial")
+                .filter_map(|v| {
+                    Some(proof::Activated {
+                        activation_us: v.activated_us?,
+                        version: v.version,
+                        checksum: lockstep::wire::parse_checksum_hex(&v.checksum)?,
+                    })
+                })
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect();
+            let (Some(newest), Some(oldest)) = (activated.first(), activated.last()) else {
+                return Ok(Vec::new());
+            };
+            let reports = tx.switches(oldest.version, newest.version)?;
+            let since = oldest
+                .activation_us
+                .saturating_sub(farm::stale_after_us(sync.interval_us));
+            let members = tx.farm(since)?;
+            Ok(activated
+                .iter()
+                .map(|a| proof::prove(*a, sync.interval_us, &reports, &members))
+                .collect())
+        })
+    }
+
+    /// Sets how long a silent member stays in the farm view (greyed as stale from
+    /// [`farm::stale_after_us`] on).
+    pub fn set_farm_expiry(&self, expiry_us: i64) {
+        self.farm_expiry_us
+            .store(expiry_us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The farm expiry for a table with this interval: never before a member has been shown
+    /// stale for a check-in period.
+    fn farm_expiry(&self, interval_us: i64) -> i64 {
+        let configured = self
+            .farm_expiry_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let _ = configured;
+        farm::EXPIRE_AFTER_US
+            .max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
+    }
+
+    /// Records an audit entry in a durable transaction of its own.
+    pub fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.write_with(Durability::Full, |tx| tx.insert_audit(entry))
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit(&self, limit: u64) -> Result<Vec<AuditEntry>> {
+        self.read(|tx| tx.audit(limit))
+    }
+
+    /// Whether the database answers a read now: the readiness probe.
+    pub fn ready(&self) -> Result<SyncTable> {
+        self.read(|tx| Ok(tx.sync()?.0))
     }
 }
 

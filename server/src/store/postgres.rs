@@ -36,7 +36,9 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::backend::{Backend, Durability, NewVersion, ScheduledRow, Tx};
 use super::{Change, Result, StoreError};
+use crate::audit::AuditEntry;
 use crate::farm::{Member, Role};
+use crate::proof::SwitchRow;
 
 /// How long a request waits for a connection (or a new one to open) before it is answered
 /// 503: well inside a client's check-in timeout.
@@ -140,6 +142,32 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE versions ADD COLUMN stored_ahead_us BIGINT;
     ALTER TABLE versions ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
     CREATE INDEX versions_checksum ON versions (checksum);
+    "#,
+    // 4: SQLite's migration 6: the proof of activation (see `proof`) and the audit log.
+    r#"
+    ALTER TABLE farm ADD COLUMN since_us BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE switches (
+        version BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        checksum BIGINT NOT NULL,
+        activation_us BIGINT NOT NULL,
+        switched_us BIGINT NOT NULL,
+        error_us BIGINT NOT NULL,
+        late BOOLEAN NOT NULL,
+        reported_us BIGINT NOT NULL,
+        PRIMARY KEY (version, name, host, pid)
+    );
+    CREATE INDEX switches_reported ON switches (reported_us);
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        at_us BIGINT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        peer TEXT NOT NULL
+    );
     "#,
 ];
 
@@ -1000,19 +1028,20 @@ impl Tx for PgTx<'_, '_> {
         });
         let stmt = self.tx.prepare(
             "INSERT INTO farm (name, host, pid, staged, active, offset_us, error_us, lagging,
-                               last_checkin_us, role, leader_pid)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                               last_checkin_us, role, leader_pid, since_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (name, host, pid) DO UPDATE SET staged = excluded.staged,
                 active = excluded.active, offset_us = excluded.offset_us,
                 error_us = excluded.error_us, lagging = excluded.lagging,
                 last_checkin_us = excluded.last_checkin_us, role = excluded.role,
-                leader_pid = excluded.leader_pid
+                leader_pid = excluded.leader_pid, since_us = excluded.since_us
              WHERE farm.last_checkin_us <= excluded.last_checkin_us",
         )?;
         for Member {
             process: m,
             role,
             leader_pid,
+            since_us,
         } in batch
         {
             self.tx.execute(
@@ -1029,6 +1058,7 @@ impl Tx for PgTx<'_, '_> {
                     &m.last_checkin_us,
                     &role.as_str(),
                     &leader_pid.map(i64::from),
+                    since_us,
                 ],
             )?;
         }
@@ -1040,7 +1070,7 @@ impl Tx for PgTx<'_, '_> {
             .tx
             .query(
                 "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
-                        last_checkin_us, role, leader_pid
+                        last_checkin_us, role, leader_pid, since_us
                  FROM farm WHERE last_checkin_us >= $1",
                 &[&since_us],
             )?
@@ -1061,6 +1091,7 @@ impl Tx for PgTx<'_, '_> {
                 },
                 role: Role::parse(r.get(9)),
                 leader_pid: r.get::<_, Option<i64>>(10).map(|p| p as u32),
+                since_us: r.get(11),
             })
             .collect())
     }
@@ -1224,5 +1255,104 @@ impl Tx for PgTx<'_, '_> {
                 (SELECT checksum FROM versions WHERE created_us < $1)",
             &[&before_us],
         )
+    }
+
+    fn write_switches(&mut self, batch: &[SwitchRow], expired_before_us: i64) -> Result<()> {
+        self.exec(
+            "DELETE FROM switches WHERE reported_us < $1",
+            &[&expired_before_us],
+        )?;
+        // In key order, as the farm's: concurrent flushes never deadlock.
+        let mut batch: Vec<&SwitchRow> = batch.iter().collect();
+        batch.sort_by(|a, b| {
+            (a.report.version, &a.name, &a.host, a.pid).cmp(&(
+                b.report.version,
+                &b.name,
+                &b.host,
+                b.pid,
+            ))
+        });
+        let stmt = self.tx.prepare(
+            "INSERT INTO switches (version, name, host, pid, checksum, activation_us,
+                                   switched_us, error_us, late, reported_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (version, name, host, pid) DO UPDATE SET checksum = excluded.checksum,
+                activation_us = excluded.activation_us, switched_us = excluded.switched_us,
+                error_us = excluded.error_us, late = excluded.late,
+                reported_us = excluded.reported_us",
+        )?;
+        for r in batch {
+            self.tx.execute(
+                &stmt,
+                &[
+                    &to_i64(r.report.version),
+                    &r.name,
+                    &r.host,
+                    &i64::from(r.pid),
+                    &to_i64(r.report.checksum),
+                    &r.report.activation_us,
+                    &r.report.switched_us,
+                    &r.report.error_us,
+                    &r.report.late,
+                    &r.reported_us,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn switches(&mut self, oldest: u64, newest: u64) -> Result<Vec<SwitchRow>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT version, name, host, pid, checksum, activation_us, switched_us, error_us,
+                        late, reported_us
+                 FROM switches WHERE version BETWEEN $1 AND $2",
+                &[&to_i64(oldest), &to_i64(newest)],
+            )?
+            .iter()
+            .map(|r| SwitchRow {
+                name: r.get(1),
+                host: r.get(2),
+                pid: r.get::<_, i64>(3) as u32,
+                report: lockstep::wire::SwitchReport {
+                    version: r.get::<_, i64>(0) as u64,
+                    checksum: r.get::<_, i64>(4) as u64,
+                    activation_us: r.get(5),
+                    switched_us: r.get(6),
+                    error_us: r.get(7),
+                    late: r.get(8),
+                },
+                reported_us: r.get(9),
+            })
+            .collect())
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
+        self.exec(
+            "INSERT INTO audit (at_us, who, action, summary, peer) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.at_us, &e.who, &e.action, &e.summary, &e.peer],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&mut self, limit: u64) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT id, at_us, who, action, summary, peer FROM audit
+                 ORDER BY id DESC LIMIT $1",
+                &[&to_i64(limit.min(i64::MAX as u64))],
+            )?
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get(0),
+                at_us: r.get(1),
+                who: r.get(2),
+                action: r.get(3),
+                summary: r.get(4),
+                peer: r.get(5),
+            })
+            .collect())
     }
 }

@@ -16,7 +16,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::backend::{Backend, Durability, NewVersion, ScheduledRow, Tx};
 use super::{Change, Result, StoreError};
+use crate::audit::AuditEntry;
 use crate::farm::{Member, Role};
+use crate::proof::SwitchRow;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -127,6 +129,33 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE versions ADD COLUMN stored_ahead_us INTEGER;
     ALTER TABLE versions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX versions_checksum ON versions (checksum);
+    "#,
+    // 6: the proof of activation (see `proof`): when each member started, and its reports of
+    // switches; and the audit log (see `audit`).
+    r#"
+    ALTER TABLE farm ADD COLUMN since_us INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE switches (
+        version INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        activation_us INTEGER NOT NULL,
+        switched_us INTEGER NOT NULL,
+        error_us INTEGER NOT NULL,
+        late INTEGER NOT NULL,
+        reported_us INTEGER NOT NULL,
+        PRIMARY KEY (version, name, host, pid)
+    );
+    CREATE INDEX switches_reported ON switches (reported_us);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_us INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        peer TEXT NOT NULL
+    );
     "#,
 ];
 
@@ -739,13 +768,15 @@ impl Tx for SqliteTx<'_> {
         )?;
         let mut stmt = self.0.prepare_cached(
             "INSERT OR REPLACE INTO farm (name, host, pid, staged, active, offset_us, error_us,
-                                          lagging, last_checkin_us, role, leader_pid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                          lagging, last_checkin_us, role, leader_pid,
+                                          since_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for Member {
             process: m,
             role,
             leader_pid,
+            since_us,
         } in batch
         {
             stmt.execute(params![
@@ -759,7 +790,8 @@ impl Tx for SqliteTx<'_> {
                 m.lagging,
                 m.last_checkin_us,
                 role.as_str(),
-                leader_pid
+                leader_pid,
+                since_us
             ])?;
         }
         Ok(())
@@ -768,7 +800,7 @@ impl Tx for SqliteTx<'_> {
     fn farm(&mut self, since_us: i64) -> Result<Vec<Member>> {
         let mut stmt = self.0.prepare_cached(
             "SELECT name, host, pid, staged, active, offset_us, error_us, lagging,
-                    last_checkin_us, role, leader_pid
+                    last_checkin_us, role, leader_pid, since_us
              FROM farm WHERE last_checkin_us >= ?1",
         )?;
         let rows = stmt.query_map(params![since_us], |r| {
@@ -788,6 +820,7 @@ impl Tx for SqliteTx<'_> {
                 },
                 role: Role::parse(&r.get::<_, String>(9)?),
                 leader_pid: r.get(10)?,
+                since_us: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -949,5 +982,82 @@ impl Tx for SqliteTx<'_> {
             params![before_us],
         )?;
         Ok(n as u64)
+    }
+
+    fn write_switches(&mut self, batch: &[SwitchRow], expired_before_us: i64) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM switches WHERE reported_us < ?1",
+            params![expired_before_us],
+        )?;
+        let mut stmt = self.0.prepare_cached(
+            "INSERT OR REPLACE INTO switches (version, name, host, pid, checksum, activation_us,
+                                              switched_us, error_us, late, reported_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for r in batch {
+            stmt.execute(params![
+                to_i64(r.report.version),
+                r.name,
+                r.host,
+                r.pid,
+                to_i64(r.report.checksum),
+                r.report.activation_us,
+                r.report.switched_us,
+                r.report.error_us,
+                r.report.late,
+                r.reported_us
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn switches(&mut self, oldest: u64, newest: u64) -> Result<Vec<SwitchRow>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT version, name, host, pid, checksum, activation_us, switched_us, error_us,
+                    late, reported_us
+             FROM switches WHERE version BETWEEN ?1 AND ?2",
+        )?;
+        let rows = stmt.query_map(params![to_i64(oldest), to_i64(newest)], |r| {
+            Ok(SwitchRow {
+                name: r.get(1)?,
+                host: r.get(2)?,
+                pid: r.get(3)?,
+                report: lockstep::wire::SwitchReport {
+                    version: r.get::<_, i64>(0)? as u64,
+                    checksum: r.get::<_, i64>(4)? as u64,
+                    activation_us: r.get(5)?,
+                    switched_us: r.get(6)?,
+                    error_us: r.get(7)?,
+                    late: r.get(8)?,
+                },
+                reported_us: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn insert_audit(&mut self, e: &AuditEntry) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO audit (at_us, who, action, summary, peer) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![e.at_us, e.who, e.action, e.summary, e.peer],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&mut self, limit: u64) -> Result<Vec<AuditEntry>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT id, at_us, who, action, summary, peer FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![to_i64(limit.min(i64::MAX as u64))], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at_us: r.get(1)?,
+                who: r.get(2)?,
+                action: r.get(3)?,
+                summary: r.get(4)?,
+                peer: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
