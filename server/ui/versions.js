@@ -24,13 +24,16 @@ export async function render(root, ctx) {
     const tags = [];
     if (v.version === active) tags.push(el('span', { class: 'tag active', text: 'active' }));
     if (v.version === staged) tags.push(el('span', { class: 'tag staged', text: 'staged' }));
+    if (v.pinned) tags.push(el('span', { class: 'tag pinned', title: 'retention keeps its content', text: 'pinned' }));
+    // A dropped version can still be diffed and rolled back to while its change sets last:
+    // the data server rebuilds it, or says why it cannot.
     if (v.pruned_us) tags.push(el('span', { class: 'tag pruned', title: 'content dropped ' + utc(v.pruned_us), text: 'content dropped' }));
     const radio = (side) => el('input', {
       type: 'radio', name: 'diff-' + side, value: v.version, 'aria-label': `diff ${side} = version ${v.version}`,
-      checked: state[side] === v.version, disabled: !!v.pruned_us,
+      checked: state[side] === v.version,
       onchange: () => { state[side] = v.version; },
     });
-    return el('tr', { dataset: { version: v.version }, class: v.pruned_us ? 'stale' : '' },
+    return el('tr', { dataset: { version: v.version } },
       el('td', { class: 'pick' }, radio('a')), el('td', { class: 'pick' }, radio('b')),
       el('td', { class: 'num' }, el('strong', { text: v.version })),
       el('td', {}, tags, ' ', v.reason),
@@ -40,9 +43,21 @@ export async function render(root, ctx) {
       el('td', {}, when(v.created_us)),
       el('td', {}, when(v.activated_us)),
       el('td', { class: 'num', text: v.downloads }),
-      el('td', { class: 'write' }, ctx.canWrite && !v.pruned_us
-        ? el('button', { type: 'button', class: 'rollback', onclick: () => rollback(v.version) }, 'Roll back to this')
-        : null));
+      el('td', { class: 'write actions' }, ctx.canWrite ? [
+        el('button', { type: 'button', class: 'rollback', onclick: () => rollback(v.version) }, 'Roll back to this'),
+        ' ',
+        el('button', { type: 'button', class: v.pinned ? 'unpin' : 'pin', title: v.pinned ? 'let retention drop its content' : 'retention keeps its content', onclick: () => pin(v.version, !v.pinned) }, v.pinned ? 'Unpin' : 'Pin'),
+      ] : null));
+  }
+
+  async function pin(version, pinned) {
+    try {
+      const r = await api.post(pinned ? '/v1/admin/pin' : '/v1/admin/unpin', { version });
+      ctx.flash(r.message);
+      await load();
+    } catch (x) {
+      ctx.flash(x.message, 'error');
+    }
   }
 
   async function diff() {

@@ -226,6 +226,10 @@ def admin_session(page, server):
     page.click("#diff-button")
     expect(page.locator('#diff tr[data-key="price:apple"]')).to_contain_text("1.25")
     expect(page.locator('#diff tr[data-key="price:apple"]')).to_contain_text("0.99")
+    page.locator(f'#history tr[data-version="{old}"] button.pin').click()
+    expect(page.locator(f'#history tr[data-version="{old}"] .tag.pinned')).to_be_visible()
+    assert next(v for v in server.admin("/v1/admin/history") if v["version"] == old)["pinned"]
+    page.click("#diff-button")
     shot(page, "05-versions-diff", full_page=True)
     page.locator(f'#history tr[data-version="{old}"] button.rollback').click()
     dialog = page.locator("#rollback-dialog")
