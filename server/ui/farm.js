@@ -103,7 +103,7 @@ export async function render(root, ctx) {
       el('thead', {}, el('tr', {}, ...['Host', 'PID', 'Name', 'Role', 'Active', 'Staged', 'Clock offset ± error', 'Lagging', 'Last seen', 'State'].map((t) => el('th', { text: t })))),
       membersBody),
     membersPager,
-    el('p', { class: 'muted', text: 'Stale: silent for more than three check-in periods and 5 s; a member silent for 10 minutes leaves the farm.' }));
+    el('p', { class: 'muted', text: 'Stale: silent for more than three check-in periods and 5 s. A member silent for the farm expiry (lockstep serve --farm-expiry, 10 minutes by default) leaves the farm.' }));
   await load();
   const timer = setInterval(() => { if (auto.checked) load().catch((x) => ctx.flash(x.message, 'error')); }, REFRESH_MS);
   return () => clearInterval(timer);

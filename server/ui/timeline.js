@@ -75,7 +75,9 @@ export async function render(root, ctx) {
       api.optional('/v1/admin/activations', { limit: CYCLES + 2 }),
     ]);
     if (rotationsFor !== status.sync.activation_time_us) {
-      rotations = await api.get('/v1/admin/rotations');
+      // The newest few are all it draws (a `limit` the data server may honour; the log comes
+      // oldest first either way).
+      rotations = await api.get('/v1/admin/rotations', { limit: CYCLES + 1 });
       rotationsFor = status.sync.activation_time_us;
     }
     noteRetrievals(status.farm);
