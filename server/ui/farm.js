@@ -7,6 +7,8 @@ import { el, duration, ago, utc, paged } from './format.js';
 const HOSTS_PAGE = 10;
 const MEMBERS_PAGE = 50;
 const REFRESH_MS = 2000;
+const NUMERIC = new Set(['Processes', 'Leader', 'Following', 'Stale', 'PID', 'Active', 'Staged', 'Clock offset ± error']);
+const th = (t) => el('th', { text: t, class: NUMERIC.has(t) ? 'num' : null });
 
 export async function render(root, ctx) {
   const hostsState = { page: 0 };
@@ -50,7 +52,7 @@ export async function render(root, ctx) {
   membersState.onchange = draw;
 
   function hostRow(h) {
-    const held = h.versions.map((v) => `${v.processes}× active ${v.active} / staged ${v.staged}`).join(', ');
+    const held = h.versions.map((v) => `${v.processes}× active ${v.active}` + (v.staged ? ` / staged ${v.staged}` : '')).join(', ');
     return el('tr', { class: h.stale === h.processes ? 'stale' : '', dataset: { host: h.host } },
       el('td', {}, el('a', { href: '#farm', onclick: (e) => { e.preventDefault(); filter.value = h.host; membersState.page = 0; draw(); } }, h.host || '(no host name)')),
       el('td', { class: 'num', text: h.processes }),
@@ -92,7 +94,7 @@ export async function render(root, ctx) {
       el('button', { type: 'button', onclick: () => load().catch((x) => ctx.flash(x.message, 'error')) }, 'Refresh now')),
     el('h2', { text: 'Hosts' }),
     el('table', { class: 'data compact', id: 'hosts' },
-      el('thead', {}, el('tr', {}, ...['Host', 'Processes', 'Leader', 'Following', 'Lagging', 'Stale', 'Live processes hold'].map((t) => el('th', { text: t })))),
+      el('thead', {}, el('tr', {}, ...['Host', 'Processes', 'Leader', 'Following', 'Lagging', 'Stale', 'Live processes hold'].map(th))),
       hostsBody),
     hostsPager,
     el('h2', { text: 'Processes' }),
@@ -100,7 +102,7 @@ export async function render(root, ctx) {
       el('label', { for: 'farm-filter', text: 'Filter' }), filter,
       el('label', {}, hideStale, ' hide stale')),
     el('table', { class: 'data compact', id: 'members' },
-      el('thead', {}, el('tr', {}, ...['Host', 'PID', 'Name', 'Role', 'Active', 'Staged', 'Clock offset ± error', 'Lagging', 'Last seen', 'State'].map((t) => el('th', { text: t })))),
+      el('thead', {}, el('tr', {}, ...['Host', 'PID', 'Name', 'Role', 'Active', 'Staged', 'Clock offset ± error', 'Lagging', 'Last seen', 'State'].map(th))),
       membersBody),
     membersPager,
     el('p', { class: 'muted', text: 'Stale: silent for more than three check-in periods and 5 s. A member silent for the farm expiry (lockstep serve --farm-expiry, 10 minutes by default) leaves the farm.' }));

@@ -112,7 +112,7 @@ export async function render(root, ctx) {
       el('button', { type: 'button', id: 'diff-button', onclick: diff }, 'Diff A → B'),
       el('label', {}, showAll, ' all versions (else the newest 100)')),
     el('table', { class: 'data', id: 'history' },
-      el('thead', {}, el('tr', {}, ...['A', 'B', 'Version', 'Why', 'Keys', 'Size', 'Checksum', 'Created', 'Activated', 'Downloads', ''].map((h) => el('th', { text: h })))),
+      el('thead', {}, el('tr', {}, ...['A', 'B', 'Version', 'Why', 'Keys', 'Size', 'Checksum', 'Created', 'Activation time', 'Downloads', ''].map((h) => el('th', { text: h, class: ['Version', 'Keys', 'Size', 'Downloads'].includes(h) ? 'num' : null })))),
       body),
     diffBox);
   await load();

@@ -142,8 +142,15 @@ def synthetic_checkins(server, hosts, per_host, active, staged, only=lambda h, p
     offsets, error bounds and a few lagging members: a farm of hosts × per_host members."""
     todo = [(h, p) for h in range(hosts) for p in range(per_host) if only(h, p)]
     lock = threading.Lock()
+    errors = []
 
     def run():
+        try:
+            send()
+        except Exception as e:  # a thread's failure must fail the test, not vanish
+            errors.append(e)
+
+    def send():
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         while True:
             with lock:
@@ -160,7 +167,7 @@ def synthetic_checkins(server, hosts, per_host, active, staged, only=lambda h, p
                          headers={"Authorization": "Bearer " + READ_TOKEN})
             r = conn.getresponse()
             r.read()
-            assert r.status in (200, 304), r.status
+            assert r.status in (200, 304), (r.status, q)
         conn.close()
 
     workers = [threading.Thread(target=run) for _ in range(threads)]
@@ -168,6 +175,7 @@ def synthetic_checkins(server, hosts, per_host, active, staged, only=lambda h, p
         w.start()
     for w in workers:
         w.join()
+    assert not errors, errors
 
 
 class OtherOrigin:

@@ -266,10 +266,13 @@ def admin_session(page, server):
         assert time.time() < deadline, "the synthetic members never went stale"
         time.sleep(0.2)
     status = server.admin("/v1/admin/status")
-    synthetic_checkins(server, hosts=50, per_host=20, active=status["sync"]["active_version"],
-                       staged=status["sync"]["staged_version"], only=lambda h, p: p % 2 == 0)
+    # They report what real clients do once the staged version is active: it, nothing staged.
+    synthetic_checkins(server, hosts=50, per_host=20, active=status["sync"]["staged_version"],
+                       staged=0, only=lambda h, p: p % 2 == 0)
     page.click("#nav >> text=Farm")
     expect(page.locator("#farm-summary")).to_contain_text("1003 processes")
+    expect(page.locator("#farm-summary")).to_contain_text("503 live")
+    expect(page.locator("#farm-summary")).to_contain_text("500 stale")
     expect(page.locator("#members tbody tr")).to_have_count(50)
     expect(page.locator("#members + div .pager")).to_contain_text("of 1003")
     expect(page.locator("#members tbody tr.stale").first).to_be_visible()
