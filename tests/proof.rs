@@ -69,11 +69,14 @@ fn names(a: &serde_json::Value, list: &str) -> Vec<String> {
 
 #[test]
 fn three_clients_prove_their_switch_and_a_stalled_fourth_shows_up_missing_then_late() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &dir.path().join("db"),
-        &["--interval", "1s", "--min-window", "500ms"],
-    );
+    support::postgres::each_backend_alone(|backend, db| {
+        eprintln!("backend {backend:?}");
+        prove_switches(db);
+    });
+}
+
+fn prove_switches(db: &std::path::Path) {
+    let s = Server::start(db, &["--interval", "1s", "--min-window", "500ms"]);
     put(&s, "price", "p0");
     wait_active(&s, "price", "p0");
     let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::PassThrough);
