@@ -195,7 +195,7 @@ function importForm(ctx, reload) {
     if (!f) return;
     try {
       entries = parseImport(await f.text());
-      summary.textContent = `${f.name}: ${entries.length} entries, ready to import into production now.`;
+      summary.textContent = `${f.name}: ${entries.length} ${entries.length === 1 ? 'entry' : 'entries'}, ready to import into production now.`;
       button.disabled = entries.length === 0;
     } catch (x) {
       summary.textContent = `${f.name}: ${x.message}`;

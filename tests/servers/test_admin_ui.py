@@ -210,6 +210,18 @@ def admin_session(page, server):
     expect(page.locator("#flash")).to_contain_text("imported 3 entries, 3 changed")
     assert server.production("price:plum") == "0.8"
     expect(page.locator('#keys tr[data-key="price:kiwi"] td.value')).to_have_text("0.45")
+    # CSV as the CLI reads it: a header line, and a quoted value holding a comma and a quote.
+    path = os.path.join(os.path.dirname(server.log_path), "more.csv")
+    with open(path, "w") as f:
+        f.write('key,value\r\nprice:melon,"1,20 ""each"""\r\n')
+    page.set_input_files("#import-file", path)
+    expect(page.locator("#import-summary")).to_contain_text("1 entry,")
+    page.click("#import-submit")
+    expect(page.locator("#flash")).to_contain_text("imported 1 entries, 1 changed")
+    assert server.production("price:melon") == '1,20 "each"'
+    page.once("dialog", lambda d: d.accept())
+    page.locator('#keys tr[data-key="price:melon"] button.delete').click()
+    expect(page.locator('#keys tr[data-key="price:melon"]')).to_have_count(0)
     # Delete, after the browser's confirmation.
     page.once("dialog", lambda d: d.accept())
     page.locator('#keys tr[data-key="price:fig"] button.delete').click()
