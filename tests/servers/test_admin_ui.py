@@ -57,6 +57,7 @@ def farm(tmp_path):
         # The clients' check-ins perform the rotations: status alone never rotates.
         clients = Clients(server.url, ["web-1", "web-2", "web-3"])
         server.wait_active("price:apple", "1.25")
+        server.clients = clients
         yield server
     finally:
         if clients:
@@ -321,6 +322,32 @@ def admin_session(page, server):
     for i in (1, 2, 3):
         expect(page.locator(f'svg.timeline g[data-member="web-{i}"] rect.switch').first).to_be_visible()
     shot(page, "10-timeline", full_page=True)
+
+    # A straggler: web-3 is stopped (SIGSTOP) before the rotation that stages a change and
+    # resumed after its activation time, so it downloads the version late and catches up.
+    # The proof of that activation lists it as late, with how long after T it switched.
+    web3 = server.clients.procs[2]
+    before = server.admin("/v1/admin/status")["sync"]
+    os.kill(web3.pid, signal.SIGSTOP)
+    try:
+        server.admin("/v1/admin/put", {"key": "price:apple", "value": "1.77"})
+        deadline = time.time() + 10
+        while True:
+            sync = server.admin("/v1/admin/status")["sync"]
+            if server.in_version(sync["active_version"], "price:apple") == "1.77":
+                break
+            assert time.time() < deadline, (before, sync)
+            time.sleep(0.05)
+        late_version = sync["active_version"]
+        time.sleep(0.3)
+    finally:
+        os.kill(web3.pid, signal.SIGCONT)
+    card = page.locator(f'#activations section.proof[data-version="{late_version}"]')
+    expect(card).to_contain_text("1 late", timeout=15_000)
+    expect(card.locator(".stragglers")).to_contain_text("web-3")
+    expect(card.locator(".stragglers")).to_contain_text("late, switched T +")
+    expect(page.locator('svg.timeline g[data-member="web-3"] rect.switch.late')).to_be_visible()
+    shot(page, "10b-timeline-straggler", full_page=True)
 
     page.click("#nav >> text=Audit")
     expect(page.locator("#view h1")).to_have_text("Audit log")
