@@ -13,7 +13,7 @@ build="$root/target/php-ext"
 with="--with-lockstep=$root"
 if [ "${1:-}" = "--installed" ]; then
   build="$root/target/php-ext-installed"
-  with="--with-lockstep"
+  with=""  # the default, as PIE runs it: pkg-config
   shift
 fi
 rm -rf "$build"
@@ -22,7 +22,7 @@ cp -r "$here/config.m4" "$here/lockstep.c" "$here/php_lockstep.h" "$here/lockste
   "$here/tests" "$build/"
 cd "$build"
 phpize >/dev/null
-./configure "$with" >/dev/null
+./configure ${with:+"$with"} >/dev/null
 make -s >/dev/null
 echo "built $build/modules/lockstep.so"
 if [ "${1:-}" = "test" ]; then

@@ -1,13 +1,15 @@
 dnl Lockstep PHP extension: a wrapper over liblockstep's C ABI.
 dnl   Installed library (scripts/install.sh or the .deb), found through pkg-config:
-dnl     phpize && ./configure --with-lockstep && make && make install
+dnl     phpize && ./configure && make && make install       (or: pie install, composer.json)
 dnl   A Lockstep checkout (development; links target/release or target/debug with a RUNPATH):
 dnl     phpize && ./configure --with-lockstep=/path/to/checkout && make
+dnl On by default, so that a plain ./configure (PIE's) builds it against the installed library.
 PHP_ARG_WITH([lockstep],
   [for Lockstep support],
   [AS_HELP_STRING([--with-lockstep[=DIR]],
-    [Lockstep: the installed liblockstep through pkg-config, or a checkout DIR
-     (include/lockstep.h and target/release or target/debug/liblockstep.so)])])
+    [Lockstep: the installed liblockstep through pkg-config (default), or a checkout DIR
+     (include/lockstep.h and target/release or target/debug/liblockstep.so)])],
+  [yes])
 
 if test "$PHP_LOCKSTEP" != "no"; then
   if test "$PHP_LOCKSTEP" = "yes"; then

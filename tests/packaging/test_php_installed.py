@@ -80,3 +80,19 @@ def test_the_extension_builds_against_the_installed_library_and_php_fpm_serves_w
         for d in (nginx, fpm):
             if d:
                 d.stop()
+
+
+def test_composer_json_describes_the_extension_for_pie():
+    with open(os.path.join(REPO, "composer.json")) as f:
+        meta = json.load(f)
+    assert meta["type"] == "php-ext"
+    ext = meta["php-ext"]
+    build = os.path.join(REPO, ext["build-path"])
+    assert os.path.exists(os.path.join(build, "config.m4"))
+    # The name PHP loads it under, and the configure option config.m4 declares.
+    with open(os.path.join(build, "lockstep.c")) as f:
+        assert f'"{ext["extension-name"]}",' in f.read()
+    with open(os.path.join(build, "config.m4")) as f:
+        m4 = f.read()
+    for option in ext["configure-options"]:
+        assert f"--{option['name']}" in m4
