@@ -17,6 +17,8 @@ DEBIAN_PACKAGES=(
   libpcre2-dev zlib1g-dev            # what nginx's configure needs to build a module
   postgresql   # the data server's PostgreSQL backend: tests start throwaway clusters (initdb/pg_ctl)
   chromium fonts-dejavu-core   # the admin page's browser test (Playwright drives the system Chromium)
+  php-parser   # PHP-Parser for php-src's gen_stub.php (the extension's arginfo check)
+  dpkg-dev systemd   # the .deb: dpkg-architecture, and systemd-analyze verify of its unit
 )
 
 if command -v apt-get >/dev/null; then

@@ -12,6 +12,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== C header is what the pinned cbindgen generates"
 ./scripts/header.sh --check
+echo "== PHP arginfo is what php-src's gen_stub.php generates from lockstep.stub.php"
+./bindings/php/gen_arginfo.sh --check
 echo "== build"
 cargo build --workspace
 make -C examples/c
@@ -23,7 +25,10 @@ cargo bench -p lockstep --no-run
 for script in benches/*.sh; do bash -n "$script"; done
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
-echo "== Python binding, and real nginx and PHP-FPM with the module and the extension"
+echo "== Python binding, real nginx and PHP-FPM with the module and the extension, packaging"
+# The package's build runs cargo for the debug library built above (a no-op), not a release
+# build; so do the packaging tests (the wheel, an install prefix, the .deb).
+export LOCKSTEP_CARGO_PROFILE=debug
 "$PYTHON" -m pip install -q --disable-pip-version-check ./bindings/python
 LOCKSTEP_LIBRARY="$PWD/target/debug/liblockstep.so" LOCKSTEP_BIN="$PWD/target/debug/lockstep" \
-  "$PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests tests/servers
+  "$PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests tests/servers tests/packaging
