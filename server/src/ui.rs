@@ -90,10 +90,14 @@ static ASSETS: &[Asset] = &[
 
 /// The page's routes, for any state: merged into the API's router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    // Relative links in the page need the trailing slash.
     Router::new()
-        .route(PATH_UI, get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(index))
-        .route("/ui/{file}", get(file))
+        .route(
+            PATH_UI,
+            get(|| async { Redirect::permanent(&format!("{PATH_UI}/")) }),
+        )
+        .route(&format!("{PATH_UI}/"), get(index))
+        .route(&format!("{PATH_UI}/{{file}}"), get(file))
 }
 
 async fn index(headers: HeaderMap) -> Response {

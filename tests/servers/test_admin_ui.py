@@ -7,6 +7,7 @@ spread, and check that a read token cannot edit and that another origin cannot w
 Screenshots go to target/ui-screenshots/."""
 
 import datetime
+import http.client
 import json
 import os
 import re
@@ -101,6 +102,11 @@ def test_admin_page_in_chromium(farm, budget):
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "'unsafe-inline'" not in csp
     assert headers["Content-Type"].startswith("text/html")
     assert headers["Cache-Control"] == "no-cache" and headers["ETag"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/ui")
+    bare = conn.getresponse()
+    assert (bare.status, bare.getheader("Location")) == (308, "/ui/")
+    conn.close()
     code, headers, _ = server.request("GET", "/ui/app.js", token=None)
     assert code == 200 and headers["Content-Type"].startswith("text/javascript")
     code, _, _ = server.request("GET", "/ui/app.js", token=None,
