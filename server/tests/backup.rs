@@ -83,18 +83,64 @@ fn a_backup_taken_while_edits_and_rotations_go_on_restores_to_a_whole_consistent
         .collect();
     assert_eq!(beside, ["backup.db"]);
 
-    // Restore: a data server on a copy of the file.
-    let restored_db = dir.path().join("restored.db");
-    std::fs::copy(&file, &restored_db).unwrap();
-    let r = Server::start(&restored_db, &["--interval", "200ms", "--min-window", "100ms"]);
+    let in_backup: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("SELECT count(*) FROM production", [], |row| row.get(0))
+        .unwrap();
+
+    // Restore as README says: stop the data server (here the hard way, leaving its WAL
+    // behind), remove the database's -wal and -shm files, put the backup in its place.
+    drop(s);
+    for stale in ["lockstep.db-wal", "lockstep.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(stale));
+    }
+    std::fs::copy(&file, &db).unwrap();
+    let r = Server::start(&db, &["--interval", "200ms", "--min-window", "100ms"]);
     let edits = edit_numbers(&admin_get(&r, "/v1/admin/keys"));
-    assert!(!edits.is_empty() && edits.len() >= 50, "{} edits", edits.len());
+    assert!(edits.len() >= 50, "{} edits", edits.len());
     assert_eq!(edits, (0..edits.len()).collect::<Vec<_>>(), "a gap: not one instant");
     assert!(edits.len() <= during + 1);
+    // Exactly the backup: nothing the data server wrote after it came back.
+    assert_eq!(edits.len() as i64, in_backup);
     // It carries on: a new edit goes live on the restored data server.
     put(&r, "after-restore", "yes");
     wait_active(&r, "after-restore", "yes");
+}
+
+#[test]
+fn a_postgres_farm_is_backed_up_with_pg_dump_and_restored_with_pg_restore() {
+    // README's commands for PostgreSQL, against a throwaway cluster.
+    let Some(cluster) = common::postgres::cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let from = cluster.new_database();
+    let s = Server::start(
+        std::path::Path::new(&from),
+        &["--interval", "200ms", "--min-window", "100ms"],
+    );
+    for i in 0..20 {
+        put(&s, &format!("k{i}"), "v");
+    }
+    wait_active(&s, "k19", "v");
+    let dump = dir.path().join("lockstep.dump");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(Command::new("pg_dump").args(["-Fc", "-f"]).arg(&dump).arg(&from));
+    let history = admin_get(&s, "/v1/admin/history");
     drop(s);
+
+    let to = cluster.new_database();
+    run(Command::new("pg_restore").args(["-d", &to]).arg(&dump));
+    let r = Server::start(std::path::Path::new(&to), &[]);
+    assert_eq!(
+        edit_numbers(&admin_get(&r, "/v1/admin/keys")),
+        (0..20).collect::<Vec<_>>()
+    );
+    let restored = admin_get(&r, "/v1/admin/history");
+    assert_eq!(restored["versions"], history["versions"]);
 }
 
 #[test]
