@@ -206,6 +206,13 @@ impl Server {
             .strip_prefix("lockstep: listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from server: {line:?}"))
             .to_owned();
+        // The server listens before its database answers (503 until then): give it a moment
+        // to be ready, but no more, so a test of a server whose database is down goes on.
+        let ready = format!("{url}{}", lockstep::wire::PATH_READY);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(&ready, None, &[]).status != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Server {
             child,
             url,
