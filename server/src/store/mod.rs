@@ -133,6 +133,9 @@ pub struct Store {
     db: Box<dyn Backend>,
     /// The next staged version, built ahead of its rotation (see [`prepare`]).
     prepared: std::sync::Mutex<Option<prepare::Prepared>>,
+    /// Held by the one request of this process that goes on to the write transaction of a
+    /// due rotation (see [`Store::rotate_if_due`]), with when and why the last one failed.
+    rotating: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     sync: SyncCache,
     versions: VersionCache,
     farm: farm::Batch,
@@ -310,6 +313,7 @@ impl Store {
         Store {
             db,
             prepared: std::sync::Mutex::new(None),
+            rotating: std::sync::Mutex::new(None),
             sync: SyncCache::default(),
             versions: VersionCache::default(),
             farm: farm::Batch::default(),
@@ -391,13 +395,33 @@ impl Store {
             self.sync.remember(sync);
             return Ok((sync, false));
         }
+        // The herd at an activation time: one request of this process at a time goes on to
+        // the write transaction (with the version built ahead); the others wait for it and are
+        // answered from the table it leaves, instead of each taking the sync row's lock and a
+        // commit in turn, and instead of one of them rotating without the version built ahead
+        // while another holds it.
+        let mut turn = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sync) = self.sync.recent(now_us) {
+            return Ok((sync, false));
+        }
+        // With the database out of reach, the requests that waited fail with the one before
+        // them rather than each waiting out a connection timeout in turn.
+        if let Some((at, e)) = turn.as_ref() {
+            if at.elapsed() < std::time::Duration::from_millis(100) {
+                return Err(StoreError::Unavailable(e.clone()));
+            }
+        }
         let prepared = self
             .prepared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let rotated =
-            self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()))?;
+        let rotated = self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()));
+        *turn = match &rotated {
+            Err(StoreError::Unavailable(e)) => Some((std::time::Instant::now(), e.clone())),
+            _ => None,
+        };
+        let rotated = rotated?;
         self.sync.remember(rotated.0);
         if rotated.1 {
             tracing::info!(

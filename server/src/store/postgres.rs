@@ -18,7 +18,8 @@
 //!   A request that meets a database that is down gets [`StoreError::Unavailable`] (a 503)
 //!   within [`CONNECT_TIMEOUT`], and the data server answers what it can from memory
 //!   meanwhile (see [`crate::store::Store::rotate_if_due`]). An outage is logged when it
-//!   starts and when it ends, not once per request.
+//!   starts and when it ends, not once per request; a pool whose connections are all busy
+//!   is not an outage.
 //! - **Version bytes** are `bytea`; each instance keeps the ones it serves in its
 //!   [`crate::version_cache`].
 
@@ -271,7 +272,7 @@ impl Postgres {
             .connection_timeout(CONNECT_TIMEOUT)
             .test_on_check_out(true)
             // r2d2 would log every failed attempt of its own; an outage is logged once here
-            // (see `Postgres::note`) and once per kind by the start-up's retries.
+            // (see `Postgres::conn`) and once per kind by the start-up's retries.
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(manager)
             .map_err(unreachable)?;
@@ -317,6 +318,10 @@ impl Postgres {
         })
     }
 
+    /// A connection from the pool. Not getting one within the timeout means the database is
+    /// down (the pool could not open connections: an outage, logged when it starts and when
+    /// it ends) or busy (every connection of this instance in use all that time: a herd, not
+    /// an outage).
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
         // During an outage the pool keeps reconnecting in the background; a request need not
         // wait the whole timeout each time to learn that it has not yet.
@@ -324,30 +329,36 @@ impl Postgres {
             true => OUTAGE_CONNECT_TIMEOUT,
             false => CONNECT_TIMEOUT,
         };
-        self.pool.get_timeout(wait).map_err(unreachable)
-    }
-
-    /// Logs the start and the end of an outage, once each, from what a request met.
-    fn note<T>(&self, result: Result<T>) -> Result<T> {
-        let out = matches!(result, Err(StoreError::Unavailable(_)));
-        if out != self.in_outage.load(Ordering::Relaxed) {
-            let mut since = self.outage.lock().unwrap_or_else(|e| e.into_inner());
-            match (&result, since.is_some()) {
-                (Err(e), false) => {
+        match self.pool.get_timeout(wait) {
+            Ok(conn) => {
+                if self.in_outage.load(Ordering::Relaxed) {
+                    let mut since = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(t) = since.take() {
+                        tracing::info!("the database answers again, after {:.1?}", t.elapsed());
+                    }
+                    self.in_outage.store(false, Ordering::Relaxed);
+                }
+                Ok(conn)
+            }
+            Err(_) if self.pool.state().connections >= POOL_SIZE => {
+                Err(StoreError::Unavailable(format!(
+                    "the database is busy: all {POOL_SIZE} connections of this data server \
+                     stayed in use for {wait:.1?}; retry shortly"
+                )))
+            }
+            Err(e) => {
+                let e = unreachable(e);
+                let mut since = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+                if since.is_none() {
                     tracing::warn!(
                         "{e}; answering 503 to what needs the database until it answers"
                     );
                     *since = Some(Instant::now());
                 }
-                (Ok(_), true) => {
-                    let down = since.take().map(|t| t.elapsed()).unwrap_or_default();
-                    tracing::info!("the database answers again, after {down:.1?}");
-                }
-                _ => {}
+                self.in_outage.store(true, Ordering::Relaxed);
+                Err(e)
             }
-            self.in_outage.store(since.is_some(), Ordering::Relaxed);
         }
-        result
     }
 
     /// One attempt at a write transaction, on a connection from the pool.
@@ -483,8 +494,7 @@ impl Backend for Postgres {
         durability: Durability,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> Result<()> {
-        let written = self.write_retrying(durability, f);
-        self.note(written)
+        self.write_retrying(durability, f)
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
@@ -493,9 +503,9 @@ impl Backend for Postgres {
             Err(Failed::Before(StoreError::Unavailable(_))) => self.try_read(f),
             read => read,
         };
-        self.note(read.map_err(|e| match e {
+        read.map_err(|e| match e {
             Failed::NoConnection(e) | Failed::Before(e) | Failed::Commit { error: e, .. } => e,
-        }))
+        })
     }
 }
 
