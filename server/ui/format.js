@@ -83,9 +83,10 @@ export function blob(b) {
   return typeof b === 'string' ? b : 'base64:' + b.b64;
 }
 
-// A blob back into the request form: "base64:..." stays bytes, anything else is text.
-export function toBlob(text) {
-  return text.startsWith('base64:') ? { b64: text.slice(7) } : text;
+// What the person typed, as a wire Blob: text, or bytes given in base64 when they say so (a
+// prefix would turn a text value that happens to start with it into other bytes).
+export function toBlob(text, isBase64) {
+  return isBase64 ? { b64: text.trim() } : text;
 }
 
 // A paged table body: shows `page` of `items`, with a pager under it.

@@ -61,14 +61,16 @@ function keyRow(info, ctx, reload) {
   row.append(el('td', { class: 'actions' }, edit, del));
 
   function startEdit() {
-    const input = el('input', { type: 'text', class: 'edit-value', value: blob(info.value), spellcheck: 'false', 'aria-label': `new value of ${key}` });
+    // Bytes that are not UTF-8 are edited as base64, and stay bytes.
+    const bytes = typeof info.value !== 'string';
+    const input = el('input', { type: 'text', class: 'edit-value', value: bytes ? info.value.b64 : info.value, spellcheck: 'false', 'aria-label': `new value of ${key}${bytes ? ' (base64)' : ''}` });
     const save = el('button', { type: 'button', class: 'save' }, 'Save');
     const cancel = el('button', { type: 'button' }, 'Cancel');
     const form = el('form', { class: 'inline', onsubmit: async (e) => {
       e.preventDefault();
       save.disabled = true;
       try {
-        const r = await api.post('/v1/admin/put', { key: info.key, value: toBlob(input.value) });
+        const r = await api.post('/v1/admin/put', { key: info.key, value: toBlob(input.value, bytes) });
         ctx.flash(`${key}: ${r.message}`);
         await reload();
       } catch (x) {
@@ -99,6 +101,7 @@ function keyRow(info, ctx, reload) {
 function changeForm(ctx, reload) {
   const key = el('input', { type: 'text', id: 'change-key', required: true, spellcheck: 'false' });
   const value = el('input', { type: 'text', id: 'change-value', spellcheck: 'false' });
+  const valueB64 = el('input', { type: 'checkbox', id: 'change-value-b64' });
   const op = el('select', { id: 'change-op' }, el('option', { value: 'put', text: 'set' }), el('option', { value: 'delete', text: 'delete' }));
   const at = el('input', { type: 'datetime-local', id: 'change-at', step: '1' });
   const zone = el('select', { id: 'change-zone' }, el('option', { value: 'utc', text: 'UTC' }), el('option', { value: 'local', text: 'local time' }));
@@ -118,8 +121,8 @@ function changeForm(ctx, reload) {
     e.preventDefault();
     const us = parseDateTimeInput(at.value, zone.value);
     if (at.value && us === null) return ctx.flash('That date and time does not read: use the picker.', 'error');
-    const body = { key: toBlob(key.value) };
-    if (op.value === 'put') body.value = toBlob(value.value);
+    const body = { key: key.value };
+    if (op.value === 'put') body.value = toBlob(value.value, valueB64.checked);
     if (us !== null) body.at = rfc3339(us);
     try {
       const r = await api.post(op.value === 'put' ? '/v1/admin/put' : '/v1/admin/delete', body);
@@ -134,7 +137,7 @@ function changeForm(ctx, reload) {
   el('div', { class: 'grid' },
     el('label', { for: 'change-op', text: 'Change' }), op,
     el('label', { for: 'change-key', text: 'Key' }), key,
-    el('label', { for: 'change-value', text: 'Value' }), value,
+    el('label', { for: 'change-value', text: 'Value' }), el('span', { class: 'with-option' }, value, el('label', {}, valueB64, ' base64 (bytes)')),
     el('label', { for: 'change-at', text: 'At (optional)' }), el('span', {}, at, ' ', zone)),
   preview,
   el('button', { type: 'submit', id: 'change-submit' }, 'Apply'));

@@ -217,6 +217,21 @@ def admin_session(page, server):
     expect(page.locator("#flash")).to_contain_text("imported 3 entries, 3 changed")
     assert server.production("price:plum") == "0.8"
     expect(page.locator('#keys tr[data-key="price:kiwi"] td.value')).to_have_text("0.45")
+    # A text value that looks like base64 stays text; bytes given as base64 stay bytes.
+    page.fill("#change-key", "note:odd")
+    page.fill("#change-value", "base64:AAE=")
+    page.fill("#change-at", "")
+    page.click("#change-submit")
+    expect(page.locator("#flash")).to_contain_text("note:odd: production changed")
+    assert server.production("note:odd") == "base64:AAE="
+    page.check("#change-value-b64")
+    page.fill("#change-value", "/wA=")
+    page.click("#change-submit")
+    deadline = time.time() + 10
+    while server.production("note:odd") != {"b64": "/wA="}:
+        assert time.time() < deadline, server.production("note:odd")
+        time.sleep(0.05)
+    page.uncheck("#change-value-b64")
     # CSV as the CLI reads it: a header line, and a quoted value holding a comma and a quote.
     path = os.path.join(os.path.dirname(server.log_path), "more.csv")
     with open(path, "w") as f:
