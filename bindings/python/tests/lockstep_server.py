@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -27,6 +28,14 @@ class Server:
         line = self.proc.stdout.readline().decode()
         assert line.startswith("lockstep: listening on "), line
         self.url = line.split()[-1]
+        # It listens before its database answers (503 until then): wait for readiness.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/v1/ready", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.01)
 
     def admin(self, path, body=None, timeout=10):
         data = None if body is None else json.dumps(body).encode()
