@@ -51,7 +51,7 @@ export async function render(root, ctx) {
 
 function keyRow(info, ctx, reload) {
   const key = blob(info.key);
-  const valueCell = el('td', { class: 'value' }, el('code', { text: blob(info.value) }));
+  const valueCell = el('td', { class: 'value' }, valueView(info.value));
   const row = el('tr', { dataset: { key } },
     el('td', {}, el('code', { text: key })), valueCell,
     el('td', { text: info.changed_by }), el('td', {}, when(info.changed_at_us)));
@@ -79,7 +79,7 @@ function keyRow(info, ctx, reload) {
       }
     } }, input, save, cancel);
     save.type = 'submit';
-    cancel.addEventListener('click', () => valueCell.replaceChildren(el('code', { text: blob(info.value) })));
+    cancel.addEventListener('click', () => valueCell.replaceChildren(...[].concat(valueView(info.value))));
     valueCell.replaceChildren(form);
     input.focus();
   }
@@ -95,6 +95,13 @@ function keyRow(info, ctx, reload) {
     }
   }
   return row;
+}
+
+// Text as it is; bytes that are not UTF-8 as their base64, marked so.
+function valueView(b) {
+  return typeof b === 'string'
+    ? el('code', { text: b })
+    : [el('span', { class: 'tag', title: 'bytes that are not UTF-8, shown in base64', text: 'base64' }), ' ', el('code', { text: b.b64 })];
 }
 
 // Put or delete one key, now or at a date and time read as UTC or as local time.

@@ -232,6 +232,11 @@ def admin_session(page, server):
         assert time.time() < deadline, server.production("note:odd")
         time.sleep(0.05)
     page.uncheck("#change-value-b64")
+    page.fill("#prefix", "note:")
+    page.click("text=Search")
+    expect(page.locator('#keys tr[data-key="note:odd"] td.value')).to_have_text("base64 /wA=")
+    page.fill("#prefix", "price:")
+    page.click("text=Search")
     # CSV as the CLI reads it: a header line, and a quoted value holding a comma and a quote.
     path = os.path.join(os.path.dirname(server.log_path), "more.csv")
     with open(path, "w") as f:
