@@ -58,7 +58,7 @@ function keyRow(info, ctx, reload) {
   if (!ctx.canWrite) return row;
   const edit = el('button', { type: 'button', class: 'edit', onclick: startEdit }, 'Edit');
   const del = el('button', { type: 'button', class: 'delete danger', onclick: remove }, 'Delete');
-  row.append(el('td', { class: 'actions' }, edit, del));
+  row.append(el('td', { class: 'actions' }, edit, ' ', del));
 
   function startEdit() {
     // Bytes that are not UTF-8 are edited as base64, and stay bytes.
