@@ -20,7 +20,9 @@ fn abi_version() -> u32 {
     let ffi = std::fs::read_to_string("src/ffi.rs").expect("read src/ffi.rs");
     ffi.lines()
         .find_map(|line| {
-            let rest = line.trim().strip_prefix("pub const SYNC_ABI_VERSION: u32 = ")?;
+            let rest = line
+                .trim()
+                .strip_prefix("pub const SYNC_ABI_VERSION: u32 = ")?;
             rest.strip_suffix(';')?.trim().parse().ok()
         })
         .expect("src/ffi.rs defines pub const SYNC_ABI_VERSION: u32 = N;")

@@ -32,16 +32,21 @@ pub fn backup(db: &str, file: &Path) -> Result<BackedUp, String> {
     let source = match Location::parse(db) {
         Location::Sqlite(path) => path,
         Location::Postgres(_) => {
-            return Err("backup copies a SQLite database; for PostgreSQL use pg_dump \
+            return Err(
+                "backup copies a SQLite database; for PostgreSQL use pg_dump \
                  (pg_dump -Fc -f FILE URL, restored with pg_restore; see README)"
-                .to_owned())
+                    .to_owned(),
+            )
         }
     };
     if !source.exists() {
         return Err(format!("no database at {}", source.display()));
     }
     if file.exists() {
-        return Err(format!("{} exists: backup never overwrites a file", file.display()));
+        return Err(format!(
+            "{} exists: backup never overwrites a file",
+            file.display()
+        ));
     }
     let partial = partial_path(file);
     let result = copy(&source, &partial).and_then(|_| check(&partial));

@@ -72,7 +72,11 @@ fn a_backup_taken_while_edits_and_rotations_go_on_restores_to_a_whole_consistent
     let during = done.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     editor.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("lockstep: backed up "), "{said}");
     // One self-contained file: nothing beside it to forget when copying it away.
@@ -98,7 +102,11 @@ fn a_backup_taken_while_edits_and_rotations_go_on_restores_to_a_whole_consistent
     let r = Server::start(&db, &["--interval", "200ms", "--min-window", "100ms"]);
     let edits = edit_numbers(&admin_get(&r, "/v1/admin/keys"));
     assert!(edits.len() >= 50, "{} edits", edits.len());
-    assert_eq!(edits, (0..edits.len()).collect::<Vec<_>>(), "a gap: not one instant");
+    assert_eq!(
+        edits,
+        (0..edits.len()).collect::<Vec<_>>(),
+        "a gap: not one instant"
+    );
     assert!(edits.len() <= during + 1);
     // Exactly the backup: nothing the data server wrote after it came back.
     assert_eq!(edits.len() as i64, in_backup);
@@ -126,9 +134,16 @@ fn a_postgres_farm_is_backed_up_with_pg_dump_and_restored_with_pg_restore() {
     let dump = dir.path().join("lockstep.dump");
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(Command::new("pg_dump").args(["-Fc", "-f"]).arg(&dump).arg(&from));
+    run(Command::new("pg_dump")
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&from));
     let history = admin_get(&s, "/v1/admin/history");
     drop(s);
 
@@ -156,7 +171,10 @@ fn backup_never_overwrites_a_file_and_sends_postgres_users_to_pg_dump() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
     assert_eq!(std::fs::read(&file).unwrap(), b"precious");
 
-    let out = backup("postgres://lockstep@127.0.0.1:1/lockstep", &dir.path().join("pg"));
+    let out = backup(
+        "postgres://lockstep@127.0.0.1:1/lockstep",
+        &dir.path().join("pg"),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
 
@@ -165,5 +183,8 @@ fn backup_never_overwrites_a_file_and_sends_postgres_users_to_pg_dump() {
         &dir.path().join("m"),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(!dir.path().join("missing.db").exists(), "backup created the database");
+    assert!(
+        !dir.path().join("missing.db").exists(),
+        "backup created the database"
+    );
 }
