@@ -124,6 +124,23 @@ def test_variables_and_the_status_location_show_each_workers_handle(nginx_bin, w
             # µs on the data server's clock (this host's): within the last few seconds.
             assert now_us - 10e6 < int(fields["last_checkin"]) <= now_us + 1e6, fields
 
+        # An edit is staged, then activated: while it waits, workers show it staged and the
+        # version before it active, never the other way round.
+        server.put("price:apple", "0.99")
+        staged_seen = []
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            fields = dict(f.split("=", 1) for f in fetch(port, "/vars")[1].decode().split())
+            active_now, staged_now = int(fields["active"]), int(fields["staged"])
+            assert staged_now == 0 or staged_now >= active_now, fields
+            if staged_now > active_now:
+                staged_seen.append((active_now, staged_now))
+            if fetch(port, "/prices/price:apple")[1] == b"0.99" and staged_seen:
+                break
+            time.sleep(0.005)
+        assert staged_seen, "no worker ever showed the edit staged"
+        assert all(st == ac + 1 for ac, st in staged_seen), staged_seen
+
         status, body, headers = fetch(port, "/lockstep-status")
         assert status == 200 and headers["Content-Type"] == "application/json"
         stats = json.loads(body)
