@@ -12,21 +12,29 @@ fn main() {
     link_soname_in_profile_dir(abi);
 
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/ffi.rs");
+    for path in ABI_SOURCES {
+        println!("cargo:rerun-if-changed={path}");
+    }
 }
 
-/// `SYNC_ABI_VERSION` from src/ffi.rs: one number for the C constant and the SONAME.
+/// `SYNC_ABI_VERSION` from the C ABI's source (src/ffi.rs, or src/ffi/mod.rs): one number
+/// for the C constant and the SONAME.
 fn abi_version() -> u32 {
-    let ffi = std::fs::read_to_string("src/ffi.rs").expect("read src/ffi.rs");
-    ffi.lines()
-        .find_map(|line| {
-            let rest = line
-                .trim()
-                .strip_prefix("pub const SYNC_ABI_VERSION: u32 = ")?;
-            rest.strip_suffix(';')?.trim().parse().ok()
+    ABI_SOURCES
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|source| {
+            source.lines().find_map(|line| {
+                let rest = line
+                    .trim()
+                    .strip_prefix("pub const SYNC_ABI_VERSION: u32 = ")?;
+                rest.strip_suffix(';')?.trim().parse().ok()
+            })
         })
-        .expect("src/ffi.rs defines pub const SYNC_ABI_VERSION: u32 = N;")
+        .expect("src/ffi.rs or src/ffi/mod.rs defines pub const SYNC_ABI_VERSION: u32 = N;")
 }
+
+const ABI_SOURCES: [&str; 2] = ["src/ffi.rs", "src/ffi/mod.rs"];
 
 /// Programs linked against `target/<profile>/liblockstep.so` (the C tests, examples, the PHP
 /// extension and nginx module built in the tree) now record `liblockstep.so.N` as needed: a

@@ -11,10 +11,14 @@ from conftest import REPO, clean_env, pkg_config_env
 
 
 def abi():
-    with open(os.path.join(REPO, "src", "ffi.rs")) as f:
-        for line in f:
-            if line.startswith("pub const SYNC_ABI_VERSION: u32 = "):
-                return int(line.split("=")[1].strip(" ;\n"))
+    for source in (("src", "ffi.rs"), ("src", "ffi", "mod.rs")):
+        path = os.path.join(REPO, *source)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                if line.startswith("pub const SYNC_ABI_VERSION: u32 = "):
+                    return int(line.split("=")[1].strip(" ;\n"))
     raise AssertionError("SYNC_ABI_VERSION not found")
 
 
