@@ -31,7 +31,8 @@ case "$prefix" in /*) ;; *) prefix="$PWD/$prefix" ;; esac
 libdir=${libdir:-$prefix/lib}
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-abi=$(cat src/ffi.rs src/ffi/mod.rs 2>/dev/null | sed -n 's/^pub const SYNC_ABI_VERSION: u32 = \([0-9]*\);$/\1/p' | head -1)
+abi=$(sed -n 's/^pub const SYNC_ABI_VERSION: u32 = \([0-9]*\);$/\1/p' \
+  $(ls src/ffi.rs src/ffi/mod.rs 2>/dev/null) /dev/null | head -1)
 [ -n "$version" ] && [ -n "$abi" ] || { echo "install.sh: version or ABI not found" >&2; exit 1; }
 
 cargo_profile=$profile
