@@ -25,12 +25,12 @@ use lockstep::wire::{
     WriteResponse,
 };
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use crate::audit::{self, AuditEntry};
 use crate::clock::{format_duration_us, format_us};
 use crate::metrics::Metrics;
 use crate::store::{Change, IntervalChange, PinChange, Store, StoreError};
+use crate::tokens::{Scope, Tokens};
 use crate::{clock, farm, proof};
 
 /// Size limits on what admins may send.
@@ -53,8 +53,8 @@ impl Default for Limits {
 
 pub struct AppState {
     pub store: Arc<Store>,
-    pub admin_token: Vec<u8>,
-    pub read_token: Option<Vec<u8>>,
+    /// Swapped whole on SIGHUP; a request sees either the old set or the new one.
+    pub tokens: Arc<arc_swap::ArcSwap<Tokens>>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
 }
@@ -151,28 +151,14 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
         .or_else(|| value.strip_prefix(b"bearer "))
 }
 
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    // ct_eq is constant-time for equal lengths; a length mismatch reveals only the length.
-    given.len() == expected.len() && bool::from(given.ct_eq(expected))
-}
-
-/// The name of the admin token: what the audit log and the logs say made a change. A field,
-/// so that several named tokens can take its place.
-pub const ADMIN_TOKEN_NAME: &str = "admin";
-/// The name of the read token.
-pub const READ_TOKEN_NAME: &str = "read";
-
-/// Which token a request carries, by name; `None` when it carries none.
-fn token_name(state: &AppState, parts: &Parts) -> Result<Option<&'static str>, ()> {
+/// Which token a request carries: its name and scope; `None` when it carries none.
+fn token_name(state: &AppState, parts: &Parts) -> Result<Option<(String, Scope)>, ()> {
     let Some(given) = bearer(&parts.headers) else {
         return Ok(None);
     };
-    if token_matches(given, &state.admin_token) {
-        return Ok(Some(ADMIN_TOKEN_NAME));
-    }
-    match &state.read_token {
-        Some(read) if token_matches(given, read) => Ok(Some(READ_TOKEN_NAME)),
-        _ => Err(()),
+    match state.tokens.load().find(given) {
+        Some((name, scope)) => Ok(Some((name.to_owned(), scope))),
+        None => Err(()),
     }
 }
 
@@ -209,8 +195,8 @@ impl FromRequestParts<Shared> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Admin> {
         match token_name(state, parts) {
-            Ok(Some(ADMIN_TOKEN_NAME)) => Ok(Admin {
-                who: ADMIN_TOKEN_NAME.to_owned(),
+            Ok(Some((name, Scope::Admin))) => Ok(Admin {
+                who: name,
                 peer: peer(parts),
             }),
             Ok(None) => Err(ApiError::new(
@@ -262,7 +248,7 @@ impl FromRequestParts<Shared> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Reader> {
-        if state.read_token.is_none() {
+        if !state.tokens.load().has_read() {
             return Ok(Reader);
         }
         match token_name(state, parts) {

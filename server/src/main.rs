@@ -13,6 +13,7 @@ mod proof;
 mod rotation;
 mod store;
 mod sync_cache;
+mod tokens;
 mod ui;
 mod version_cache;
 
@@ -83,11 +84,17 @@ struct ServeArgs {
     /// interval; otherwise the database keeps its own.
     #[arg(long)]
     min_window: Option<String>,
-    /// File holding the admin bearer token (or set LOCKSTEP_ADMIN_TOKEN).
+    /// Named, scoped tokens, one a line: NAME SCOPE SECRET, SCOPE read or admin, SECRET
+    /// plain or sha256:<hex>; '#' starts a comment. SIGHUP reloads it (a file that does not
+    /// parse leaves the tokens as they were). Adds to the single-token options below.
+    #[arg(long, env = "LOCKSTEP_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// File holding the admin bearer token (or set LOCKSTEP_ADMIN_TOKEN); it is the token
+    /// named 'admin'.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
-    /// File holding the read token clients must send (or set LOCKSTEP_READ_TOKEN); without
-    /// one, reads are open.
+    /// File holding the read token clients must send (or set LOCKSTEP_READ_TOKEN); it is
+    /// the token named 'read'. Without any read token, reads are open.
     #[arg(long)]
     read_token_file: Option<PathBuf>,
     /// Versions whose content is kept, newest first, besides the active and staged ones and
@@ -225,28 +232,21 @@ enum Command {
     DemoWeb(demo::WebArgs),
 }
 
-fn read_token(file: &Option<PathBuf>, env: &str) -> Result<Option<Vec<u8>>, String> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-        let t = text.trim();
-        if t.is_empty() {
-            return Err(format!("token file {} is empty", path.display()));
-        }
-        return Ok(Some(t.as_bytes().to_vec()));
-    }
-    Ok(std::env::var(env)
-        .ok()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .map(String::into_bytes))
-}
-
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let admin_token = read_token(&args.admin_token_file, "LOCKSTEP_ADMIN_TOKEN")?.ok_or(
-        "no admin token: set LOCKSTEP_ADMIN_TOKEN or pass --admin-token-file (the CLI sends the same token)",
-    )?;
-    let read_token = read_token(&args.read_token_file, "LOCKSTEP_READ_TOKEN")?;
+    let token_sources = tokens::TokenSources {
+        file: args.tokens.clone(),
+        admin_file: args.admin_token_file.clone(),
+        read_file: args.read_token_file.clone(),
+    };
+    let first_tokens = token_sources.load()?;
+    tracing::info!("tokens: {}", first_tokens.summary());
+    if !first_tokens.has_read() {
+        tracing::warn!(
+            "no read token: check-ins, versions and metrics need no token, and anyone who \
+             reaches this port can read the data and join the farm view"
+        );
+    }
+    let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(first_tokens));
     let interval = args
         .interval
         .as_deref()
@@ -292,6 +292,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Installed before the server says it listens: SIGHUP's default would end it.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        tokio::spawn(reload_on_hangup(hangup, token_sources, tokens.clone()));
 
         let waiting = Arc::new(Mutex::new(format!(
             "the data server is starting: the database {location} has not answered yet; \
@@ -368,8 +372,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 Some(start_flusher(store.clone(), retention));
             let state = Arc::new(api::AppState {
                 store,
-                admin_token,
-                read_token,
+                tokens: tokens.clone(),
                 limits,
                 metrics: Arc::default(),
             });
@@ -578,6 +581,28 @@ fn migrate(from: &str, to: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot migrate {from} to {to}: {e}"))?;
     println!("lockstep: copied {from} to {to}: {copied}");
     Ok(())
+}
+
+/// SIGHUP reloads the tokens; a set that fails to load leaves the old one in force.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    sources: tokens::TokenSources,
+    tokens: Arc<arc_swap::ArcSwap<tokens::Tokens>>,
+) {
+    while hangup.recv().await.is_some() {
+        let load = {
+            let sources = sources.clone();
+            tokio::task::spawn_blocking(move || sources.load()).await
+        };
+        match load {
+            Ok(Ok(set)) => {
+                tracing::info!("SIGHUP: tokens reloaded: {}", set.summary());
+                tokens.store(Arc::new(set));
+            }
+            Ok(Err(e)) => tracing::error!("SIGHUP: tokens not reloaded, the old ones stay: {e}"),
+            Err(e) => tracing::error!("SIGHUP: tokens not reloaded: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
