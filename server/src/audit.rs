@@ -27,10 +27,22 @@ pub struct AuditEntry {
 /// The longest summary kept, bytes: a key may be a megabyte long.
 pub const MAX_SUMMARY_BYTES: usize = 512;
 
-/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut, with control
+/// characters escaped: a key may hold a NUL, which PostgreSQL's text refuses, or a newline,
+/// which would forge a log line.
 pub fn clip(s: &str, max: usize) -> String {
+    let s: String = s
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect();
     if s.len() <= max {
-        return s.to_owned();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
@@ -42,8 +54,9 @@ pub fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn clip_keeps_whole_characters() {
+    fn clip_keeps_whole_characters_and_escapes_control_ones() {
         assert_eq!(super::clip("abc", 5), "abc");
         assert_eq!(super::clip("ééé", 3), "é…");
+        assert_eq!(super::clip("a\u{0}b\nc", 50), "a\\u{0}b\\nc");
     }
 }

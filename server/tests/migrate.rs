@@ -28,6 +28,7 @@ fn views(s: &Server) -> Vec<(&'static str, serde_json::Value)> {
         ("rotations", "/v1/admin/rotations"),
         ("keys", "/v1/admin/keys?limit=1000000"),
         ("scheduled", "/v1/admin/scheduled"),
+        ("audit", "/v1/admin/audit?limit=100000"),
     ]
     .into_iter()
     .map(|(name, path)| (name, admin_get(s, path)))

@@ -1,9 +1,10 @@
 //! `lockstep migrate --from lockstep.db --to postgres://…`: moves a data server's whole state
 //! (production, scheduled changes, every version with its history, change set and pin, the
-//! sync table, the rotation log and download counts) into an empty database in one
-//! transaction, which reads the copy back and checks counts and checksums before it commits.
-//! The farm view is not copied: clients rebuild it as they check in. Stop the data servers on
-//! the source first: the copy is of one moment.
+//! sync table, the rotation log, the audit log and download counts) into an empty database in
+//! one transaction, which reads the copy back and checks counts and checksums before it
+//! commits. The farm view and the switch reports of the proof of activation are not copied:
+//! clients rebuild the farm as they check in. Stop the data servers on the source first: the
+//! copy is of one moment.
 
 use lockstep::format;
 use lockstep::wire::SyncTable;
@@ -169,6 +170,10 @@ fn copy(tx: &mut dyn Tx, out: &mut dyn Tx) -> Result<()> {
     }
     for r in tx.rotations()? {
         out.log_rotation(&r)?;
+    }
+    // The audit log, oldest first, so its order (and who did what) carries over.
+    for entry in tx.audit(u64::MAX)?.into_iter().rev() {
+        out.insert_audit(&entry)?;
     }
     let downloads = tx.downloads(0, i64::MAX as u64)?;
     out.add_downloads(&downloads)
