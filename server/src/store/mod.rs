@@ -975,9 +975,7 @@ impl Store {
         let configured = self
             .farm_expiry_us
             .load(std::sync::atomic::Ordering::Relaxed);
-        let _ = configured;
-        farm::EXPIRE_AFTER_US
-            .max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
+        configured.max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
     }
 
     /// Records an audit entry in a durable transaction of its own.
