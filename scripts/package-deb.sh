@@ -8,12 +8,20 @@
 #   /etc/default/lockstep                               its settings (a conffile)
 #   /usr/share/doc/lockstep/                            README and copyright
 #
-#   scripts/package-deb.sh [--profile P]   (release by default; CI uses debug, built already)
+#   scripts/package-deb.sh [--profile P] [--no-build]
+#     (release by default; CI uses debug, built already; --no-build packages what is built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${LOCKSTEP_CARGO_PROFILE:-release}
-if [ "${1:-}" = "--profile" ]; then profile=$2; shift 2; fi
+build=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile=$2; shift 2 ;;
+    --no-build) build=(--no-build); shift ;;
+    *) echo "package-deb.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 command -v dpkg-deb >/dev/null || { echo "package-deb.sh: dpkg-deb not found (Debian's dpkg)" >&2; exit 1; }
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
@@ -24,7 +32,8 @@ root="$out/lockstep_${version}_${arch}"
 rm -rf "$root"
 mkdir -p "$root/DEBIAN"
 
-./scripts/install.sh --prefix /usr --libdir "/usr/lib/$multiarch" --destdir "$root" --profile "$profile"
+./scripts/install.sh --prefix /usr --libdir "/usr/lib/$multiarch" --destdir "$root" --profile "$profile" \
+  "${build[@]}"
 # Packages ship stripped binaries (as dh_strip does); the build keeps its debug information.
 strip --strip-unneeded --remove-section=.comment --remove-section=.note \
   "$root/usr/bin/lockstep" "$root/usr/lib/$multiarch"/liblockstep.so.*.*
