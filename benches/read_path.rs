@@ -183,7 +183,7 @@ impl Handle {
         );
         let mut h = std::ptr::null_mut();
         let r = ffi::sync_open(opts.as_ptr() as *const _, opts.len(), &mut h);
-        assert_eq!(r, 0, "sync_open failed");
+        assert_eq!(r, ffi::sync_result_code::SYNC_OK, "sync_open failed");
         Handle(h)
     }
 
@@ -199,7 +199,7 @@ impl Handle {
             buf.len(),
             &mut n,
         );
-        if r != 0 {
+        if r != ffi::sync_result_code::SYNC_OK {
             panic!("sync_get({:?}) returned {r}", String::from_utf8_lossy(key));
         }
         n
@@ -212,7 +212,7 @@ impl Handle {
         };
         assert_eq!(
             ffi::sync_stats_get(self.0, &mut s),
-            0,
+            ffi::sync_result_code::SYNC_OK,
             "sync_stats_get failed"
         );
         s.activations

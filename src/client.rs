@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crate::activation::Version;
 use crate::clock::mono_ns;
 use crate::options::Options;
-use crate::retrieval::{self, Control, Shared, StatsSnapshot};
+use crate::retrieval::{self, Control, Failure, Shared, StatsSnapshot};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// CLOCK_MONOTONIC at the last `fork()`, in the child: what was due by then was active in the
@@ -51,6 +51,8 @@ fn register_atfork() {
 pub enum OpenError {
     BadOption(String),
     Unreachable(String),
+    /// The data server refused the token (401 or 403).
+    Unauthorized(String),
     Thread(String),
 }
 
@@ -79,10 +81,11 @@ impl Client {
     /// version that should be active now.
     pub fn open(options: &str) -> Result<Client, OpenError> {
         let options = Options::parse(options).map_err(OpenError::BadOption)?;
+        let tls = crate::tls::config(options.ca_file.as_deref()).map_err(OpenError::BadOption)?;
         register_atfork();
         let wait = options.bootstrap_wait;
         let allow_not_ready = options.allow_not_ready;
-        let shared = Arc::new(Shared::new(options));
+        let shared = Arc::new(Shared::new(options, tls));
         // The host's last word, from disk: a process that opens while the data server is
         // down serves what its host last activated, at once.
         if shared.take_host_schedule() {
@@ -100,11 +103,15 @@ impl Client {
         };
         if !client.shared.wait_ready(wait) && !allow_not_ready {
             let why = client.shared.last_error();
-            return Err(OpenError::Unreachable(if why.is_empty() {
+            let why = if why.is_empty() {
                 format!("no version arrived within {} ms", wait.as_millis())
             } else {
                 why
-            }));
+            };
+            return Err(match client.shared.stats().last_failure {
+                Failure::Unauthorized => OpenError::Unauthorized(why),
+                _ => OpenError::Unreachable(why),
+            });
         }
         Ok(client)
     }

@@ -19,4 +19,5 @@ pub mod format;
 pub mod host_cache;
 pub mod options;
 pub mod retrieval;
+pub mod tls;
 pub mod wire;

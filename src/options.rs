@@ -44,6 +44,9 @@ pub struct Options {
     /// The host cache's root directory (see [`crate::host_cache`]); None: off, every
     /// process on its own.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// PEM file of the certificate authorities an `https://` data server is verified
+    /// against, instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             max_version_bytes: 4 << 30,
             clock_skew_us: 0,
             cache_dir: Some(crate::host_cache::default_root()),
+            ca_file: None,
         }
     }
 }
@@ -122,6 +126,7 @@ impl Options {
                 }
                 // Empty turns the host cache off.
                 "cache_dir" => o.cache_dir = Some(value).filter(|v| !v.is_empty()).map(Into::into),
+                "ca_file" => o.ca_file = Some(value).filter(|v| !v.is_empty()).map(Into::into),
                 other => return Err(format!("unknown option '{other}'")),
             }
         }
@@ -146,6 +151,7 @@ const KEYS: &[&str] = &[
     "max_version_bytes",
     "clock_skew_us",
     "cache_dir",
+    "ca_file",
 ];
 
 fn starts_pair(text: &str) -> bool {

@@ -46,6 +46,32 @@ pub struct Stats {
     pub confirmed_us: AtomicI64,
     /// Host-cache operations that failed (a full disk, a corrupt file); reads never did.
     pub cache_failures: AtomicU64,
+    /// [`Failure`] of the last check-in or download, as a number.
+    pub last_failure: AtomicU64,
+}
+
+/// Why the last network step failed: a refused token is told apart from everything else,
+/// since retrying with the same token cannot help.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Failure {
+    /// The last step succeeded, or none has run yet.
+    #[default]
+    None = 0,
+    /// Not reached, or no usable answer.
+    Unreachable = 1,
+    /// The data server answered 401 or 403.
+    Unauthorized = 2,
+}
+
+impl Failure {
+    fn from_u64(n: u64) -> Failure {
+        match n {
+            0 => Failure::None,
+            2 => Failure::Unauthorized,
+            _ => Failure::Unreachable,
+        }
+    }
 }
 
 /// What a handle does on its host.
@@ -87,6 +113,7 @@ pub struct StatsSnapshot {
     pub unconfirmed: bool,
     pub confirmed_us: i64,
     pub cache_failures: u64,
+    pub last_failure: Failure,
 }
 
 /// What a handle and its retrieval thread share.
@@ -98,12 +125,14 @@ pub struct Shared {
     pub cache: Option<HostCache>,
     /// The last failure, for `sync_error_message` and for a failed open.
     last_error: Mutex<String>,
+    /// The authorities an `https://` data server is verified against (see [`crate::tls`]).
+    pub tls: ureq::tls::TlsConfig,
     ready: Mutex<bool>,
     ready_cv: Condvar,
 }
 
 impl Shared {
-    pub fn new(options: Options) -> Shared {
+    pub fn new(options: Options, tls: ureq::tls::TlsConfig) -> Shared {
         let (cache, cache_error) = match options.cache_dir.as_deref() {
             None => (None, None),
             Some(root) => match HostCache::open(root, &options.url) {
@@ -122,6 +151,7 @@ impl Shared {
             cache,
             stats,
             last_error: Mutex::new(cache_error.unwrap_or_default()),
+            tls,
             options,
             activation: Activation::new(),
             ready: Mutex::new(false),
@@ -194,6 +224,7 @@ impl Shared {
             unconfirmed: s.unconfirmed.load(Relaxed) != 0,
             confirmed_us: s.confirmed_us.load(Relaxed),
             cache_failures: s.cache_failures.load(Relaxed),
+            last_failure: Failure::from_u64(s.last_failure.load(Relaxed)),
         }
     }
 }
@@ -340,6 +371,8 @@ struct Retriever {
     since_us: i64,
     /// The last switch of readers to another version, until a check-in has reported it.
     switch: Option<Switch>,
+    /// Set when the data server refused the token in the step under way.
+    refused: bool,
 }
 
 /// A switch of what readers see, for the proof of activation (see [`wire::SwitchReport`]).
@@ -386,6 +419,7 @@ impl Retriever {
             .timeout_recv_response(Some(o.checkin_timeout))
             .timeout_recv_body(Some(o.checkin_timeout))
             .max_idle_connections(2)
+            .tls_config(shared.tls.clone())
             .build()
             .into();
         let pid = std::process::id();
@@ -408,6 +442,7 @@ impl Retriever {
             confirmed_mono_ns: 0,
             since_us: 0,
             switch: None,
+            refused: false,
             shared,
         }
     }
@@ -422,13 +457,24 @@ impl Retriever {
     fn follow_loop(&mut self, control: &Control) {
         loop {
             self.promote_due();
+            self.refused = false;
             let wake = match self.step() {
                 Ok(next_checkin) => {
                     self.failures = 0;
                     self.shared.stats.consecutive_failures.store(0, Relaxed);
+                    self.shared
+                        .stats
+                        .last_failure
+                        .store(Failure::None as u64, Relaxed);
                     next_checkin
                 }
                 Err(e) => {
+                    let kind = if self.refused {
+                        Failure::Unauthorized
+                    } else {
+                        Failure::Unreachable
+                    };
+                    self.shared.stats.last_failure.store(kind as u64, Relaxed);
                     self.failures += 1;
                     self.fail_over();
                     self.shared
@@ -735,7 +781,10 @@ impl Retriever {
             304 => self
                 .table
                 .ok_or("data server answered 304 to a first check-in")?,
-            _ => return Err(http_error("check-in", status, &body)),
+            _ => {
+                self.refused |= refused(status);
+                return Err(http_error("check-in", status, &body));
+            }
         };
         let server_us = server_us.ok_or("check-in answer lacks the server time header")?;
         plausible(&table, server_us)?;
@@ -801,6 +850,7 @@ impl Retriever {
                 .limit(1 << 16)
                 .read_to_vec()
                 .unwrap_or_default();
+            self.refused |= refused(status);
             return Err(http_error(
                 &format!("download of version {number}"),
                 status,
@@ -1023,6 +1073,12 @@ fn plausible(table: &SyncTable, server_us: i64) -> Result<(), String> {
         return Err("check-in answer has a nonsensical time".into());
     }
     Ok(())
+}
+
+/// 401 (no token, or one the data server does not know) and 403 (a token it refuses): the
+/// data server was reached, and the same token will not do better next time.
+fn refused(status: u16) -> bool {
+    matches!(status, 401 | 403)
 }
 
 fn http_error(what: &str, status: u16, body: &[u8]) -> String {

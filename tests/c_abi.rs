@@ -112,3 +112,67 @@ fn load_open_close_unload_repeatedly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A data server that requires `read` as its read token, holding price=12.50.
+fn server_with_read_token(dir: &std::path::Path, read: &str) -> Server {
+    let server = Server::start_env(
+        &dir.join("db"),
+        "127.0.0.1:0",
+        &["--interval", "200ms", "--min-window", "100ms"],
+        &[("LOCKSTEP_READ_TOKEN", read)],
+    );
+    put(&server, "price", "12.50");
+    server
+}
+
+fn run_c(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(exe)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        exe.display(),
+        out.status.code()
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn c_a_refused_token_is_unauthorized_and_a_failure_detail_never_goes_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_read_token(dir.path(), "read-secret");
+    let exe = compile_c(&root().join("tests/c/auth.c"), &[]);
+    run_c(&exe, &[&server.url, "read-secret"], &[]);
+}
+
+/// The C programs built with AddressSanitizer and UndefinedBehaviorSanitizer (beside the
+/// valgrind run): any out-of-bounds access, use after free or UB across the ABI fails them.
+#[test]
+fn c_programs_pass_under_address_and_undefined_sanitizers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_read_token(dir.path(), "read-secret");
+    let open = fast_server(&dir.path().join("open-db"));
+    put(&open, "price", "12.50");
+    wait_active(&open, "price", "12.50");
+    let flags = [
+        "-O1",
+        "-fsanitize=address,undefined",
+        "-fno-omit-frame-pointer",
+    ];
+    // The library's own allocations live as long as the process on purpose (-z nodelete,
+    // thread-locals of threads that outlive main): leaks are valgrind's job, not ASan's.
+    let env = [
+        ("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1"),
+        ("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
+    ];
+    let misuse = compile_c(&root().join("tests/c/misuse.c"), &flags);
+    run_c(&misuse, &[&open.url], &env);
+    let auth = compile_c(&root().join("tests/c/auth.c"), &flags);
+    run_c(&auth, &[&server.url, "read-secret"], &env);
+}

@@ -62,7 +62,7 @@ fn c_reads(h: &Handle, rounds: usize) {
             buf.len(),
             &mut len,
         );
-        assert_eq!((r, len), (SYNC_OK as u32, 5));
+        assert_eq!((r, len), (SYNC_OK, 5));
         let r = ffi::sync_get(
             h.0,
             b"nope".as_ptr(),
@@ -71,17 +71,17 @@ fn c_reads(h: &Handle, rounds: usize) {
             buf.len(),
             &mut len,
         );
-        assert_eq!(r, SYNC_NOT_FOUND as u32);
+        assert_eq!(r, SYNC_NOT_FOUND);
         let r = ffi::sync_get(h.0, b"price".as_ptr(), 5, buf.as_mut_ptr(), 2, &mut len);
-        assert_eq!(r, SYNC_BUFFER_TOO_SMALL as u32);
+        assert_eq!(r, SYNC_BUFFER_TOO_SMALL);
         let mut v = 0u64;
-        assert_eq!(ffi::sync_active_version(h.0, &mut v), SYNC_OK as u32);
+        assert_eq!(ffi::sync_active_version(h.0, &mut v), SYNC_OK);
         let mut snap = std::ptr::null_mut();
-        assert_eq!(ffi::sync_snapshot_acquire(h.0, &mut snap), SYNC_OK as u32);
+        assert_eq!(ffi::sync_snapshot_acquire(h.0, &mut snap), SYNC_OK);
         let (mut p, mut n) = (std::ptr::null(), 0usize);
         assert_eq!(
             ffi::sync_snapshot_get(snap, b"price".as_ptr(), 5, &mut p, &mut n),
-            SYNC_OK as u32
+            SYNC_OK
         );
         assert_eq!(n, 5);
         ffi::sync_snapshot_release(snap);
@@ -98,12 +98,12 @@ fn c_sync_get_and_snapshots_do_not_allocate_after_a_threads_first_read() {
     let mut raw = std::ptr::null_mut();
     assert_eq!(
         ffi::sync_open(options.as_ptr().cast(), options.len(), &mut raw),
-        SYNC_OK as u32
+        SYNC_OK
     );
     let h = Handle(raw);
     let active = |h: &Handle| {
         let mut v = 0u64;
-        assert_eq!(ffi::sync_active_version(h.0, &mut v), SYNC_OK as u32);
+        assert_eq!(ffi::sync_active_version(h.0, &mut v), SYNC_OK);
         v
     };
     // A fresh thread: its first read registers it with arc-swap (what README states), and
