@@ -164,6 +164,19 @@ fn prove_switches(db: &std::path::Path) {
         caught_up > 500_000,
         "the fourth caught up {caught_up} µs after the activation time"
     );
+    // The same for people: the late member is named under its activation.
+    let text = Command::new(bin())
+        .args(["activations", "--limit", "3"])
+        .env("LOCKSTEP_SERVER", &s.url)
+        .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("late") && l.contains("proof-d@")),
+        "{text}"
+    );
     // The earlier activation's proof stands.
     let again = wait_activation(&s, first, "four switches", |a| a["clients_switched"] == 4);
     assert_eq!(again["clients_late"], 0, "{again:#}");
