@@ -366,9 +366,9 @@ PHP_METHOD(Lockstep_Client, get) {
       }
       zend_string_efree(out);
       if (r == SYNC_NOT_FOUND) {
-    if (def != NULL) RETURN_STR_COPY(def);
-    RETURN_NULL();
-  }
+        if (def != NULL) RETURN_STR_COPY(def);
+        RETURN_NULL();
+      }
       if (r != SYNC_BUFFER_TOO_SMALL) break;
       len = got > len ? got : len;
     }
