@@ -482,13 +482,15 @@ fn served_versions_verify_and_a_corrupted_blob_is_never_served() {
         }
         s.kill9();
 
-        // Flip one byte in the middle of the active version's stored blob.
+        // Flip one byte in the middle of the active version's stored blob (version bytes live
+        // in `blobs`, by checksum).
         match backend {
             Backend::Sqlite => {
                 let conn = rusqlite::Connection::open(db).unwrap();
                 let mut bytes: Vec<u8> = conn
                     .query_row(
-                        "SELECT bytes FROM versions WHERE number = ?1",
+                        "SELECT b.bytes FROM blobs b JOIN versions v ON b.checksum = v.checksum
+                         WHERE v.number = ?1",
                         [v as i64],
                         |r| r.get(0),
                     )
@@ -496,7 +498,8 @@ fn served_versions_verify_and_a_corrupted_blob_is_never_served() {
                 let mid = bytes.len() / 2;
                 bytes[mid] ^= 0x01;
                 conn.execute(
-                    "UPDATE versions SET bytes = ?2 WHERE number = ?1",
+                    "UPDATE blobs SET bytes = ?2
+                     WHERE checksum = (SELECT checksum FROM versions WHERE number = ?1)",
                     rusqlite::params![v as i64, bytes],
                 )
                 .unwrap();
@@ -506,8 +509,9 @@ fn served_versions_verify_and_a_corrupted_blob_is_never_served() {
                 common::postgres::cluster().unwrap().psql(
                     name,
                     &format!(
-                        "UPDATE versions SET bytes = set_byte(bytes, length(bytes) / 2, \
-                         get_byte(bytes, length(bytes) / 2) # 1) WHERE number = {v}"
+                        "UPDATE blobs SET bytes = set_byte(bytes, length(bytes) / 2, \
+                         get_byte(bytes, length(bytes) / 2) # 1) \
+                         WHERE checksum = (SELECT checksum FROM versions WHERE number = {v})"
                     ),
                 );
             }

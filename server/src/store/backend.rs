@@ -27,8 +27,7 @@ pub enum Durability {
     /// Durable when the commit returns: edits, schedules, rotations.
     Full,
     /// May be lost in a crash, never corrupted: the farm view and download counts, written
-    /// every second, which must not wait for a disk (see [`crate::farm`]), and bytes stored
-    /// ahead of a rotation (see [`super::prepare`]). A later `Full` commit makes them durable.
+    /// every second, which must not wait for a disk (see [`crate::farm`]).
     Batched,
 }
 

@@ -133,6 +133,8 @@ pub struct Store {
     db: Box<dyn Backend>,
     /// The next staged version, built ahead of its rotation (see [`prepare`]).
     prepared: std::sync::Mutex<Option<prepare::Prepared>>,
+    /// How long the last build of [`Store::prepare_next`] took, µs (0: none yet).
+    prepare_took_us: std::sync::atomic::AtomicI64,
     /// Held by the one request of this process that goes on to the write transaction of a
     /// due rotation (see [`Store::rotate_if_due`]), with when and why the last one failed.
     rotating: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -313,6 +315,7 @@ impl Store {
         Store {
             db,
             prepared: std::sync::Mutex::new(None),
+            prepare_took_us: std::sync::atomic::AtomicI64::new(0),
             rotating: std::sync::Mutex::new(None),
             sync: SyncCache::default(),
             versions: VersionCache::default(),
@@ -441,26 +444,35 @@ impl Store {
     /// How long the preparing thread may sleep between two calls of [`Store::prepare_next`].
     pub fn prepare_poll(&self, now_us: i64) -> std::time::Duration {
         let lead = match self.sync.recent(now_us) {
-            Some(sync) => prepare::lead_us(sync.min_window_us),
-            None => self
-                .sync_table()
-                .map_or(1_000_000, |sync| prepare::lead_us(sync.min_window_us)),
+            Some(sync) => prepare::lead_us(sync.min_window_us, 0, sync.interval_us),
+            None => self.sync_table().map_or(1_000_000, |sync| {
+                prepare::lead_us(sync.min_window_us, 0, sync.interval_us)
+            }),
         };
         std::time::Duration::from_micros((lead / 4).clamp(5_000, 250_000) as u64)
     }
 
     /// Builds the version the next rotation will stage, if the activation time is less than
-    /// [`prepare::lead_us`] away and it is not built yet for what the database holds now.
+    /// [`prepare::lead_us`] away, the build can be stored before it, and it is not built yet
+    /// for what the database holds now.
     /// Returns whether it built one. Reads only: any instance may do it, at any time.
     pub fn prepare_next(&self, now_us: i64) -> Result<bool> {
         let sync = match self.sync.recent(now_us) {
             Some(sync) => sync,
             None => self.sync_table()?,
         };
-        let lead = prepare::lead_us(sync.min_window_us);
+        let took = self
+            .prepare_took_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let lead = prepare::lead_us(sync.min_window_us, took, sync.interval_us);
         if now_us >= sync.activation_time_us || now_us < sync.activation_time_us - lead {
             return Ok(false);
         }
+        // A build that cannot be stored by T would only take the CPU from the rotation.
+        if now_us.saturating_add(took) > sync.activation_time_us {
+            return Ok(false);
+        }
+        let started = clock::now_us();
         let basis = self.read(|tx| prepare::basis(tx, sync.activation_time_us))?;
         let held = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
         if held.as_ref().is_some_and(|p| p.basis == basis) {
@@ -478,19 +490,27 @@ impl Store {
             return Ok(false);
         };
         let mut built = built;
-        // Stored now, in a transaction of its own, so that the rotation at T writes no bytes.
-        // Batched: it takes no sync-row lock (edits do not wait on tens of MB) and no fsync of
-        // its own; the rotation that names these bytes commits durably after them, which makes
-        // them durable too (one log, flushed in order), and bytes lost in a crash before it are
-        // not there for it to name, so it encodes them again.
-        let stored = self.write_with(Durability::Batched, |tx| {
+        // Stored now, in a durable transaction of its own, so that the rotation at T neither
+        // writes nor syncs these bytes. (Batched, the fsync of SQLite's log would fall on the
+        // rotation's commit instead.)
+        let stored = self.write_with(Durability::Full, |tx| {
             let at = clock::now_us();
+            // Too late for its rotation, or built on a state that has moved on since: no
+            // rotation would name these bytes.
+            if at >= built.basis.due_us || prepare::basis(tx, built.basis.due_us)? != built.basis {
+                return Ok(None);
+            }
             tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
             tx.insert_changeset(built.checksum, built.base, &built.changes)?;
-            Ok(at)
+            Ok(Some(at))
         });
+        self.prepare_took_us.store(
+            clock::now_us().saturating_sub(started),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match stored {
-            Ok(at) => {
+            Ok(None) => return Ok(false),
+            Ok(Some(at)) => {
                 built.stored_us = Some(at);
                 built.bytes = Vec::new();
             }

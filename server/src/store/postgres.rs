@@ -824,13 +824,14 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn insert_version(&mut self, v: &NewVersion<'_>) -> Result<()> {
+        // The bytes go to `blobs`, as SQLite's do: one place for retention to delete them.
+        self.insert_blob(v.checksum, v.bytes, v.created_us, v.created_us)?;
         self.exec(
             "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
                                    created_us, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, '', $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &to_i64(v.number),
-                &v.bytes,
                 &to_i64(v.checksum),
                 &v.digest,
                 &v.production_gen,
@@ -857,7 +858,7 @@ impl Tx for PgTx<'_, '_> {
         Ok(self
             .tx
             .query_opt(
-                "SELECT CASE WHEN v.stored_ahead_us IS NULL THEN v.bytes
+                "SELECT CASE WHEN length(v.bytes) > 0 THEN v.bytes
                              ELSE COALESCE(b.bytes, '') END, v.checksum
                  FROM versions v LEFT JOIN blobs b ON b.checksum = v.checksum
                  WHERE v.number = $1",

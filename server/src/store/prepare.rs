@@ -52,9 +52,13 @@ pub struct Prepared {
 
 /// How long before the activation time a data server builds the next version: the minimum
 /// window (clients download in it, so the data server is expected to be busy then anyway), at
-/// most 5 s.
-pub fn lead_us(min_window_us: i64) -> i64 {
-    min_window_us.min(5_000_000)
+/// most 5 s; or, for data whose last build took `took_us`, twice that, so that it is stored
+/// by T; never more than the interval.
+pub fn lead_us(min_window_us: i64, took_us: i64, interval_us: i64) -> i64 {
+    min_window_us
+        .min(5_000_000)
+        .max(took_us.saturating_mul(2))
+        .min(interval_us)
 }
 
 /// The basis of the rotation of `due_us`, as `tx` sees it, if that rotation comes on time

@@ -567,13 +567,15 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_version(&mut self, v: &NewVersion<'_>) -> Result<()> {
+        // The bytes go to `blobs`: SQLite rewrites a whole row on update, and a version's row
+        // is updated when it is staged and activated, the rotation's write.
+        self.insert_blob(v.checksum, v.bytes, v.created_us, v.created_us)?;
         self.0.execute(
             "INSERT INTO versions (number, bytes, checksum, digest, production_gen, size, entries,
                                    created_us, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, X'', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 to_i64(v.number),
-                v.bytes,
                 to_i64(v.checksum),
                 v.digest,
                 v.production_gen,
@@ -601,7 +603,7 @@ impl Tx for SqliteTx<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT CASE WHEN v.stored_ahead_us IS NULL THEN v.bytes
+                "SELECT CASE WHEN length(v.bytes) > 0 THEN v.bytes
                              ELSE COALESCE(b.bytes, X'') END, v.checksum
                  FROM versions v LEFT JOIN blobs b ON b.checksum = v.checksum
                  WHERE v.number = ?1",
