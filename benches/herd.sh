@@ -59,6 +59,7 @@ psql_() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -At -v ON_ERROR_STOP=1 "$@
 # start_instance DB: a data server on DB; appends its URL to $urls.
 start_instance() {
   local out="$dir/out.$RANDOM$RANDOM" u
+  : > "$out" # before the server's shell opens it, so the first read below finds it
   ./target/release/lockstep serve --db "$1" --listen 127.0.0.1:0 --interval "$INTERVAL" \
     --max-body-bytes 1000000000 > "$out" &
   pids+=($!)
