@@ -265,8 +265,10 @@ impl FromRequestParts<Shared> for Reader {
     }
 }
 
-/// Records a change in the audit log and logs it at info, after it committed.
-async fn audit(state: &AppState, admin: &Admin, action: &str, summary: String) -> ApiResult<()> {
+/// Records a change in the audit log and logs it at info, after it committed. A failure to
+/// record it is logged at error with the whole entry, and the answer still says what was
+/// done: an error would tell the client that a change it made had not happened.
+async fn audit(state: &AppState, admin: &Admin, action: &str, summary: String) {
     let entry = AuditEntry {
         id: 0,
         at_us: clock::now_us(),
@@ -277,7 +279,17 @@ async fn audit(state: &AppState, admin: &Admin, action: &str, summary: String) -
     };
     tracing::info!(who = %entry.who, peer = %entry.peer, action, "{}", entry.summary);
     let store = state.store.clone();
-    blocking(move || store.record_audit(&entry)).await
+    let e = entry.clone();
+    if let Err(err) = blocking(move || store.record_audit(&e)).await {
+        tracing::error!(
+            who = %entry.who,
+            peer = %entry.peer,
+            action,
+            "the audit log did not record this change ({}): {}",
+            err.message,
+            entry.summary
+        );
+    }
 }
 
 /// A key or value for the audit log: its text, or base64 marked as such, clipped.
@@ -595,7 +607,7 @@ async fn apply_or_schedule(
                 clock::format_us(effective),
                 clock::format_us(live)
             );
-            audit(state, admin, &format!("schedule-{action}"), summary).await?;
+            audit(state, admin, &format!("schedule-{action}"), summary).await;
             Ok(write_response(
                 1,
                 Some(live),
@@ -614,7 +626,7 @@ async fn apply_or_schedule(
             .await?;
             let live = sync.activation_time_us.saturating_add(sync.interval_us);
             if changed > 0 {
-                audit(state, admin, action, what).await?;
+                audit(state, admin, action, what).await;
             }
             Ok(write_response(
                 changed,
@@ -677,7 +689,7 @@ async fn admin_import(
     let store = state.store.clone();
     let changed = blocking(move || store.apply(&changes, "import", clock::now_us())).await?;
     let summary = format!("{n} entries, {changed} changed production");
-    audit(&state, &admin, "import", summary).await?;
+    audit(&state, &admin, "import", summary).await;
     Ok(write_response(
         changed,
         None,
@@ -701,7 +713,7 @@ async fn admin_interval(
     let change =
         blocking(move || store.set_interval(Some(interval), window, clock::now_us())).await?;
     if change.before != change.after {
-        audit(&state, &admin, "interval", interval_message(&change)).await?;
+        audit(&state, &admin, "interval", interval_message(&change)).await;
     }
     Ok(Json(IntervalResponse {
         sync: change.after,
@@ -779,7 +791,7 @@ async fn admin_rollback(
         ),
     };
     if out.version.is_some() {
-        audit(&state, &admin, "rollback", message.clone()).await?;
+        audit(&state, &admin, "rollback", message.clone()).await;
     }
     Ok(Json(RollbackResponse {
         version: out.version,
@@ -818,7 +830,7 @@ async fn pin(
     let store = state.store.clone();
     blocking(move || store.pin(version, pinned)).await?;
     let action = if pinned { "pin" } else { "unpin" };
-    audit(&state, &admin, action, format!("version {version}")).await?;
+    audit(&state, &admin, action, format!("version {version}")).await;
     let message = match pinned {
         true => format!("version {version} is pinned: retention keeps its content"),
         false => format!(

@@ -2,8 +2,8 @@
 //! interval changes), who made it (the token's name), when, and from which address.
 //!
 //! An entry is written in its own durable transaction right after the change commits and
-//! before the answer leaves, so an acknowledged change always has its entry unless the data
-//! server dies in between.
+//! before the answer leaves, so an acknowledged change has its entry unless the data server
+//! dies in between or the database fails that write; then the entry is in the error log.
 
 use serde::{Deserialize, Serialize};
 
