@@ -86,4 +86,5 @@ def test_a_fresh_venv_elsewhere_installs_the_wheel_and_reads_from_a_data_server(
     assert package.startswith(str(venv)), package
     # The library the wheel carried, not the checkout's.
     assert libs == os.path.join(os.path.dirname(package), "liblockstep.so"), libs
-    assert result == "0.1.0 1.25 True"
+    version = wheel.name.split("-")[1]
+    assert result == f"{version} 1.25 True"  # __version__ is the package's version

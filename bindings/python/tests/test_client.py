@@ -270,7 +270,7 @@ def test_from_env_reads_the_server_token_and_cache_dir(server, tmp_path, monkeyp
     server.wait_active("price", "3")
     cache = private_dir(tmp_path / "env-cache")
     monkeypatch.setenv("LOCKSTEP_SERVER", server.url)
-    monkeypatch.setenv("LOCKSTEP_CACHE_DIR", cache)
+    monkeypatch.setenv("LOCKSTEP_CACHE_DIR", str(cache))
     monkeypatch.setenv("LOCKSTEP_TOKEN", "not;allowed")  # reaches the options: refused
     with pytest.raises(ValueError, match="token"):
         lockstep.Client.from_env()
