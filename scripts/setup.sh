@@ -9,7 +9,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 
 DEBIAN_PACKAGES=(
   build-essential pkg-config ca-certificates curl
-  valgrind   # the C ABI tests run under it
+  valgrind   # the C ABI tests run under it (and under ASan/UBSan: gcc's libasan, libubsan)
+  openssl    # the HTTPS tests make a test CA and server certificates with it
   faketime   # skewed-clock clients (libfaketime)
   binutils   # nm, readelf: exported-symbol checks
   php8.2-dev php8.2-cli php8.2-fpm   # the PHP extension, its phpt tests, PHP-FPM end to end
