@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -107,3 +108,20 @@ def test_metrics_parse_and_move_with_edits_rotations_checkins_and_downloads(serv
     _, last = scrape(server)
     assert value(last, "lockstep_activation_spread_seconds") == (newest["spread_us"] or 0) / 1e6
     assert value(last, "lockstep_activation_clients", outcome="missing") >= 0
+
+
+def test_a_stale_member_is_counted_apart_and_left_out_of_lagging_and_clock_errors(server):
+    checkin(server, "ghost", host="hg", pid=9, error_us=50_000, lagging=1)
+    deadline = time.time() + 30
+    while True:
+        checkin(server, "live", host="hl", pid=8, error_us=3000)
+        _, m = scrape(server)
+        if value(m, "lockstep_farm_members", state="stale") >= 1:
+            break
+        assert time.time() < deadline, "the silent member never went stale"
+        time.sleep(0.5)
+    assert value(m, "lockstep_farm_members", state="stale") == 1
+    assert value(m, "lockstep_farm_members", state="live") == 1
+    # What a probably dead process last said counts for nothing.
+    assert value(m, "lockstep_lagging_members") == 0
+    assert value(m, "lockstep_clock_error_seconds", quantile="1") == pytest.approx(0.003)
