@@ -25,6 +25,11 @@ cargo bench -p lockstep --no-run
 for script in benches/*.sh; do bash -n "$script"; done
 echo "== Rust, C and end-to-end tests"
 cargo test --workspace
+echo "== fuzzing on the stable toolchain: each target for a bounded time (fuzz/README.md)"
+./scripts/fuzz.sh --build
+for target in version checkin options import; do
+  ./scripts/fuzz.sh "$target" "${LOCKSTEP_FUZZ_SECONDS:-45}"
+done
 echo "== Python binding, real nginx and PHP-FPM with the module and the extension, packaging"
 # The package's build runs cargo for the debug library built above (a no-op), not a release
 # build; so do the packaging tests (the wheel, an install prefix, the .deb).

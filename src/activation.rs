@@ -125,7 +125,7 @@ impl Version {
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         // SAFETY: `buf` passed `format::validate` in `verify` and is never mutated after.
         let entries = unsafe { format::entries_unchecked(&self.buf) };
-        format::lookup(entries, key)
+        format::lookup_within(&self.buf, entries, key)
     }
 
     /// Number of keys.

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rkyv::rancor;
+use rkyv::vec::ArchivedVec;
 use xxhash_rust::xxh3::Xxh3;
 
 /// First eight bytes of every encoded version.
@@ -250,6 +251,38 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Content), FormatError> {
 #[inline]
 pub fn lookup<'a>(entries: &'a ArchivedEntries, key: &[u8]) -> Option<&'a [u8]> {
     entries.map.get(key).map(|v| v.as_slice())
+}
+
+/// Like [`lookup`], for an archive that came off the network: every key a probe compares and
+/// the value it answers must lie inside `bytes`, the version the archive was validated in.
+/// rkyv's validation of a hash table (0.8.18) checks the buckets its control bytes mark full,
+/// but not every wrapped control byte a probe reads, so a probe can reach a bucket nobody
+/// checked. The `version` fuzz target found forged archives that validate and whose lookups
+/// then read a key from unmapped memory (a SIGSEGV in `sync_get`) or answered a 587 MB value
+/// from beyond the buffer (fuzz/corpus/version/oob-*). A few comparisons per probe.
+#[inline]
+pub fn lookup_within<'a>(
+    bytes: &'a [u8],
+    entries: &'a ArchivedEntries,
+    key: &[u8],
+) -> Option<&'a [u8]> {
+    let range = bytes.as_ptr_range();
+    let (start, end) = (range.start as usize, range.end as usize);
+    let inside = |v: &ArchivedVec<u8>| {
+        let at = v.as_ptr() as usize;
+        at >= start && at.checked_add(v.len()).is_some_and(|e| e <= end)
+    };
+    let (_, value) = entries
+        .map
+        .get_key_value_with(key, |q: &[u8], k: &ArchivedVec<u8>| {
+            inside(k) && q == k.as_slice()
+        })?;
+    let header = value as *const ArchivedVec<u8> as usize;
+    let header_inside = header >= start
+        && header
+            .checked_add(std::mem::size_of::<ArchivedVec<u8>>())
+            .is_some_and(|e| e <= end);
+    (header_inside && inside(value)).then(|| value.as_slice())
 }
 
 /// A digest of the content alone (not the version number or time), so the data server can tell

@@ -759,8 +759,7 @@ impl Retriever {
             .map_err(|e| format!("check-in answer unreadable: {e}"))?;
         let table = match status {
             200 => {
-                let r: CheckinResponse = serde_json::from_slice(&body)
-                    .map_err(|e| format!("check-in answer is not a sync table: {e}"))?;
+                let r = parse_checkin(&body)?;
                 self.etag = resp
                     .headers()
                     .get("etag")
@@ -1054,10 +1053,16 @@ impl Retriever {
     }
 }
 
+/// The body of a check-in answer (200). Public for the `checkin` fuzz target, which feeds it
+/// and [`plausible`] arbitrary bytes.
+pub fn parse_checkin(body: &[u8]) -> Result<CheckinResponse, String> {
+    serde_json::from_slice(body).map_err(|e| format!("check-in answer is not a sync table: {e}"))
+}
+
 /// Rejects sync tables no data server sends, so that arithmetic on them cannot overflow and a
 /// garbage answer that happens to parse changes nothing. The interval and window bounds are the
 /// ones the data server enforces, so every table it may send is accepted.
-fn plausible(table: &SyncTable, server_us: i64) -> Result<(), String> {
+pub fn plausible(table: &SyncTable, server_us: i64) -> Result<(), String> {
     const YEAR_US: i64 = 366 * 86_400 * 1_000_000;
     if !(wire::MIN_INTERVAL_US..=wire::MAX_INTERVAL_US).contains(&table.interval_us)
         || !(wire::MIN_WINDOW_US..=table.interval_us).contains(&table.min_window_us)

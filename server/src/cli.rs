@@ -5,7 +5,6 @@
 //! status 1. A reader that stops reading early (`lockstep status | head -1`) ends the process
 //! quietly with status 0.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
@@ -24,6 +23,12 @@ use crate::clock::{format_duration_us, format_us};
 use crate::farm::{HostView, Member, Role};
 use crate::proof::ActivationProof;
 use crate::store::{PinChange, Status, VersionRow};
+
+// A leaf module (std, csv, serde_json and lockstep's wire types only), so the `import` fuzz
+// target compiles it as it is.
+#[path = "import.rs"]
+mod import;
+pub use import::parse_import;
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
@@ -683,52 +688,6 @@ fn write_changes(out: &mut String, c: &KeyChanges) {
             e.new.display()
         );
     }
-}
-
-/// An import file: a JSON object `{"key": "value", …}`, or CSV lines `key,value` (an optional
-/// `key,value` header line is skipped).
-pub fn parse_import(text: &str) -> Result<Vec<Entry>, String> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        let map: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON object of strings: {e}"))?;
-        return map
-            .into_iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                Ok(Entry {
-                    key: Blob::Text(k),
-                    value: Blob::Text(value),
-                })
-            })
-            .collect();
-    }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let mut out = Vec::new();
-    for (i, record) in reader.byte_records().enumerate() {
-        let record = record.map_err(|e| format!("CSV line {}: {e}", i + 1))?;
-        if record.len() != 2 {
-            return Err(format!(
-                "CSV line {}: expected 'key,value', found {} fields",
-                i + 1,
-                record.len()
-            ));
-        }
-        if i == 0 && &record[0] == b"key" && &record[1] == b"value" {
-            continue;
-        }
-        out.push(Entry {
-            key: Blob::from_bytes(&record[0]),
-            value: Blob::from_bytes(&record[1]),
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
