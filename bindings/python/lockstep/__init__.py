@@ -17,10 +17,11 @@ package sits in; the system's library path (``ctypes.util.find_library``).
 Failures of the background retrieval, and recoveries, are logged to the ``lockstep`` logger.
 """
 
-from ._native import ABI_VERSION, LockstepError, NotReady, load_library
+from ._native import (ABI_VERSION, LockstepError, NotReady, Unauthorized, Unreachable,
+                      load_library)
 from ._client import Client, Snapshot
 
 __version__ = "0.1.0"
 
-__all__ = ["ABI_VERSION", "Client", "LockstepError", "NotReady", "Snapshot", "__version__",
-           "load_library"]
+__all__ = ["ABI_VERSION", "Client", "LockstepError", "NotReady", "Snapshot", "Unauthorized",
+           "Unreachable", "__version__", "load_library"]

@@ -46,6 +46,7 @@ class Client:
                  checkin_timeout: Optional[float] = None,
                  download_timeout: Optional[float] = None,
                  cache_dir: Optional[Union[str, os.PathLike]] = None,
+                 ca_file: Optional[Union[str, os.PathLike]] = None,
                  library: Optional[str] = None) -> None:
         """Opens a handle; waits up to ``bootstrap_wait`` for the version active now.
 
@@ -58,11 +59,14 @@ class Client:
         thread's network timeouts, in seconds (None: the library's 2, 5 and 120 s).
         ``cache_dir``: the host cache shared by this host's processes (None: the library's
         default, ``$LOCKSTEP_CACHE_DIR`` or ``/var/tmp/lockstep-<uid>``; ``""``: off, this
-        process on its own). ``library``: the path of liblockstep.so (None: the one in this
+        process on its own). ``ca_file``: a PEM file of the certificate authorities an
+        ``https://`` data server is verified against (None: the system's roots). ``library``:
+        the path of liblockstep.so (None: the one in this
         package, or ``$LOCKSTEP_LIBRARY``; see :func:`load_library`).
 
-        Raises :class:`LockstepError` (code 7, unreachable) when no data arrived in time,
-        and code 6 for a bad option."""
+        Raises :class:`Unauthorized` (code 10) when the data server refused the token,
+        :class:`Unreachable` (code 7) when no data arrived in time, both
+        :class:`LockstepError`, and that with code 6 for a bad option."""
         self._lib = load_library(library)
         pairs = [("url", url), ("bootstrap_wait_ms", _ms(bootstrap_wait)),
                  ("allow_not_ready", "1" if allow_not_ready else "0")]
@@ -70,6 +74,8 @@ class Client:
             pairs.append(("cache_dir", str(cache_dir)))
         if token:
             pairs.append(("token", token))
+        if ca_file is not None:
+            pairs.append(("ca_file", str(ca_file)))
         if name:
             pairs.append(("name", name))
         for key, value in (("connect_timeout_ms", connect_timeout),
@@ -208,7 +214,9 @@ class Client:
         ``next_activation_us``, ``last_activation_us``, ``confirmed_us``; 0: never);
         ``clock_offset_us`` and ``clock_error_us`` are µs; ``_mono_ns`` are CLOCK_MONOTONIC
         nanoseconds; ``lagging`` and ``unconfirmed`` are bools; ``host_role`` is 0 no host
-        cache, 1 leader, 2 follower, 3 host cache unusable; the rest are counts."""
+        cache, 1 leader, 2 follower, 3 host cache unusable; ``last_failure`` is 0 while the
+        last check-in succeeded, else the code of its failure (7 unreachable, 10 the token
+        was refused); the rest are counts."""
         s = sync_stats()
         s.struct_size = ctypes.sizeof(sync_stats)
         self._check(self._lib.sync_stats_get(self._h(), ctypes.byref(s)))

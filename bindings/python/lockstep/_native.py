@@ -16,6 +16,8 @@ SYNC_OK = 0
 SYNC_NOT_FOUND = 1
 SYNC_NOT_READY = 2
 SYNC_BUFFER_TOO_SMALL = 3
+SYNC_UNREACHABLE = 7
+SYNC_UNAUTHORIZED = 10
 
 CODE_NAMES = {
     0: "SYNC_OK",
@@ -28,6 +30,7 @@ CODE_NAMES = {
     7: "SYNC_UNREACHABLE",
     8: "SYNC_THREAD_FAILED",
     9: "SYNC_PANIC",
+    10: "SYNC_UNAUTHORIZED",
 }
 
 
@@ -45,6 +48,19 @@ class LockstepError(Exception):
 
 class NotReady(LockstepError):
     """No version has arrived from the data server yet."""
+
+
+class Unreachable(LockstepError):
+    """The data server could not be reached, or sent nothing usable, in time (code 7)."""
+
+
+class Unauthorized(LockstepError):
+    """The data server refused the read token (HTTP 401 or 403; code 10): it was reached,
+    and the same token will not do better."""
+
+
+_CLASSES = {SYNC_NOT_READY: NotReady, SYNC_UNREACHABLE: Unreachable,
+            SYNC_UNAUTHORIZED: Unauthorized}
 
 
 class sync_stats(ctypes.Structure):
@@ -68,6 +84,7 @@ class sync_stats(ctypes.Structure):
         ("unconfirmed", ctypes.c_uint32),
         ("confirmed_us", ctypes.c_int64),
         ("cache_failures", ctypes.c_uint64),
+        ("last_failure", ctypes.c_uint32),
     ]
 
 
@@ -156,5 +173,4 @@ def error_for(lib: ctypes.CDLL, code: int) -> LockstepError:
     n = ctypes.c_size_t(0)
     lib.sync_error_message(code, buf, len(buf), ctypes.byref(n))
     message = buf.value.decode("utf-8", "replace")
-    cls = NotReady if code == SYNC_NOT_READY else LockstepError
-    return cls(code, message)
+    return _CLASSES.get(code, LockstepError)(code, message)

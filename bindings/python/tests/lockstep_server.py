@@ -19,8 +19,9 @@ def lockstep_bin():
 class Server:
     """A real `lockstep serve` child process."""
 
-    def __init__(self, tmp_path, interval="200ms", min_window="100ms", listen="127.0.0.1:0"):
-        env = dict(os.environ, LOCKSTEP_ADMIN_TOKEN=TOKEN, LOCKSTEP_LOG="warn")
+    def __init__(self, tmp_path, interval="200ms", min_window="100ms", listen="127.0.0.1:0",
+                 env=None):
+        env = dict(os.environ, LOCKSTEP_ADMIN_TOKEN=TOKEN, LOCKSTEP_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen(
             [lockstep_bin(), "serve", "--db", str(tmp_path / "db"), "--listen", listen,
              "--interval", interval, "--min-window", min_window],

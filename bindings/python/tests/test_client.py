@@ -307,3 +307,29 @@ def test_retrieval_failure_and_recovery_are_logged(tmp_path, caplog):
             assert len([r for r in caplog.records if "is failing" in r.getMessage()]) == 1
     finally:
         server.stop()
+
+
+def test_a_refused_token_raises_unauthorized_never_unreachable(tmp_path):
+    s = Server(tmp_path, env={"LOCKSTEP_READ_TOKEN": "py-read-token"})
+    try:
+        s.put("price", "4")
+        for token in ("wrong", None):
+            with pytest.raises(lockstep.Unauthorized) as e:
+                lockstep.Client(s.url, token=token, cache_dir="", bootstrap_wait=3)
+            assert isinstance(e.value, lockstep.LockstepError)
+            assert not isinstance(e.value, lockstep.Unreachable)
+            assert e.value.code == 10 and "refused the read token" in str(e.value)
+        lazy = lockstep.Client(s.url, token="wrong", cache_dir="", bootstrap_wait=0,
+                               allow_not_ready=True)
+        assert wait_for(lambda: lazy.stats()["last_failure"], timeout=10) == 10
+        with pytest.raises(lockstep.NotReady):
+            lazy.get("price")
+        lazy.close()
+        with lockstep.Client(s.url, token="py-read-token", cache_dir="", bootstrap_wait=10) as c:
+            assert wait_for(lambda: c.get("price", None) == b"4", timeout=10)
+            assert c.stats()["last_failure"] == 0
+    finally:
+        s.stop()
+    with pytest.raises(lockstep.Unreachable) as e:
+        lockstep.Client("http://127.0.0.1:9", cache_dir="", bootstrap_wait=0.2)
+    assert e.value.code == 7 and not isinstance(e.value, lockstep.Unauthorized)
