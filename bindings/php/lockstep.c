@@ -11,7 +11,9 @@
  *
  * Configuration is read from ini settings at that first use:
  *   lockstep.url, lockstep.token, lockstep.name, lockstep.bootstrap_wait_ms,
- *   lockstep.allow_not_ready, lockstep.cache_dir
+ *   lockstep.allow_not_ready, lockstep.cache_dir, lockstep.ca_file
+ * lockstep.url, lockstep.token and lockstep.ca_file are PHP_INI_SYSTEM (php.ini or FPM's
+ * php_admin_value; ini_set() cannot change them), and phpinfo() shows the token as ********.
  * and `new Lockstep\Client([...])` overrides any of them. Clients made with the same settings
  * share one handle; a process holds at most LOCKSTEP_MAX_HANDLES different ones.
  *
@@ -53,12 +55,28 @@ static size_t lockstep_handle_count = 0;
 static zend_class_entry *lockstep_client_ce;
 static zend_class_entry *lockstep_snapshot_ce;
 static zend_class_entry *lockstep_exception_ce;
+static zend_class_entry *lockstep_unauthorized_ce;
+static zend_class_entry *lockstep_unreachable_ce;
+static zend_class_entry *lockstep_not_ready_ce;
 static zend_object_handlers lockstep_snapshot_handlers;
 static zend_object_handlers lockstep_client_handlers;
 
+/* phpinfo() and ini_get_all() displays: a secret is never printed, only whether it is set. */
+static ZEND_INI_DISP(lockstep_display_secret) {
+  zend_string *value = type == ZEND_INI_DISPLAY_ORIG && ini_entry->modified
+                           ? ini_entry->orig_value
+                           : ini_entry->value;
+  ZEND_PUTS(value && ZSTR_LEN(value) ? "********" : "no value");
+}
+
 PHP_INI_BEGIN()
-PHP_INI_ENTRY("lockstep.url", "http://127.0.0.1:7420", PHP_INI_ALL, NULL)
-PHP_INI_ENTRY("lockstep.token", "", PHP_INI_ALL, NULL)
+/* System-wide only: request code that could point the worker's handle at another data
+ * server or token (ini_set) could serve another farm's data to every later request. */
+PHP_INI_ENTRY("lockstep.url", "http://127.0.0.1:7420", PHP_INI_SYSTEM, NULL)
+PHP_INI_ENTRY_EX("lockstep.token", "", PHP_INI_SYSTEM, NULL, lockstep_display_secret)
+/* A PEM file of the authorities an https:// data server is verified against (unset: the
+ * system's roots). */
+PHP_INI_ENTRY("lockstep.ca_file", NULL, PHP_INI_SYSTEM, NULL)
 PHP_INI_ENTRY("lockstep.name", "php", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.bootstrap_wait_ms", "5000", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.allow_not_ready", "0", PHP_INI_ALL, NULL)
@@ -72,7 +90,14 @@ static void throw_result(sync_result r) {
   if (sync_error_message(r, msg, sizeof msg, &n) != SYNC_OK) {
     snprintf(msg, sizeof msg, "lockstep error %u", (unsigned)r);
   }
-  zend_throw_exception(lockstep_exception_ce, msg, (zend_long)r);
+  zend_class_entry *ce = lockstep_exception_ce;
+  switch (r) {
+    case SYNC_UNAUTHORIZED: ce = lockstep_unauthorized_ce; break;
+    case SYNC_UNREACHABLE: ce = lockstep_unreachable_ce; break;
+    case SYNC_NOT_READY: ce = lockstep_not_ready_ce; break;
+    default: break;
+  }
+  zend_throw_exception(ce, msg, (zend_long)r);
 }
 
 /* The settings a client opens with: the ini settings, overridden by the constructor's array. */
@@ -151,6 +176,7 @@ static sync_handle *lockstep_handle_for(const lockstep_settings *st) {
   zend_long wait = st->wait_set ? st->wait : INI_INT("lockstep.bootstrap_wait_ms");
   zend_long lazy = st->lazy_set ? st->lazy : INI_INT("lockstep.allow_not_ready");
   const char *cache_dir = st->cache_dir_set ? ZSTR_VAL(st->cache_dir) : INI_STR("lockstep.cache_dir");
+  const char *ca_file = INI_STR("lockstep.ca_file");
   /* Compared without the pid: a fork()ed child keeps using the handle it inherited, which
    * the library carries across fork. */
   char options[LOCKSTEP_OPTIONS_MAX];
@@ -158,11 +184,12 @@ static sync_handle *lockstep_handle_for(const lockstep_settings *st) {
   int len = 0;
   for (int pass = 0; pass < 2; pass++) {
     len = snprintf(pass ? options : key, LOCKSTEP_OPTIONS_MAX,
-                   "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s",
+                   "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s%s%s",
                    url ? url : "", name && *name ? name : "php", pass ? (long)getpid() : 0L,
                    (long)wait, lazy ? 1 : 0, token && *token ? ";token=" : "",
                    token && *token ? token : "", cache_dir ? ";cache_dir=" : "",
-                   cache_dir ? cache_dir : "");
+                   cache_dir ? cache_dir : "", ca_file && *ca_file ? ";ca_file=" : "",
+                   ca_file && *ca_file ? ca_file : "");
     if (len < 0 || len >= LOCKSTEP_OPTIONS_MAX) {
       zend_throw_exception(lockstep_exception_ce, "lockstep settings are too long",
                            SYNC_BAD_OPTION);
@@ -468,6 +495,9 @@ PHP_MINIT_FUNCTION(lockstep) {
     return FAILURE;
   }
   lockstep_exception_ce = register_class_Lockstep_Exception(spl_ce_RuntimeException);
+  lockstep_unauthorized_ce = register_class_Lockstep_UnauthorizedException(lockstep_exception_ce);
+  lockstep_unreachable_ce = register_class_Lockstep_UnreachableException(lockstep_exception_ce);
+  lockstep_not_ready_ce = register_class_Lockstep_NotReadyException(lockstep_exception_ce);
 
   lockstep_client_ce = register_class_Lockstep_Client();
   lockstep_client_ce->create_object = client_create;

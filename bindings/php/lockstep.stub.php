@@ -77,4 +77,19 @@ namespace Lockstep {
     class Exception extends \RuntimeException
     {
     }
+
+    /** The data server refused the read token (HTTP 401 or 403); getCode() is 10. */
+    class UnauthorizedException extends Exception
+    {
+    }
+
+    /** The data server could not be reached, or sent nothing usable, in time; getCode() is 7. */
+    class UnreachableException extends Exception
+    {
+    }
+
+    /** No version has arrived from the data server yet (allow_not_ready); getCode() is 2. */
+    class NotReadyException extends Exception
+    {
+    }
 }

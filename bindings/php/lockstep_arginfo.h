@@ -1,5 +1,5 @@
 /* This is a generated file, edit the .stub.php file instead.
- * Stub hash: 63e0732f4c2b631a7f344675ea4e7a747f900d5c */
+ * Stub hash: 21ea4ebebe2822ac5bc069f849aa97ea2e69fa26 */
 
 ZEND_BEGIN_ARG_INFO_EX(arginfo_class_Lockstep_Client___construct, 0, 0, 0)
 	ZEND_ARG_TYPE_INFO_WITH_DEFAULT_VALUE(0, options, IS_ARRAY, 0, "[]")
@@ -63,6 +63,21 @@ static const zend_function_entry class_Lockstep_Exception_methods[] = {
 	ZEND_FE_END
 };
 
+
+static const zend_function_entry class_Lockstep_UnauthorizedException_methods[] = {
+	ZEND_FE_END
+};
+
+
+static const zend_function_entry class_Lockstep_UnreachableException_methods[] = {
+	ZEND_FE_END
+};
+
+
+static const zend_function_entry class_Lockstep_NotReadyException_methods[] = {
+	ZEND_FE_END
+};
+
 static zend_class_entry *register_class_Lockstep_Client(void)
 {
 	zend_class_entry ce, *class_entry;
@@ -91,6 +106,36 @@ static zend_class_entry *register_class_Lockstep_Exception(zend_class_entry *cla
 
 	INIT_NS_CLASS_ENTRY(ce, "Lockstep", "Exception", class_Lockstep_Exception_methods);
 	class_entry = zend_register_internal_class_ex(&ce, class_entry_RuntimeException);
+
+	return class_entry;
+}
+
+static zend_class_entry *register_class_Lockstep_UnauthorizedException(zend_class_entry *class_entry_Lockstep_Exception)
+{
+	zend_class_entry ce, *class_entry;
+
+	INIT_NS_CLASS_ENTRY(ce, "Lockstep", "UnauthorizedException", class_Lockstep_UnauthorizedException_methods);
+	class_entry = zend_register_internal_class_ex(&ce, class_entry_Lockstep_Exception);
+
+	return class_entry;
+}
+
+static zend_class_entry *register_class_Lockstep_UnreachableException(zend_class_entry *class_entry_Lockstep_Exception)
+{
+	zend_class_entry ce, *class_entry;
+
+	INIT_NS_CLASS_ENTRY(ce, "Lockstep", "UnreachableException", class_Lockstep_UnreachableException_methods);
+	class_entry = zend_register_internal_class_ex(&ce, class_entry_Lockstep_Exception);
+
+	return class_entry;
+}
+
+static zend_class_entry *register_class_Lockstep_NotReadyException(zend_class_entry *class_entry_Lockstep_Exception)
+{
+	zend_class_entry ce, *class_entry;
+
+	INIT_NS_CLASS_ENTRY(ce, "Lockstep", "NotReadyException", class_Lockstep_NotReadyException_methods);
+	class_entry = zend_register_internal_class_ex(&ce, class_entry_Lockstep_Exception);
 
 	return class_entry;
 }

@@ -9,10 +9,9 @@ require __DIR__ . '/server.inc';
 lockstep_put($url, 'blob', str_repeat('x', 5000));
 lockstep_put($url, 'price:apple', '1.25'); // last, so waiting for it waits for both
 lockstep_wait_active($url, 'price:apple', '1.25');
-ini_set('lockstep.url', $url);
-ini_set('lockstep.name', 'phpt');
-
-$c = new Lockstep\Client();
+// lockstep.url is PHP_INI_SYSTEM: request code names its data server in the options.
+$opts = ['url' => $url, 'name' => 'phpt'];
+$c = new Lockstep\Client($opts);
 var_dump($c->get('price:apple'));
 var_dump($c->get('missing'));
 var_dump(strlen($c->get('blob')));
@@ -40,7 +39,7 @@ try {
     echo $e->getMessage(), "\n";
 }
 // A second client shares the process's handle.
-$d = new Lockstep\Client();
+$d = new Lockstep\Client($opts);
 var_dump($d->activeVersion() === $c->activeVersion());
 ?>
 --EXPECT--
