@@ -6,6 +6,7 @@
  *       lockstep_url  http://127.0.0.1:7420;
  *       lockstep_name web-1;                  # shown in `lockstep status`, with the pid
  *       # lockstep_token secret;  lockstep_bootstrap_wait 2s;  lockstep_cache_dir off;
+ *       # lockstep_ca_file /etc/lockstep/ca.pem;  (an https:// url's authorities)
  *       server {
  *           location /prices/ { lockstep_serve; }     # GET /prices/<key> -> the value
  *           location = /lockstep { lockstep_status; } # this worker's handle, as JSON
@@ -41,6 +42,7 @@ typedef struct {
     ngx_str_t     name;
     ngx_msec_t    bootstrap_wait;
     ngx_str_t     cache_dir;   /* unset: the library's default; "off": no host cache */
+    ngx_str_t     ca_file;     /* unset: the system's roots for an https:// data server */
 } ngx_http_lockstep_main_conf_t;
 
 
@@ -71,10 +73,15 @@ static ngx_int_t ngx_http_lockstep_send(ngx_http_request_t *r,
 static void ngx_http_lockstep_log_result(ngx_uint_t level, ngx_log_t *log,
     const char *what, sync_result rc);
 static void ngx_http_lockstep_release(void *data);
+static void ngx_http_lockstep_note_refused(ngx_log_t *log);
 
 
 /* This worker's handle; NULL in the master, or when sync_open failed. */
 static sync_handle  *ngx_http_lockstep_handle;
+
+/* 1 once this worker has logged that the data server refuses its token: said once, not on
+ * every request that then gets a 503; cleared when a check-in succeeds again. */
+static ngx_uint_t    ngx_http_lockstep_refused_logged;
 
 
 static ngx_command_t  ngx_http_lockstep_commands[] = {
@@ -112,6 +119,13 @@ static ngx_command_t  ngx_http_lockstep_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_lockstep_main_conf_t, cache_dir),
+      NULL },
+
+    { ngx_string("lockstep_ca_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lockstep_main_conf_t, ca_file),
       NULL },
 
     { ngx_string("lockstep_serve"),
@@ -306,6 +320,10 @@ ngx_http_lockstep_init_process(ngx_cycle_t *cycle)
         p = ngx_slprintf(p, last, ";cache_dir=%V", &lmcf->cache_dir);
     }
 
+    if (lmcf->ca_file.len) {
+        p = ngx_slprintf(p, last, ";ca_file=%V", &lmcf->ca_file);
+    }
+
     if (p == last) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "lockstep: the lockstep_* settings are too long");
@@ -324,6 +342,9 @@ ngx_http_lockstep_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_lockstep_handle = h;
+
+    /* A token refused during the bootstrap wait is said at start, not at the first 503. */
+    ngx_http_lockstep_note_refused(cycle->log);
 
     return NGX_OK;
 }
@@ -448,6 +469,7 @@ ngx_http_lockstep_serve_handler(ngx_http_request_t *r)
     res = sync_snapshot_acquire(ngx_http_lockstep_handle, &snap);
 
     if (res == SYNC_NOT_READY) {
+        ngx_http_lockstep_note_refused(r->connection->log);
         return ngx_http_lockstep_send(r, NGX_HTTP_SERVICE_UNAVAILABLE, &type,
                    (u_char *) "no data from the data server yet\n",
                    sizeof("no data from the data server yet\n") - 1);
@@ -640,6 +662,49 @@ ngx_http_lockstep_log_result(ngx_uint_t level, ngx_log_t *log,
     }
 
     ngx_log_error(level, log, 0, "lockstep: %s: %*s", what, n, msg);
+}
+
+
+/* Logs, once per worker, that the data server refuses lockstep_token (401 or 403): the one
+ * failure that retrying cannot fix, so it must not read like an outage. */
+static void
+ngx_http_lockstep_note_refused(ngx_log_t *log)
+{
+    size_t      n;
+    sync_stats  st;
+    char        err[NGX_HTTP_LOCKSTEP_ERROR_LEN];
+
+    ngx_memzero(&st, sizeof(sync_stats));
+    st.struct_size = sizeof(sync_stats);
+
+    if (ngx_http_lockstep_handle == NULL
+        || sync_stats_get(ngx_http_lockstep_handle, &st) != SYNC_OK)
+    {
+        return;
+    }
+
+    if (st.last_failure != SYNC_UNAUTHORIZED) {
+        if (st.last_failure == SYNC_OK) {
+            ngx_http_lockstep_refused_logged = 0;
+        }
+        return;
+    }
+
+    if (ngx_http_lockstep_refused_logged) {
+        return;
+    }
+
+    ngx_http_lockstep_refused_logged = 1;
+
+    n = 0;
+    if (sync_last_error(ngx_http_lockstep_handle, err, sizeof(err), &n) != SYNC_OK) {
+        n = 0;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, log, 0,
+                  "lockstep: the data server refused lockstep_token (%*s); "
+                  "lockstep locations answer 503 until it accepts the token",
+                  n, err);
 }
 
 

@@ -283,3 +283,32 @@ def test_nginx_reload_and_a_new_nginx_during_an_outage_serve_the_hosts_version_w
             if d:
                 d.stop()
         server.stop()
+
+
+def test_a_refused_token_is_logged_once_per_worker_and_clearly_never_as_unreachable(
+        nginx_bin, workdir):
+    server = Server(workdir, env={"LOCKSTEP_READ_TOKEN": "nginx-read-token"})
+    try:
+        server.put("price:apple", "1.25")
+        port = free_port()
+        conf = render(TEMPLATE, workdir / "nginx.conf", MODULE=MODULE, DIR=workdir, PORT=port,
+                      URL=server.url, CACHE=host_cache(workdir, "nobody"))
+        text = conf.read_text().replace("lockstep_bootstrap_wait 5s;",
+                                        "lockstep_bootstrap_wait 1s; lockstep_token wrong;")
+        conf.write_text(text)
+        d = Daemon([nginx_bin, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.out")
+        try:
+            assert wait_for(lambda: fetch(port, "/version")[0] == 200, timeout=20)
+            for _ in range(40):
+                assert fetch(port, "/prices/price:apple")[0] == 503
+            log = (workdir / "nginx-error.log").read_text()
+            refused = [line for line in log.splitlines()
+                       if "refused lockstep_token" in line]
+            # Four workers, each says it once, with the data server's status.
+            assert 1 <= len(refused) <= 4, log
+            assert all("401" in line or "403" in line for line in refused), log
+            assert "unreachable" not in log, log
+        finally:
+            d.stop()
+    finally:
+        server.stop()
