@@ -183,3 +183,47 @@ fn prove_switches(db: &std::path::Path) {
     assert_eq!(again["mismatched"], serde_json::json!([]), "{again:#}");
     drop(observers);
 }
+
+/// A client's word that it switched on time is checked: a report that says so with an instant
+/// far from the activation time (beyond twice its error bound and the slack) counts as late,
+/// while one within its bound counts as on time. Raw check-ins stand for clients here: the rule
+/// is the data server's, whatever a client claims.
+#[test]
+fn a_report_claiming_on_time_far_from_the_activation_time_is_counted_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db.sqlite"),
+        &["--interval", "1s", "--min-window", "500ms"],
+    );
+    put(&s, "price", "p1");
+    let sync = wait_active(&s, "price", "p1");
+    let version = sync.active_version;
+    let a = wait_activation(&s, version, "its activation", |_| true);
+    let t = a["activation_time_us"].as_i64().unwrap();
+    let checksum = a["checksum"].as_str().unwrap().to_owned();
+    let report = |name: &str, pid: u32, at_us: i64, error_us: i64| {
+        let url = format!(
+            "{}/v1/checkin?name={name}&host=hp&pid={pid}&active={version}&sw_version={version}\
+             &sw_checksum={checksum}&sw_activation_us={t}&sw_at_us={at_us}\
+             &sw_error_us={error_us}&sw_late=0",
+            s.url
+        );
+        let answer = get(&url, None, &[]);
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    };
+    // Within 2 × 300 µs + 5 ms of T.
+    report("honest", 1, t + 5_500, 300);
+    // 200 ms before T with a 300 µs bound: no clock this good switches that early on time.
+    report("boaster", 2, t - 200_000, 300);
+    let judged = wait_activation(&s, version, "both reports", |a| {
+        a["clients_switched"].as_u64().unwrap_or(0) + a["clients_late"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(names(&judged, "switched"), ["honest"], "{judged:#}");
+    assert_eq!(names(&judged, "late"), ["boaster"], "{judged:#}");
+    assert_eq!(judged["spread_us"], 0, "{judged:#}");
+}

@@ -29,6 +29,14 @@ const MAX_ERROR_US: i64 = 60_000_000;
 /// the check-in after the switch, so its instant is in the recent past.
 const MAX_AGE_US: i64 = 86_400_000_000;
 
+/// What a report that claims an on-time switch may be off the activation time beyond twice its
+/// error bound, µs. A client reports the instant it armed converted with its latest estimate,
+/// which lies within its error bound of the true offset, as did the estimate it armed with:
+/// the two differ by at most both bounds, and the report carries only the latest one. The
+/// earlier bound is assumed no larger, and these 5 ms stand for the rest (a bound that grew).
+/// A report further off is counted late whatever it claims: the data server checks what it can.
+pub const ON_TIME_SLACK_US: i64 = 5_000;
+
 /// Members listed per activation and list: enough for a large farm, bounded for the page.
 pub const MAX_LISTED: usize = 2_000;
 
@@ -207,7 +215,12 @@ pub fn prove(
         proved.insert((&r.name, &r.host, r.pid));
         // A switch armed for another activation time is not this activation's on-time one.
         let armed_for_this = r.report.activation_us == t;
-        if r.report.late || !armed_for_this {
+        let near = r.report.switched_us.saturating_sub(t).saturating_abs()
+            <= r.report
+                .error_us
+                .saturating_mul(2)
+                .saturating_add(ON_TIME_SLACK_US);
+        if r.report.late || !armed_for_this || !near {
             late.push(switched_of(r));
         } else {
             on_time.push(switched_of(r));
@@ -342,6 +355,28 @@ mod tests {
         // 1 reported; 7 follows its leader; 8 started after; 9 was stale at the time.
         assert_eq!(missing, [6]);
         assert_eq!(p.mismatched.len(), 1);
+    }
+
+    #[test]
+    fn a_claimed_on_time_switch_far_from_the_activation_time_counts_late() {
+        let a = Activated {
+            activation_us: 1_000_000,
+            version: 3,
+            checksum: 0xab,
+        };
+        let at = |off: i64| 1_000_000 + off;
+        let edge = 2 * 100 + ON_TIME_SLACK_US;
+        let reports = [
+            row(1, 3, 0xab, at(edge), 100, false),
+            row(2, 3, 0xab, at(-edge), 100, false),
+            row(3, 3, 0xab, at(edge + 1), 100, false),
+            row(4, 3, 0xab, at(-edge - 1), 100, false),
+        ];
+        let p = prove(a, 1_000_000, &reports, &[]);
+        let pids = |l: &[Switched]| l.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&p.switched), [2, 1]);
+        assert_eq!(pids(&p.late), [4, 3]);
+        assert_eq!(p.spread_us, Some(2 * edge));
     }
 
     #[test]
