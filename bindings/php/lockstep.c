@@ -261,14 +261,15 @@ static sync_snapshot *this_snapshot(zval *this_ptr) {
   return s;
 }
 
-/* Snapshot::get(string $key, ?string $default = null): ?string — from the pinned version. */
+/* Snapshot::get(string $key, mixed $default = null): mixed — from the pinned version;
+ * $default is returned as given (get('k', 0) is 0, not "0"). */
 PHP_METHOD(Lockstep_Snapshot, get) {
   zend_string *key;
-  zend_string *def = NULL;
+  zval *def = NULL;
   ZEND_PARSE_PARAMETERS_START(1, 2)
   Z_PARAM_STR(key)
   Z_PARAM_OPTIONAL
-  Z_PARAM_STR_OR_NULL(def)
+  Z_PARAM_ZVAL(def)
   ZEND_PARSE_PARAMETERS_END();
   sync_snapshot *s = this_snapshot(ZEND_THIS);
   if (s == NULL) RETURN_THROWS();
@@ -280,7 +281,7 @@ PHP_METHOD(Lockstep_Snapshot, get) {
   size_t len = 0;
   sync_result r = sync_snapshot_get(s, (const uint8_t *)ZSTR_VAL(key), ZSTR_LEN(key), &value, &len);
   if (r == SYNC_NOT_FOUND) {
-    if (def != NULL) RETURN_STR_COPY(def);
+    if (def != NULL) RETURN_COPY(def);
     RETURN_NULL();
   }
   if (r != SYNC_OK) {
@@ -354,14 +355,15 @@ PHP_METHOD(Lockstep_Client, __construct) {
   client_from(Z_OBJ_P(ZEND_THIS))->handle = h;
 }
 
-/* Client::get(string $key, ?string $default = null): ?string — from the version active now. */
+/* Client::get(string $key, mixed $default = null): mixed — from the version active now;
+ * $default is returned as given (get('k', 0) is 0, not "0"). */
 PHP_METHOD(Lockstep_Client, get) {
   zend_string *key;
-  zend_string *def = NULL;
+  zval *def = NULL;
   ZEND_PARSE_PARAMETERS_START(1, 2)
   Z_PARAM_STR(key)
   Z_PARAM_OPTIONAL
-  Z_PARAM_STR_OR_NULL(def)
+  Z_PARAM_ZVAL(def)
   ZEND_PARSE_PARAMETERS_END();
   sync_handle *h = this_handle(ZEND_THIS);
   if (h == NULL) RETURN_THROWS();
@@ -375,7 +377,7 @@ PHP_METHOD(Lockstep_Client, get) {
                            sizeof small, &len);
   if (r == SYNC_OK) RETURN_STRINGL(small, len);
   if (r == SYNC_NOT_FOUND) {
-    if (def != NULL) RETURN_STR_COPY(def);
+    if (def != NULL) RETURN_COPY(def);
     RETURN_NULL();
   }
   if (r == SYNC_BUFFER_TOO_SMALL) {

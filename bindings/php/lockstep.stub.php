@@ -34,10 +34,11 @@ namespace Lockstep {
         public function __construct(array $options = []) {}
 
         /**
-         * The value of $key in the version active now, or $default when it is not there.
+         * The value of $key in the version active now, or $default, unchanged (any type),
+         * when it is not there.
          * @throws Exception before any data has arrived (allow_not_ready).
          */
-        public function get(string $key, ?string $default = null): ?string {}
+        public function get(string $key, mixed $default = null): mixed {}
 
         /** The version reads see now; 0 before the first one arrives. */
         public function activeVersion(): int {}
@@ -67,8 +68,8 @@ namespace Lockstep {
         /** Snapshots are made by Client::snapshot(). */
         private function __construct() {}
 
-        /** The value of $key in this version, or $default. */
-        public function get(string $key, ?string $default = null): ?string {}
+        /** The value of $key in this version, or $default, unchanged (any type). */
+        public function get(string $key, mixed $default = null): mixed {}
 
         public function version(): int {}
     }

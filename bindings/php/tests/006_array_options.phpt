@@ -1,5 +1,5 @@
 --TEST--
-lockstep: new Lockstep\Client([...]) overrides the ini settings; get() takes a default; bad options are ValueErrors
+lockstep: new Lockstep\Client([...]) overrides the ini settings; get() takes a default of any type; bad options are ValueErrors
 --EXTENSIONS--
 lockstep
 --INI--
@@ -25,6 +25,9 @@ var_dump($c->get('price:apple'), $c->get('missing'), $c->get('missing', 'fallbac
 var_dump($c->stats()['host_role']); // cache_dir '' turned the host cache off
 $s = $c->snapshot();
 var_dump($s->get('missing', 'dflt'), $s->get('price:apple', 'dflt'));
+// $default comes back as given, whatever its type: get('k', 0) is 0, not "0".
+var_dump($c->get('missing', 0), $c->get('missing', false), $c->get('missing', ['a']),
+         $s->get('missing', 0), $c->get('price:apple', 0));
 
 // The same settings share the handle; other settings get their own.
 $d = new Lockstep\Client(['url' => $url, 'name' => 'phpt-array', 'cache_dir' => '',
@@ -53,6 +56,14 @@ string(8) "fallback"
 string(4) "1.25"
 int(0)
 string(4) "dflt"
+string(4) "1.25"
+int(0)
+bool(false)
+array(1) {
+  [0]=>
+  string(1) "a"
+}
+int(0)
 string(4) "1.25"
 bool(true)
 Lockstep\Client::__construct(): Argument #1 ($options) has an unknown option "colour" (known: url, token, name, bootstrap_wait_ms, allow_not_ready, cache_dir)
