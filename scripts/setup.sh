@@ -34,4 +34,5 @@ if ! command -v cargo >/dev/null; then
 fi
 
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn playwright prometheus_client
+"$PYTHON" -m pip install -q --disable-pip-version-check pytest gunicorn \
+  playwright==1.65.2 prometheus_client==0.26.0

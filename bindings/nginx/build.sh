@@ -13,9 +13,12 @@ root=$(cd "$here/../.." && pwd)
 src=/usr/share/nginx/src
 [ -x "$src/configure" ] || { echo "nginx sources not found: apt-get install nginx-dev" >&2; exit 1; }
 out="$root/target/nginx-module"
+build="$root/target/nginx-build"
 if [ "${1:-}" = "--installed" ]; then
   unset LOCKSTEP_LIBDIR LOCKSTEP_ROOT
   out="$root/target/nginx-module-installed"
+  # Its own build tree: a build of the checkout's module may run beside it (CI, tests).
+  build="$root/target/nginx-build-installed"
 else
   if [ -z "${LOCKSTEP_LIBDIR:-}" ]; then
     for profile in release debug; do
@@ -25,11 +28,11 @@ else
   [ -n "${LOCKSTEP_LIBDIR:-}" ] || { echo "liblockstep.so not found: cargo build --release -p lockstep" >&2; exit 1; }
   export LOCKSTEP_ROOT="$root" LOCKSTEP_LIBDIR
 fi
-build="$root/target/nginx-build"
 rm -rf "$build"
 cp -r "$src" "$build"
 cd "$build"
-./configure --with-compat --add-dynamic-module="$here" >/dev/null
+# What the probe found ("checking for liblockstep ...") stays in $build/configure.log.
+./configure --with-compat --add-dynamic-module="$here" > configure.log
 make -s -f objs/Makefile modules >/dev/null
 mkdir -p "$out"
 cp objs/ngx_http_lockstep_module.so "$out/"

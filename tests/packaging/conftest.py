@@ -44,3 +44,26 @@ def prefix(tmp_path_factory):
 
 def pkg_config_env(prefix):
     return clean_env(PKG_CONFIG_PATH=str(prefix / "lib" / "pkgconfig"))
+
+
+def version():
+    """The workspace's version (Cargo.toml), which the library's file name, pkg-config and
+    the .deb carry."""
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        for line in f:
+            if line.startswith('version = "'):
+                return line.split('"')[1]
+    raise AssertionError("version not found in Cargo.toml")
+
+
+def abi():
+    """The C ABI version (SYNC_ABI_VERSION), the library's SONAME number."""
+    for source in (("src", "ffi.rs"), ("src", "ffi", "mod.rs")):
+        path = os.path.join(REPO, *source)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                if line.startswith("pub const SYNC_ABI_VERSION: u32 = "):
+                    return int(line.split("=")[1].strip(" ;\n"))
+    raise AssertionError("SYNC_ABI_VERSION not found")

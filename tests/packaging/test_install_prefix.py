@@ -4,22 +4,11 @@ pkg-config and reads from a real data server; the header compiles as C99 and as 
 
 import os
 import subprocess
+import threading
 
 import pytest
 
-from conftest import REPO, clean_env, pkg_config_env
-
-
-def abi():
-    for source in (("src", "ffi.rs"), ("src", "ffi", "mod.rs")):
-        path = os.path.join(REPO, *source)
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            for line in f:
-                if line.startswith("pub const SYNC_ABI_VERSION: u32 = "):
-                    return int(line.split("=")[1].strip(" ;\n"))
-    raise AssertionError("SYNC_ABI_VERSION not found")
+from conftest import REPO, abi, clean_env, pkg_config_env
 
 
 def pkg_config(prefix, *args):
@@ -46,7 +35,8 @@ def test_install_puts_the_versioned_library_symlinks_header_pc_file_and_binary(p
     assert pkg_config(prefix, "--libs") == f"-L{prefix}/lib -llockstep"
 
 
-def test_the_c_example_builds_through_pkg_config_and_reads_from_a_data_server(prefix, server):
+def test_the_c_example_builds_through_pkg_config_and_reads_from_a_data_server(prefix, server,
+                                                                               tmp_path):
     server.put("price:apple", "1.25")
     server.wait_active("price:apple", "1.25")
     example = os.path.join(REPO, "examples", "c")
@@ -58,13 +48,19 @@ def test_the_c_example_builds_through_pkg_config_and_reads_from_a_data_server(pr
     # Linked by SONAME and loaded from the prefix, never from the build tree.
     assert f"liblockstep.so.{abi()} => {prefix}/lib/liblockstep.so.{abi()}" in needed, needed
     assert "target/" not in needed
+    # A host cache of its own, not the shared /var/tmp/lockstep-<uid> an earlier run left.
+    env["LOCKSTEP_CACHE_DIR"] = str(tmp_path / "cache")
     proc = subprocess.Popen([binary, server.url, "price:apple"], env=env,
                             stdout=subprocess.PIPE, text=True)
+    # It prints a line per version; killed after a minute, its output ends.
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
     try:
         proc.stdout.readline()  # the banner
         line = proc.stdout.readline()
         assert "price:apple = 1.25" in line, line
     finally:
+        timer.cancel()
         proc.kill()
         proc.wait()
 

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import REPO, clean_env, pkg_config_env
+from conftest import REPO, abi, clean_env, pkg_config_env, version
 
 sys.path.insert(0, os.path.join(REPO, "tests", "servers"))
 from servers_support import Daemon, free_port, wait_for  # noqa: E402
@@ -66,17 +66,17 @@ def workdir():
 
 
 def test_the_module_builds_against_the_installed_library_and_serves_from_it(
-        prefix, server, workdir, tmp_path):
-    env = pkg_config_env(prefix)
-    result, src = configure(tmp_path, env)
-    assert result.returncode == 0, result.stderr
-    assert "checking for liblockstep 0.1.0 (pkg-config) ... found" in result.stdout
-    subprocess.run(["make", "-s", "-f", "objs/Makefile", "modules"], cwd=src, env=env,
-                   check=True, capture_output=True)
-    module = src / "objs" / "ngx_http_lockstep_module.so"
-    dynamic = subprocess.run(["readelf", "-d", str(module)], capture_output=True, text=True,
+        prefix, server, workdir):
+    # README's command, as a user runs it with PKG_CONFIG_PATH set to the prefix.
+    subprocess.run([os.path.join(MODULE_DIR, "build.sh"), "--installed"],
+                   env=pkg_config_env(prefix), check=True)
+    with open(os.path.join(REPO, "target", "nginx-build-installed", "configure.log")) as f:
+        probe = f.read()
+    assert f"checking for liblockstep {version()} (pkg-config) ... found" in probe, probe
+    module = os.path.join(REPO, "target", "nginx-module-installed", "ngx_http_lockstep_module.so")
+    dynamic = subprocess.run(["readelf", "-d", module], capture_output=True, text=True,
                              check=True).stdout
-    assert "Shared library: [liblockstep.so.1]" in dynamic
+    assert f"Shared library: [liblockstep.so.{abi()}]" in dynamic
     assert f"[{prefix}/lib]" in dynamic and "target/" not in dynamic
 
     server.put("price:apple", "1.25")
@@ -117,6 +117,6 @@ http {{
         pid = urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=5).read().decode()
         with open(f"/proc/{pid}/maps") as f:
             libs = {line.split()[-1] for line in f if "liblockstep" in line}
-        assert len(libs) == 1 and libs.pop().startswith(f"{prefix}/lib/liblockstep.so.1."), libs
+        assert libs == {f"{prefix}/lib/liblockstep.so.{abi()}.{version()}"}, libs
     finally:
         nginx.stop()

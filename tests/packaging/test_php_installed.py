@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, pkg_config_env
+from conftest import REPO, abi, pkg_config_env, version
 
 sys.path.insert(0, os.path.join(REPO, "tests", "servers"))
 from servers_support import Daemon, free_port, render, wait_for  # noqa: E402
@@ -39,7 +39,7 @@ def test_the_extension_builds_against_the_installed_library_and_php_fpm_serves_w
     subprocess.run([os.path.join(REPO, "bindings", "php", "build.sh"), "--installed"],
                    env=pkg_config_env(prefix), check=True)
     dynamic = dynamic_section(EXT)
-    assert "Shared library: [liblockstep.so.1]" in dynamic
+    assert f"Shared library: [liblockstep.so.{abi()}]" in dynamic
     runpaths = [line for line in dynamic.splitlines() if "RUNPATH" in line or "RPATH" in line]
     # Only the prefix (not a directory the loader searches by itself): never target/.
     assert runpaths and all(f"[{prefix}/lib]" in line for line in runpaths), runpaths
@@ -75,7 +75,7 @@ def test_the_extension_builds_against_the_installed_library_and_php_fpm_serves_w
         # The worker that answered maps the installed library, not the checkout's.
         with open(f"/proc/{body['pid']}/maps") as f:
             libs = {line.split()[-1] for line in f if "liblockstep" in line}
-        assert libs == {str(prefix / "lib" / "liblockstep.so.1.0.1.0")}, libs
+        assert libs == {str(prefix / "lib" / f"liblockstep.so.{abi()}.{version()}")}, libs
     finally:
         for d in (nginx, fpm):
             if d:

@@ -27,6 +27,13 @@ def wheel(tmp_path_factory):
     return path
 
 
+def readme_python_block():
+    """The ```python block of README's Install section, as README has it."""
+    with open(README) as f:
+        section = f.read().split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def glibc_needed(library):
     """The newest GLIBC_2.N the library needs, from objdump's dynamic symbol table."""
     dump = subprocess.run(["objdump", "-T", str(library)], check=True, capture_output=True,
@@ -88,3 +95,14 @@ def test_a_fresh_venv_elsewhere_installs_the_wheel_and_reads_from_a_data_server(
     assert libs == os.path.join(os.path.dirname(package), "liblockstep.so"), libs
     version = wheel.name.split("-")[1]
     assert result == f"{version} 1.25 True"  # __version__ is the package's version
+
+    # README's example, run as it stands with the environment it names.
+    readme = readme_python_block() + textwrap.dedent("""
+        print(client.get("price:apple", b"0"), client["price:apple"], "promo" in client,
+              client.get("promo", b"0"))
+    """)
+    out = subprocess.run([py, "-c", readme], cwd=elsewhere, capture_output=True, text=True,
+                         timeout=60, env=clean_env(LOCKSTEP_SERVER=server.url,
+                                                   LOCKSTEP_CACHE_DIR=str(tmp_path / "cache")))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "b'1.25' b'1.25' False b'0'", out.stdout
