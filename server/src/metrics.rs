@@ -63,8 +63,10 @@ pub struct Metrics {
     production_keys: Gauge,
     farm_members: Family<StateLabel, Gauge>,
     lagging: Gauge,
-    spread: Gauge<f64, AtomicU64>,
-    spread_error: Gauge<f64, AtomicU64>,
+    /// Families without labels, so that a sample can be left out: no on-time switch, no
+    /// spread, and a 0 would claim a perfect one.
+    spread: Family<NoLabels, Gauge<f64, AtomicU64>>,
+    spread_error: Family<NoLabels, Gauge<f64, AtomicU64>>,
     activation_clients: Family<OutcomeLabel, Gauge>,
     clock_error: Family<QuantileLabel, Gauge<f64, AtomicU64>>,
     http: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -88,8 +90,8 @@ impl Metrics {
             production_keys: Gauge::default(),
             farm_members: Family::default(),
             lagging: Gauge::default(),
-            spread: Gauge::default(),
-            spread_error: Gauge::default(),
+            spread: Family::default(),
+            spread_error: Family::default(),
             activation_clients: Family::default(),
             clock_error: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
@@ -138,17 +140,19 @@ impl Metrics {
         );
         registry.register(
             "lockstep_activation_spread_seconds",
-            "Latest minus earliest on-time switch instant of the last activation with reports",
+            "Latest minus earliest on-time switch instant of the last settled activation (absent \
+             without on-time switches)",
             m.spread.clone(),
         );
         registry.register(
             "lockstep_activation_spread_error_seconds",
-            "Error bound of that spread: the true spread is at most spread plus this",
+            "Error bound of that spread: the true spread is at most spread plus this (absent with \
+             it)",
             m.spread_error.clone(),
         );
         registry.register(
             "lockstep_activation_clients",
-            "Members of the last activation, by outcome (switched, late, missing)",
+            "Members of the last settled activation, by outcome (switched, late, missing)",
             m.activation_clients.clone(),
         );
         registry.register(
@@ -193,7 +197,8 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Sets what the database says, then encodes every metric.
+    /// Sets what the database says, then encodes every metric. `last` is the last settled
+    /// activation (see [`settled_after_us`]).
     pub fn render(&self, status: &Status, last: Option<&ActivationProof>) -> String {
         // The database's count only grows; a counter must never go back.
         let rotations: &AtomicU64 = self.rotations.inner();
@@ -219,9 +224,18 @@ impl Metrics {
                 .get_or_create(&QuantileLabel { quantile: q.into() })
                 .set(v as f64 / 1e6);
         }
+        self.spread.clear();
+        self.spread_error.clear();
+        self.activation_clients.clear();
         if let Some(p) = last {
-            self.spread.set(p.spread_us.unwrap_or(0) as f64 / 1e6);
-            self.spread_error.set(p.error_us.unwrap_or(0) as f64 / 1e6);
+            for (gauge, v) in [
+                (&self.spread, p.spread_us),
+                (&self.spread_error, p.error_us),
+            ] {
+                if let Some(v) = v {
+                    gauge.get_or_create(&Vec::new()).set(v as f64 / 1e6);
+                }
+            }
             for (outcome, n) in [
                 ("switched", p.clients_switched),
                 ("late", p.clients_late),
@@ -239,6 +253,16 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// An empty label set.
+type NoLabels = Vec<(String, String)>;
+
+/// How old an activation must be before the metrics show its proof, µs: every live member
+/// checks in at least once a check-in period, and reports are written within a second after.
+/// A younger one would show every member missing for a moment after each activation.
+pub fn settled_after_us(interval_us: i64) -> i64 {
+    crate::rotation::checkin_period_us(interval_us) + 1_000_000
 }
 
 /// The `q` quantile of sorted values (nearest rank); 0 for none.
