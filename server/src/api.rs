@@ -31,7 +31,7 @@ use crate::clock::{format_duration_us, format_us};
 use crate::metrics::Metrics;
 use crate::store::{Change, IntervalChange, PinChange, Store, StoreError};
 use crate::tokens::{Scope, Tokens};
-use crate::{clock, farm, proof};
+use crate::{clock, farm, metrics, proof};
 
 /// Size limits on what admins may send.
 #[derive(Debug, Clone, Copy)]
@@ -1027,7 +1027,16 @@ async fn metrics(_: Reader, State(state): State<Shared>) -> ApiResult<Response> 
     let (status, last) = blocking(move || {
         let now = clock::now_us();
         let status = store.status(now)?;
-        let last = store.activations(1, now)?.into_iter().next();
+        // The newest activation whose reports are in: a younger one lists every member that
+        // has not checked in since as missing.
+        let age = metrics::settled_after_us(status.sync.interval_us);
+        let settled = now.saturating_sub(age);
+        // At most one activation an interval, so this many reach back past `age`.
+        let scan = (age / status.sync.interval_us.max(1) + 2).clamp(2, 64) as u64;
+        let last = store
+            .activations(scan, now)?
+            .into_iter()
+            .find(|a| a.activation_time_us <= settled);
         Ok((status, last))
     })
     .await?;
