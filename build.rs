@@ -40,12 +40,23 @@ const ABI_SOURCES: [&str; 2] = ["src/ffi.rs", "src/ffi/mod.rs"];
 /// extension and nginx module built in the tree) now record `liblockstep.so.N` as needed: a
 /// `liblockstep.so.N -> liblockstep.so` link beside the library lets them find it there, as
 /// an installed copy's symlink does. Best effort: without it only in-tree C programs fail.
+///
+/// Cargo asks build scripts to write only below OUT_DIR; this one link is the exception, and
+/// kept harmless: it is made only when nothing of that name exists (so rebuilds, concurrent
+/// builds and a file someone put there are left alone: idempotent), it is relative (a moved
+/// target directory keeps it valid), and only in a directory laid out as cargo's
+/// <target>/<profile>/build/<pkg>-<hash>/out. Installs never ship it: scripts/install.sh
+/// and the .deb make their own links.
 fn link_soname_in_profile_dir(abi: u32) {
     let Some(out_dir) = std::env::var_os("OUT_DIR") else {
         return;
     };
     // OUT_DIR is <target>/<profile>/build/lockstep-<hash>/out.
-    let Some(profile_dir) = Path::new(&out_dir).ancestors().nth(3) else {
+    let mut up = Path::new(&out_dir).ancestors();
+    if up.nth(2).and_then(Path::file_name) != Some("build".as_ref()) {
+        return;
+    }
+    let Some(profile_dir) = up.next() else {
         return;
     };
     let link = profile_dir.join(format!("liblockstep.so.{abi}"));
