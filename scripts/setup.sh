@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   nginx nginx-dev                    # the nginx module (built against Debian's nginx sources)
   libpcre2-dev zlib1g-dev            # what nginx's configure needs to build a module
   postgresql   # the data server's PostgreSQL backend: tests start throwaway clusters (initdb/pg_ctl)
+  sqlite3      # tests that reach into a live data server's SQLite database (audit atomicity, readiness)
   chromium fonts-dejavu-core   # the admin page's browser test (Playwright drives the system Chromium)
   php-parser   # PHP-Parser for php-src's gen_stub.php (the extension's arginfo check)
   dpkg-dev systemd   # the .deb: dpkg-architecture, and systemd-analyze verify of its unit

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::audit::{self, AuditEntry};
 use crate::clock::{format_duration_us, format_us};
 use crate::metrics::Metrics;
-use crate::store::{Change, IntervalChange, PinChange, Store, StoreError};
+use crate::store::{Change, IntervalChange, PinChange, RollbackOutcome, Store, StoreError};
 use crate::tokens::{Scope, Tokens};
 use crate::{clock, farm, metrics, proof};
 
@@ -265,30 +265,31 @@ impl FromRequestParts<Shared> for Reader {
     }
 }
 
-/// Records a change in the audit log and logs it at info, after it committed. A failure to
-/// record it is logged at error with the whole entry, and the answer still says what was
-/// done: an error would tell the client that a change it made had not happened.
-async fn audit(state: &AppState, admin: &Admin, action: &str, summary: String) {
-    let entry = AuditEntry {
+/// The audit entry of a change `admin` makes now. The store writes it in the change's own
+/// transaction (see [`crate::store::AuditOf`]), so a change never commits without it.
+fn audit_entry(admin: &Admin, action: &str, summary: &str) -> AuditEntry {
+    AuditEntry {
         id: 0,
         at_us: clock::now_us(),
         who: admin.who.clone(),
         action: action.to_owned(),
-        summary: audit::clip(&summary, audit::MAX_SUMMARY_BYTES),
+        summary: audit::clip(summary, audit::MAX_SUMMARY_BYTES),
         peer: admin.peer.clone(),
-    };
-    tracing::info!(who = %entry.who, peer = %entry.peer, action, "{}", entry.summary);
-    let store = state.store.clone();
-    let e = entry.clone();
-    if let Err(err) = blocking(move || store.record_audit(&e)).await {
-        tracing::error!(
-            who = %entry.who,
-            peer = %entry.peer,
-            action,
-            "the audit log did not record this change ({}): {}",
-            err.message,
-            entry.summary
-        );
+    }
+}
+
+/// `base` with another summary.
+fn summarised(base: &AuditEntry, summary: &str) -> AuditEntry {
+    AuditEntry {
+        summary: audit::clip(summary, audit::MAX_SUMMARY_BYTES),
+        ..base.clone()
+    }
+}
+
+/// Logs a change at info once it committed with its audit entry.
+fn log_change(entry: Option<AuditEntry>) {
+    if let Some(e) = entry {
+        tracing::info!(who = %e.who, peer = %e.peer, action = %e.action, "{}", e.summary);
     }
 }
 
@@ -600,14 +601,20 @@ async fn apply_or_schedule(
     match at {
         Some(at) => {
             let effective = parse_time(&at)?;
+            let base = audit_entry(admin, &format!("schedule-{action}"), "");
+            let audit_of = move |live: &i64| {
+                let summary = format!(
+                    "{what} at {}, live at {}",
+                    clock::format_us(effective),
+                    clock::format_us(*live)
+                );
+                Some(summarised(&base, &summary))
+            };
+            let of = audit_of.clone();
             let live =
-                blocking(move || store.schedule(&change, effective, &who, clock::now_us())).await?;
-            let summary = format!(
-                "{what} at {}, live at {}",
-                clock::format_us(effective),
-                clock::format_us(live)
-            );
-            audit(state, admin, &format!("schedule-{action}"), summary).await;
+                blocking(move || store.schedule(&change, effective, &who, clock::now_us(), &of))
+                    .await?;
+            log_change(audit_of(&live));
             Ok(write_response(
                 1,
                 Some(live),
@@ -619,15 +626,16 @@ async fn apply_or_schedule(
             ))
         }
         None => {
+            let entry = audit_entry(admin, action, &what);
+            let audit_of = move |changed: &u64| (*changed > 0).then(|| entry.clone());
+            let of = audit_of.clone();
             let (changed, sync) = blocking(move || {
-                let changed = store.apply(&[change], &who, clock::now_us())?;
+                let changed = store.apply(&[change], &who, clock::now_us(), &of)?;
                 Ok((changed, store.sync_table()?))
             })
             .await?;
             let live = sync.activation_time_us.saturating_add(sync.interval_us);
-            if changed > 0 {
-                audit(state, admin, action, what).await;
-            }
+            log_change(audit_of(&changed));
             Ok(write_response(
                 changed,
                 Some(live),
@@ -687,9 +695,14 @@ async fn admin_import(
     }
     let n = changes.len();
     let store = state.store.clone();
-    let changed = blocking(move || store.apply(&changes, "import", clock::now_us())).await?;
-    let summary = format!("{n} entries, {changed} changed production");
-    audit(&state, &admin, "import", summary).await;
+    let base = audit_entry(&admin, "import", "");
+    let audit_of = move |changed: &u64| {
+        let summary = format!("{n} entries, {changed} changed production");
+        Some(summarised(&base, &summary))
+    };
+    let of = audit_of.clone();
+    let changed = blocking(move || store.apply(&changes, "import", clock::now_us(), &of)).await?;
+    log_change(audit_of(&changed));
     Ok(write_response(
         changed,
         None,
@@ -710,11 +723,15 @@ async fn admin_interval(
         .map(|w| parse_duration_us("min_window", w))
         .transpose()?;
     let store = state.store.clone();
+    let base = audit_entry(&admin, "interval", "");
+    let audit_of = move |c: &IntervalChange| {
+        (c.before != c.after).then(|| summarised(&base, &interval_message(c)))
+    };
+    let of = audit_of.clone();
     let change =
-        blocking(move || store.set_interval(Some(interval), window, clock::now_us())).await?;
-    if change.before != change.after {
-        audit(&state, &admin, "interval", interval_message(&change)).await;
-    }
+        blocking(move || store.set_interval_audited(Some(interval), window, clock::now_us(), &of))
+            .await?;
+    log_change(audit_of(&change));
     Ok(Json(IntervalResponse {
         sync: change.after,
         previous_activation_us: change.before.activation_time_us,
@@ -760,6 +777,13 @@ async fn admin_rollback(
 ) -> ApiResult<Json<RollbackResponse>> {
     let req: RollbackRequest = parse_json(body)?;
     let store = state.store.clone();
+    let base = audit_entry(&admin, "rollback", "");
+    let target = req.version;
+    let audit_of = move |out: &RollbackOutcome| {
+        out.version
+            .map(|_| summarised(&base, &rollback_message(target, out)))
+    };
+    let of = audit_of.clone();
     let out = blocking(move || {
         store.rollback(
             req.version,
@@ -767,39 +791,39 @@ async fn admin_rollback(
             req.discard_edits,
             "rollback",
             clock::now_us(),
+            &of,
         )
     })
     .await?;
-    let at = format_us(out.activation_time_us);
-    let keys =
-        out.production.added.len() + out.production.removed.len() + out.production.changed.len();
-    let message = match out.version {
-        Some(v) => format!(
-            "version {v} has the content of version {}; it goes live at {at}; production \
-             changed in {keys} keys",
-            req.version
-        ),
-        None if keys == 0 => format!(
-            "dry run: production already has the content of version {}; a rollback would only \
-             stage it for {at}",
-            req.version
-        ),
-        None => format!(
-            "dry run: a rollback to version {} would change {keys} production keys and stage it \
-             for {at}",
-            req.version
-        ),
-    };
-    if out.version.is_some() {
-        audit(&state, &admin, "rollback", message.clone()).await;
-    }
+    log_change(audit_of(&out));
     Ok(Json(RollbackResponse {
         version: out.version,
         dry_run: req.dry_run,
         live_by_us: out.activation_time_us,
+        message: rollback_message(req.version, &out),
         production: out.production,
-        message,
     }))
+}
+
+/// What a rollback to `target` did, or with a dry run would do, in one sentence.
+fn rollback_message(target: u64, out: &RollbackOutcome) -> String {
+    let at = format_us(out.activation_time_us);
+    let keys =
+        out.production.added.len() + out.production.removed.len() + out.production.changed.len();
+    match out.version {
+        Some(v) => format!(
+            "version {v} has the content of version {target}; it goes live at {at}; production \
+             changed in {keys} keys"
+        ),
+        None if keys == 0 => format!(
+            "dry run: production already has the content of version {target}; a rollback would \
+             only stage it for {at}"
+        ),
+        None => format!(
+            "dry run: a rollback to version {target} would change {keys} production keys and \
+             stage it for {at}"
+        ),
+    }
 }
 
 async fn admin_pin(
@@ -828,9 +852,12 @@ async fn pin(
     let req: PinChange = parse_json(body)?;
     let version = req.version;
     let store = state.store.clone();
-    blocking(move || store.pin(version, pinned)).await?;
     let action = if pinned { "pin" } else { "unpin" };
-    audit(&state, &admin, action, format!("version {version}")).await;
+    let entry = audit_entry(&admin, action, &format!("version {version}"));
+    let audit_of = move |_: &()| Some(entry.clone());
+    let of = audit_of.clone();
+    blocking(move || store.pin(version, pinned, &of)).await?;
+    log_change(audit_of(&()));
     let message = match pinned {
         true => format!("version {version} is pinned: retention keeps its content"),
         false => format!(

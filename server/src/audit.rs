@@ -1,9 +1,9 @@
 //! The audit log: every change an admin makes (edits, deletes, imports, schedules, rollbacks,
 //! interval changes), who made it (the token's name), when, and from which address.
 //!
-//! An entry is written in its own durable transaction right after the change commits and
-//! before the answer leaves, so an acknowledged change has its entry unless the data server
-//! dies in between or the database fails that write; then the entry is in the error log.
+//! An entry is written in the change's own transaction (see [`crate::store::AuditOf`]): a
+//! change and its entry commit together, and when the entry cannot be written the change fails
+//! and nothing changes.
 
 use serde::{Deserialize, Serialize};
 

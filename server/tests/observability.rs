@@ -306,3 +306,59 @@ fn a_silent_member_is_greyed_stale_then_expires_from_the_farm_view() {
         "it left after {gone:?}, before --farm-expiry"
     );
 }
+
+/// Runs SQL on a live data server's SQLite database, as another process would.
+fn sqlite3(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (Debian's sqlite3 package; scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A change and its audit entry are one: when the entry cannot be written, the change does not
+/// happen either (the admin gets an error and production keeps its value), and every change
+/// that did happen has its entry.
+#[test]
+fn a_change_commits_with_its_audit_entry_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let s = Server::start(&db, &["--interval", "1s", "--min-window", "500ms"]);
+    ok(&s, &["put", "price", "1"]);
+    assert_eq!(audit(&s).len(), 1);
+    // The audit table refuses every row from now on.
+    sqlite3(
+        &db,
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit \
+         BEGIN SELECT RAISE(ABORT, 'audit refused by the test'); END;",
+    );
+    let refused = lockstep(&s, TOKEN, &["put", "price", "2"]);
+    assert!(
+        !refused.status.success(),
+        "a put whose audit entry failed was acknowledged"
+    );
+    let interval = lockstep(&s, TOKEN, &["interval", "2s"]);
+    assert!(
+        !interval.status.success(),
+        "an interval change without its audit entry"
+    );
+    let key = admin_get(&s, "/v1/admin/key?key=price");
+    assert_eq!(key["value"], "1", "production changed without its entry: {key}");
+    let status = admin_get(&s, "/v1/admin/status");
+    assert_eq!(status["sync"]["interval_us"], 1_000_000, "{status:#}");
+    sqlite3(&db, "DROP TRIGGER refuse_audit;");
+    ok(&s, &["put", "price", "2"]);
+    let entries = audit(&s);
+    let summaries: Vec<&str> = entries
+        .iter()
+        .rev()
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(summaries, ["price = 1", "price = 2"], "{entries:#?}");
+}

@@ -61,6 +61,16 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The audit entry a change makes of what it did (`None`: nothing to record, such as a put of
+/// the value production already had). It runs inside the change's transaction, so the change
+/// and its entry commit together; it may run twice, like any write (see [`Store::write`]).
+pub type AuditOf<'a, T> = &'a dyn Fn(&T) -> Option<AuditEntry>;
+
+/// For a change that no admin made.
+pub fn unaudited<T>(_: &T) -> Option<AuditEntry> {
+    None
+}
+
 /// A change of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -362,6 +372,22 @@ impl Store {
         out
     }
 
+    /// One durable write transaction that also writes the audit entry `audit` makes of its
+    /// result, if any: a change and its entry commit together or not at all.
+    fn write_audited<T>(
+        &self,
+        audit: AuditOf<T>,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<T>,
+    ) -> Result<T> {
+        self.write(|tx| {
+            let out = f(tx)?;
+            if let Some(entry) = audit(&out) {
+                tx.insert_audit(&entry)?;
+            }
+            Ok(out)
+        })
+    }
+
     /// The sync table read within the last few milliseconds, if no rotation is due yet (see
     /// [`crate::sync_cache`]).
     pub fn recent_sync_table(&self, now_us: i64) -> Option<SyncTable> {
@@ -521,9 +547,16 @@ impl Store {
         Ok(true)
     }
 
-    /// Validates nothing: callers check key and value limits first.
-    pub fn apply(&self, changes: &[Change], by: &str, now_us: i64) -> Result<u64> {
-        self.write(|tx| {
+    /// Validates nothing: callers check key and value limits first. Returns how many changes
+    /// changed production.
+    pub fn apply(
+        &self,
+        changes: &[Change],
+        by: &str,
+        now_us: i64,
+        audit: AuditOf<u64>,
+    ) -> Result<u64> {
+        self.write_audited(audit, |tx| {
             let mut changed = 0u64;
             for c in changes {
                 changed += u64::from(tx.write_production(c, by, now_us)?);
@@ -544,6 +577,7 @@ impl Store {
         effective_us: i64,
         by: &str,
         now_us: i64,
+        audit: AuditOf<i64>,
     ) -> Result<i64> {
         if effective_us < now_us {
             return Err(StoreError::BadRequest(
@@ -553,7 +587,7 @@ impl Store {
         // As for a rollback: a due rotation first, so a restage never rebuilds a version
         // that every client has already switched to.
         self.rotate_if_due(now_us, by)?;
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             let (sync, _) = tx.sync()?;
             let id = tx.insert_scheduled(effective_us, change, by, now_us)?;
             if effective_us > sync.activation_time_us {
@@ -593,12 +627,24 @@ impl Store {
         min_window_us: Option<i64>,
         now_us: i64,
     ) -> Result<IntervalChange> {
+        self.set_interval_audited(interval_us, min_window_us, now_us, &unaudited)
+    }
+
+    /// [`Store::set_interval`], with the audit entry `audit` makes of the change written in
+    /// its transaction.
+    pub fn set_interval_audited(
+        &self,
+        interval_us: Option<i64>,
+        min_window_us: Option<i64>,
+        now_us: i64,
+        audit: AuditOf<IntervalChange>,
+    ) -> Result<IntervalChange> {
         // The activation that is due belongs to the old interval: perform it first. Best
         // effort: `serve` sets the interval before it repairs a wedged activation time (one
         // already in the rotation log), whose rotation cannot commit until then; a database
         // out of reach fails the write below all the same.
         let _ = self.rotate_if_due(now_us, "interval");
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             let (before, _) = tx.sync()?;
             let interval = interval_us.unwrap_or(before.interval_us);
             let window = match min_window_us {
@@ -665,6 +711,7 @@ impl Store {
         discard_edits: bool,
         by: &str,
         now_us: i64,
+        audit: AuditOf<RollbackOutcome>,
     ) -> Result<RollbackOutcome> {
         // A rotation that is due has happened for every client already, whether or not a
         // check-in has performed it here yet: perform it first, so that this rollback stages
@@ -672,7 +719,7 @@ impl Store {
         if !dry_run {
             self.rotate_if_due(now_us, by)?;
         }
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             let content = staging::version_content(tx, version)?;
             let production = key_changes(&tx.production()?, &content);
             let (sync, _) = tx.sync()?;
@@ -917,8 +964,8 @@ impl Store {
     }
 
     /// Pins a version (retention keeps its content) or unpins it.
-    pub fn pin(&self, version: u64, pinned: bool) -> Result<()> {
-        self.write(|tx| {
+    pub fn pin(&self, version: u64, pinned: bool, audit: AuditOf<()>) -> Result<()> {
+        self.write_audited(audit, |tx| {
             if pinned {
                 if let Some(at) = tx.version_pruned(version)? {
                     return Err(StoreError::Conflict(format!(
@@ -996,11 +1043,6 @@ impl Store {
             .farm_expiry_us
             .load(std::sync::atomic::Ordering::Relaxed);
         configured.max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
-    }
-
-    /// Records an audit entry in a durable transaction of its own.
-    pub fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
-        self.write_with(Durability::Full, |tx| tx.insert_audit(entry))
     }
 
     /// The newest `limit` audit entries, newest first.

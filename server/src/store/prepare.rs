@@ -137,7 +137,13 @@ mod tests {
 
     fn put(s: &Store, value: &str) {
         let change = Change::Put(b"price".to_vec(), value.as_bytes().to_vec());
-        s.apply(&[change], "test", crate::clock::now_us()).unwrap();
+        s.apply(
+            &[change],
+            "test",
+            crate::clock::now_us(),
+            &super::super::unaudited,
+        )
+        .unwrap();
     }
 
     fn staged_price(s: &Store) -> Vec<u8> {
