@@ -349,7 +349,10 @@ fn a_change_commits_with_its_audit_entry_or_not_at_all() {
         "an interval change without its audit entry"
     );
     let key = admin_get(&s, "/v1/admin/key?key=price");
-    assert_eq!(key["value"], "1", "production changed without its entry: {key}");
+    assert_eq!(
+        key["value"], "1",
+        "production changed without its entry: {key}"
+    );
     let status = admin_get(&s, "/v1/admin/status");
     assert_eq!(status["sync"]["interval_us"], 1_000_000, "{status:#}");
     sqlite3(&db, "DROP TRIGGER refuse_audit;");
@@ -361,4 +364,43 @@ fn a_change_commits_with_its_audit_entry_or_not_at_all() {
         .map(|e| e["summary"].as_str().unwrap())
         .collect();
     assert_eq!(summaries, ["price = 1", "price = 2"], "{entries:#?}");
+
+    // The text listing, as people read it: newest first, one line each, when, who, what, from
+    // where and the summary.
+    let text = ok(&s, &["audit"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    // An RFC 3339 UTC time to the millisecond, like 2026-11-27T19:07:04.479Z.
+    let when = fields[0].as_bytes();
+    assert!(
+        when.len() == 24 && when[10] == b'T' && when[23] == b'Z',
+        "{text}"
+    );
+    assert_eq!(fields[1..3], ["admin", "put"], "{text}");
+    assert!(fields[3].starts_with("127.0.0.1:"), "{text}");
+    assert_eq!(fields[4..].join(" "), "price = 2", "{text}");
+    assert!(lines[1].ends_with("price = 1"), "{text}");
+    assert_eq!(ok(&s, &["audit", "--limit", "1"]).lines().count(), 1);
+}
+
+/// Readiness on SQLite: a database that no longer answers the read readiness makes (its sync
+/// table gone, as after a bad manual edit) makes the server not ready, saying why, while
+/// liveness stays up; it is ready again once the table is back.
+#[test]
+fn readiness_on_sqlite_says_why_when_the_database_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let s = Server::start(&db, &["--interval", "1s", "--min-window", "500ms"]);
+    let ready = format!("{}/v1/ready", s.url);
+    let health = format!("{}/v1/health", s.url);
+    assert_eq!(get(&ready, None, &[]).status, 200);
+    sqlite3(&db, "ALTER TABLE sync RENAME TO sync_away;");
+    let down = get(&ready, None, &[]);
+    assert_eq!(down.status, 503, "{}", String::from_utf8_lossy(&down.body));
+    let why = down.json()["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("database") && why.contains("sync"), "{why}");
+    assert_eq!(get(&health, None, &[]).status, 200);
+    sqlite3(&db, "ALTER TABLE sync_away RENAME TO sync;");
+    assert_eq!(get(&ready, None, &[]).status, 200);
 }
