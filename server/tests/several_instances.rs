@@ -489,5 +489,8 @@ fn an_edit_whose_commit_loses_its_connection_runs_again_once_the_database_says_i
         "the edit whose commit's connection (backend {killed}) was cut: {}",
         String::from_utf8_lossy(&answer.body)
     );
-    assert!(production(&s).contains("price"), "the edit is not in production");
+    assert!(
+        production(&s).contains("price"),
+        "the edit is not in production"
+    );
 }
