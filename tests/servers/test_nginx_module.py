@@ -312,3 +312,43 @@ def test_a_refused_token_is_logged_once_per_worker_and_clearly_never_as_unreacha
             d.stop()
     finally:
         server.stop()
+
+
+def test_nginx_over_https_with_lockstep_ca_file_and_another_ca_refused(nginx_bin, workdir):
+    from tls_proxy import TlsProxy, make_ca
+    server = Server(workdir)
+    ca, cert, key = make_ca(workdir / "pki", "farm")
+    other_ca, _, _ = make_ca(workdir / "pki", "other")
+    for f in os.listdir(workdir / "pki"):
+        os.chmod(workdir / "pki" / f, 0o644)  # the workers run as nobody
+    os.chmod(workdir / "pki", 0o755)
+    proxy = TlsProxy(cert, key, server.url)
+    try:
+        server.put("price:apple", "1.25")
+        server.wait_active("price:apple", "1.25")
+        for name, ca_file, expect in (("right", ca, 200), ("wrong", other_ca, 503)):
+            conf_dir = workdir / name
+            conf_dir.mkdir()
+            port = free_port()
+            conf = render(TEMPLATE, conf_dir / "nginx.conf", MODULE=MODULE, DIR=conf_dir,
+                          PORT=port, URL=proxy.url, CACHE=host_cache(conf_dir, "nobody"))
+            conf.write_text(conf.read_text().replace(
+                "lockstep_bootstrap_wait 5s;",
+                f"lockstep_bootstrap_wait 5s; lockstep_ca_file {ca_file};"))
+            os.chmod(conf_dir, 0o755)
+            d = Daemon([nginx_bin, "-c", str(conf), "-p", str(conf_dir)], conf_dir / "nginx.out")
+            try:
+                assert wait_for(lambda: fetch(port, "/version")[0] == 200, timeout=20)
+                status, body, _ = fetch(port, "/prices/price:apple")
+                assert status == expect, (name, status, body,
+                                          (conf_dir / "nginx-error.log").read_text()[-2000:])
+                if expect == 200:
+                    assert body == b"1.25"
+                else:
+                    _, status_json, _ = fetch(port, "/lockstep-status")
+                    assert b"certificate" in status_json.lower(), status_json
+            finally:
+                d.stop()
+    finally:
+        proxy.stop()
+        server.stop()
