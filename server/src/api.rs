@@ -57,6 +57,8 @@ pub struct AppState {
     pub tokens: Arc<arc_swap::ArcSwap<Tokens>>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Bounds the farm rows of check-ins that carry no token.
+    pub open_farm: crate::farm_cap::OpenFarm,
 }
 
 type Shared = Arc<AppState>;
@@ -114,6 +116,13 @@ impl From<StoreError> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
+        let mut source: Option<&dyn std::error::Error> = Some(&r);
+        while let Some(e) = source {
+            if e.is::<crate::listen::BodyTimeout>() {
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string());
+            }
+            source = e.source();
+        }
         ApiError::new(
             r.status(),
             format!("request body rejected: {}", r.body_text()),
@@ -300,6 +309,13 @@ fn shown(bytes: &[u8]) -> String {
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let body = body?;
+    // serde reads a struct from an array too (["a","b"] as key a, value b): every request
+    // body is an object, and nothing else is accepted.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object, like {\"key\": \"k\", \"value\": \"v\"}",
+        ));
+    }
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }
 
@@ -494,7 +510,13 @@ async fn checkin_answer(
     if let Some(row) = proof::row_of_checkin(&q, now) {
         state.store.record_switch(row);
     }
-    state.store.record_checkin(farm::members_of_checkin(q, now));
+    let members = farm::members_of_checkin(q, now);
+    let members = if state.tokens.load().has_read() {
+        members
+    } else {
+        state.open_farm.admit(members, now)
+    };
+    state.store.record_checkin(members);
     let etag = sync.etag();
     let etag_header = (
         header::ETAG,
@@ -843,13 +865,20 @@ async fn admin_unpin(
 }
 
 /// Pins or unpins a version: retention keeps a pinned version's content.
+/// What a pin or unpin request may hold: the answer's other fields are not inputs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    version: u64,
+}
+
 async fn pin(
     state: Shared,
     admin: Admin,
     body: Result<Bytes, BytesRejection>,
     pinned: bool,
 ) -> ApiResult<Json<PinChange>> {
-    let req: PinChange = parse_json(body)?;
+    let req: PinRequest = parse_json(body)?;
     let version = req.version;
     let store = state.store.clone();
     let action = if pinned { "pin" } else { "unpin" };

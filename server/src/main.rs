@@ -8,6 +8,8 @@ mod clock;
 mod demo;
 mod downloads;
 mod farm;
+mod farm_cap;
+mod listen;
 mod metrics;
 mod proof;
 mod rotation;
@@ -17,7 +19,6 @@ mod tokens;
 mod ui;
 mod version_cache;
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -122,12 +123,28 @@ struct ServeArgs {
     /// Largest request body, bytes (imports).
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
+    /// Longest time a client may take to send a request's head, and longest a connection
+    /// may sit idle between requests.
+    #[arg(long, default_value = "20s")]
+    header_timeout: String,
+    /// Longest time a client may take to send a request's body.
+    #[arg(long, default_value = "60s")]
+    body_timeout: String,
+    /// Most farm members check-ins without a token may show (counted over --farm-expiry);
+    /// beyond it a new one is answered but left out of the farm view. Only when reads need
+    /// no token.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_open_farm_members: u64,
+    /// Connections open at once; more wait until one closes. Lowered to fit the open-file
+    /// limit (raised to its hard limit at start).
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the data server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Set a key in production, now or at a time (RFC 3339).
     Put {
         key: String,
@@ -274,10 +291,39 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let farm_expiry_us = clock::parse_duration_us(&args.farm_expiry)
         .map_err(|e| format!("bad --farm-expiry: {e}; write it like 90s, 10m or 1h"))?;
+    let max_open_farm_members = args.max_open_farm_members as usize;
     let location = store::Location::parse(&args.db);
     let limits = api::Limits {
         max_key_bytes: args.max_key_bytes,
         max_value_bytes: args.max_value_bytes,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let open_files = listen::raise_nofile_limit();
+    let mut max_connections = args.max_connections;
+    if let Some(n) = open_files {
+        // Descriptors beyond connections: the database, its journal, log, listener.
+        let room = n.saturating_sub(64).max(1);
+        if max_connections > room {
+            tracing::warn!(
+                "--max-connections {max_connections} is above what {n} open files allow: \
+                 using {room}"
+            );
+            max_connections = room;
+        }
+    }
+    tracing::info!(
+        open_files = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        max_connections,
+        "open-file limit raised to the hard limit"
+    );
+    let conn_limits = listen::ConnLimits {
+        header_timeout: clock::parse_duration_us(&args.header_timeout)
+            .map(|us| Duration::from_micros(us as u64))
+            .map_err(|e| format!("bad --header-timeout: {e}; write it like 20s"))?,
+        body_timeout: clock::parse_duration_us(&args.body_timeout)
+            .map(|us| Duration::from_micros(us as u64))
+            .map_err(|e| format!("bad --body-timeout: {e}; write it like 60s"))?,
+        max_connections: max_connections as usize,
         max_body_bytes: args.max_body_bytes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -288,10 +334,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     // shut down on a runtime of their own, which cannot start inside another.
     let opened: Arc<OnceLock<Arc<store::Store>>> = Arc::default();
     let served = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = listen::bind(&args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "serving plain HTTP on an address other hosts reach: tokens and data cross \
+                 the network in clear; put a TLS-terminating proxy in front or listen on loopback"
+            );
+        }
         // Installed before the server says it listens: SIGHUP's default would end it.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -349,11 +402,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 async move { until_ready(&ready, &waiting, req).await }
             })
         };
-        // Peers' addresses reach the handlers, for the audit log and the logs.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .into_future();
+        let server = listen::serve(listener, listen::Plain, app, conn_limits, shutdown_signal());
         let flusher = Mutex::new(None);
         let becoming_ready = async {
             let result = match early {
@@ -375,6 +424,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 tokens: tokens.clone(),
                 limits,
                 metrics: Arc::default(),
+                open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");
@@ -385,7 +435,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             std::future::pending::<Result<(), String>>().await
         };
         let result = tokio::select! {
-            served = server => served.map_err(|e| format!("server failed: {e}")),
+            () = server => Ok(()),
             failed = becoming_ready => failed,
         };
         if let Some(flusher) = flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -725,7 +775,7 @@ fn main() -> ExitCode {
     let json = args.json;
     init_logs(args.log_format);
     let result = match args.command {
-        Command::Serve(serve_args) => serve(serve_args),
+        Command::Serve(serve_args) => serve(*serve_args),
         Command::Migrate { from, to } => migrate(&from, &to),
         Command::Backup { file, db } => backup::backup(&db, &file).map(|done| {
             println!(

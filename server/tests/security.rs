@@ -20,8 +20,35 @@ struct Logged {
 
 impl Logged {
     fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Logged {
+        Self::start_limited(dir, extra, env, None)
+    }
+
+    /// Like [`Logged::start`], with the soft open-file limit a service manager might leave.
+    fn start_limited(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        soft_nofile: Option<u64>,
+    ) -> Logged {
+        use std::os::unix::process::CommandExt;
         let log = dir.join("server.log");
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        if let Some(soft) = soft_nofile {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("serve")
             .arg("--db")
             .arg(dir.join("db.sqlite"))
@@ -316,4 +343,353 @@ fn open_check_ins_are_warned_about_at_start() {
     let s = Logged::start(dir.path(), &[], &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")]);
     assert_eq!(checkin_status(&s.server, None), 200);
     assert!(s.log().contains("no read token"), "{}", s.log());
+}
+
+/// Sends `head` on a fresh connection and returns what comes back within `wait` (the
+/// status line's code, or 0 for nothing), and how long it took.
+fn raw(url: &str, head: &str, wait: Duration) -> (u16, Duration, String) {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let started = Instant::now();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, started.elapsed(), text)
+}
+
+fn post_head(path: &str, token: Option<&str>, length: u64) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_declared_body_that_never_comes_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(
+        dir.path(),
+        &["--body-timeout", "1s"],
+        &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
+    );
+    let wait = Duration::from_secs(10);
+    let url = &s.server.url;
+    // Declared beyond --max-body-bytes: refused from the head alone, token or not.
+    for token in [None, Some("a-secret")] {
+        let (code, took, text) = raw(url, &post_head("/v1/admin/put", token, 10 << 30), wait);
+        assert_eq!(code, 413, "{text}");
+        assert!(text.contains("--max-body-bytes"), "{text}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    // Within the limit but without a token: refused before any of it is read.
+    let (code, took, text) = raw(url, &post_head("/v1/admin/put", None, 1 << 20), wait);
+    assert_eq!(code, 401, "{text}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (code, _, text) = raw(
+        url,
+        &post_head("/v1/admin/put", Some("wrong"), 1 << 20),
+        wait,
+    );
+    assert_eq!(code, 403, "{text}");
+    // With the token, the body has --body-timeout to arrive.
+    let (code, took, text) = raw(
+        url,
+        &post_head("/v1/admin/put", Some("a-secret"), 1 << 20),
+        wait,
+    );
+    assert_eq!(code, 408, "{text}");
+    assert!(text.contains("--body-timeout"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(checkin_status(&s.server, None), 200);
+}
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn big_bodies_without_a_token_are_never_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(dir.path(), &[], &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")]);
+    let pid = s.server.child.id();
+    // A few requests first, so the baseline includes the runtime's warm-up.
+    for _ in 0..5 {
+        assert_eq!(checkin_status(&s.server, None), 200);
+    }
+    let before = vm_rss_kb(pid);
+    let addr = s.server.url.strip_prefix("http://").unwrap().to_owned();
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let body = 60usize << 20;
+                let head = post_head("/v1/admin/import", None, body as u64);
+                c.write_all(head.as_bytes()).unwrap();
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..60 {
+                    // The server answers and closes without reading: writes then fail.
+                    if c.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let mut answer = vec![0u8; 512];
+                let n = c.read(&mut answer).unwrap_or(0);
+                String::from_utf8_lossy(&answer[..n]).into_owned()
+            })
+        })
+        .collect();
+    for h in senders {
+        let answer = h.join().unwrap();
+        // A reset may come before the answer is read; an answer, when read, is a 401.
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 401"),
+            "{answer}"
+        );
+    }
+    let after = vm_rss_kb(pid);
+    println!("RSS before {before} kB, after 16 x 60 MB unauthenticated bodies {after} kB");
+    assert!(
+        after < before + 100 * 1024,
+        "RSS grew from {before} kB to {after} kB"
+    );
+    assert_eq!(checkin_status(&s.server, None), 200);
+}
+
+fn raise_own_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+fn slow_and_idle_connections_do_not_starve_check_ins() {
+    use std::io::{Read, Write};
+    raise_own_nofile();
+    let dir = tempfile::tempdir().unwrap();
+    // The data server starts with a soft limit of 1024, as a default service would.
+    let s = Logged::start_limited(
+        dir.path(),
+        &["--header-timeout", "6s"],
+        &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
+        Some(1024),
+    );
+    let addr = s.server.url.strip_prefix("http://").unwrap().to_owned();
+    // Raised to the hard limit, and said so.
+    let open_files: u64 = s
+        .log()
+        .split("open_files=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no open_files figure: {}", s.log()));
+    assert!(open_files > 2400, "{open_files}");
+
+    let started = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Slowloris: a request head a byte at a time, never finished.
+    let slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /v1/checkin?name=slow HTTP/1.1\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    let dribble = {
+        let mut slow: Vec<_> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
+        std::thread::spawn(move || {
+            for _ in 0..14 {
+                for c in slow.iter_mut() {
+                    let _ = c.write_all(b"X");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let opened = started.elapsed();
+    println!("2200 connections opened in {opened:?}");
+    assert!(opened < Duration::from_secs(4), "opening took {opened:?}");
+    let mut took = Vec::new();
+    while took.len() < 100 {
+        let t = Instant::now();
+        // A new connection each time: accepting is what a full descriptor table breaks.
+        let r = agent()
+            .get(&format!(
+                "{}/v1/checkin?name=web-{}",
+                s.server.url,
+                took.len() % 10
+            ))
+            .call()
+            .expect("a check-in failed");
+        assert_eq!(r.status().as_u16(), 200);
+        took.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    println!(
+        "{} check-ins beside 2000 idle and 200 slowloris connections: median {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        p99,
+        took.last().unwrap()
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    dribble.join().unwrap();
+
+    // Past --header-timeout, the server has closed both kinds: a read sees the end.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    let closed = |c: &std::net::TcpStream| {
+        let mut c = c.try_clone().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        match c.read(&mut buf) {
+            Ok(0) => true,
+            // hyper may answer a timed-out head with a 408 before it closes.
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    for (i, c) in slow.iter().enumerate() {
+        assert!(closed(c), "slowloris connection {i} is still open");
+    }
+    for (i, c) in idle.iter().enumerate() {
+        assert!(closed(c), "idle connection {i} is still open");
+    }
+    assert_eq!(checkin_status(&s.server, None), 200);
+}
+
+#[test]
+fn anonymous_check_ins_cannot_bloat_the_farm() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(
+        dir.path(),
+        &[
+            "--max-open-farm-members",
+            "50",
+            "--interval",
+            "1s",
+            "--min-window",
+            "500ms",
+        ],
+        &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
+    );
+    let agent = agent();
+    for i in 0..300 {
+        let r = agent
+            .get(&format!(
+                "{}/v1/checkin?name=bot-{i}&host=h&pid={i}",
+                s.server.url
+            ))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let members = || {
+        let status = get(
+            &format!("{}/v1/admin/status", s.server.url),
+            Some("a-secret"),
+            &[],
+        );
+        status.json()["farm"].as_array().unwrap().len()
+    };
+    eventually("the first 50 are in the farm", || members() == 50);
+    // Members already in keep checking in.
+    let r = agent
+        .get(&format!(
+            "{}/v1/checkin?name=bot-0&host=h&pid=0",
+            s.server.url
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(members(), 50);
+    eventually("the refusals are logged", || {
+        s.log().contains("--max-open-farm-members")
+    });
+}
+
+#[test]
+fn plain_http_on_a_reachable_address_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(dir.path().join("db"))
+        .args(["--listen", "0.0.0.0:0"])
+        .env("LOCKSTEP_ADMIN_TOKEN", "a-secret")
+        .env("LOCKSTEP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    first_line(&mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = read(&dir.path().join("log"));
+    assert!(log.contains("plain HTTP"), "{log}");
+}
+
+#[test]
+fn management_bodies_have_exact_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(dir.path(), &[], &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")]);
+    assert_eq!(put_as(&s.server, "a-secret", "a", "1").status, 200);
+    let url = |p: &str| format!("{}/v1/admin/{p}", s.server.url);
+    for (path, body) in [
+        ("put", r#"["a","b"]"#),
+        ("put", r#"{"key":"a","value":"2","extra":1}"#),
+        ("put", r#""a""#),
+        ("delete", r#"["a"]"#),
+        ("import", r#"[[{"key":"a","value":"3"}]]"#),
+        ("import", r#"{"entries":[{"key":"a","value":"3","x":0}]}"#),
+        ("interval", r#"["1s"]"#),
+        ("rollback", r#"[1]"#),
+        ("pin", r#"[1]"#),
+        ("pin", r#"{"version":1,"pinned":false}"#),
+        ("unpin", r#"{"version":1,"message":"x"}"#),
+    ] {
+        let a = post(&url(path), Some("a-secret"), body.as_bytes());
+        assert_eq!(
+            a.status,
+            400,
+            "{path} {body}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(!a.json()["error"].as_str().unwrap().is_empty());
+    }
+    let key = get(&format!("{}?key=a", url("key")), Some("a-secret"), &[]);
+    assert!(
+        String::from_utf8_lossy(&key.body).contains("\"1\""),
+        "{}",
+        String::from_utf8_lossy(&key.body)
+    );
+    let audit = get(&url("audit"), Some("a-secret"), &[]).json();
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit:#}");
 }
