@@ -467,6 +467,8 @@ PHP_METHOD(Lockstep_Client, stats) {
   add_assoc_bool(return_value, "unconfirmed", s.unconfirmed != 0);
   add_assoc_long(return_value, "confirmed_us", (zend_long)s.confirmed_us);
   add_assoc_long(return_value, "cache_failures", (zend_long)s.cache_failures);
+  /* 0, or the status of the last retrieval failure: 7 unreachable, 10 token refused. */
+  add_assoc_long(return_value, "last_failure", (zend_long)s.last_failure);
   add_assoc_long(return_value, "pid", (zend_long)getpid());
 }
 
