@@ -707,8 +707,16 @@ async fn admin_import(
 ) -> ApiResult<Json<WriteResponse>> {
     let req: ImportRequest = parse_json(body)?;
     let mut changes = Vec::with_capacity(req.entries.len());
+    // A key given twice has no one value to import: refused rather than the last one winning.
+    let mut first_at = std::collections::HashMap::new();
     for (i, e) in req.entries.into_iter().enumerate() {
         let key = blob(&format!("entry {i}: key"), e.key)?;
+        if let Some(j) = first_at.insert(key.clone(), i) {
+            return Err(ApiError::bad_request(format!(
+                "entry {i}: key {} is given twice (entry {j} too)",
+                shown(&key)
+            )));
+        }
         let value = blob(&format!("entry {i}: value"), e.value)?;
         check_key(&state.limits, &key)
             .and_then(|_| check_value(&state.limits, &value))
@@ -906,9 +914,12 @@ async fn admin_status(_: Viewer, State(state): State<Shared>) -> ApiResult<Respo
     Ok(Json(blocking(move || store.status(clock::now_us())).await?).into_response())
 }
 
+/// Query strings are exact too: a misspelt parameter is a 400, not silently ignored, and a
+/// limit is at least 1.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LimitQuery {
-    limit: Option<u64>,
+    limit: Option<std::num::NonZeroU64>,
 }
 
 /// Versions `GET /v1/admin/history` lists without a `limit`.
@@ -921,11 +932,12 @@ async fn admin_history(
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let store = state.store.clone();
-    let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let limit = q.limit.map_or(DEFAULT_HISTORY_LIMIT, |n| n.get());
     Ok(Json(blocking(move || store.history(limit)).await?).into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DiffQuery {
     a: u64,
     b: u64,
@@ -942,10 +954,11 @@ async fn admin_diff(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysQuery {
     #[serde(default)]
     prefix: String,
-    limit: Option<usize>,
+    limit: Option<std::num::NonZeroUsize>,
 }
 
 async fn admin_keys(
@@ -955,7 +968,7 @@ async fn admin_keys(
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let store = state.store.clone();
-    let limit = q.limit.unwrap_or(10_000);
+    let limit = q.limit.map_or(10_000, |n| n.get());
     Ok(
         Json(blocking(move || store.production_list(q.prefix.as_bytes(), limit)).await?)
             .into_response(),
@@ -963,6 +976,7 @@ async fn admin_keys(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyQuery {
     key: Option<String>,
     key_b64: Option<String>,
@@ -1037,7 +1051,7 @@ async fn admin_activations(
     let Query(q) = query?;
     let limit = q
         .limit
-        .unwrap_or(DEFAULT_ACTIVATIONS_LIMIT)
+        .map_or(DEFAULT_ACTIVATIONS_LIMIT, |n| n.get())
         .min(MAX_ACTIVATIONS_LIMIT);
     let store = state.store.clone();
     Ok(Json(blocking(move || store.activations(limit, clock::now_us())).await?).into_response())
@@ -1052,7 +1066,10 @@ async fn admin_audit(
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).min(100_000);
+    let limit = q
+        .limit
+        .map_or(DEFAULT_AUDIT_LIMIT, |n| n.get())
+        .min(100_000);
     let store = state.store.clone();
     Ok(Json(blocking(move || store.audit(limit)).await?).into_response())
 }

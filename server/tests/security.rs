@@ -674,6 +674,10 @@ fn management_bodies_have_exact_shapes() {
         ("pin", r#"[1]"#),
         ("pin", r#"{"version":1,"pinned":false}"#),
         ("unpin", r#"{"version":1,"message":"x"}"#),
+        (
+            "import",
+            r#"{"entries":[{"key":"a","value":"4"},{"key":"a","value":"5"}]}"#,
+        ),
     ] {
         let a = post(&url(path), Some("a-secret"), body.as_bytes());
         assert_eq!(
@@ -683,6 +687,24 @@ fn management_bodies_have_exact_shapes() {
             String::from_utf8_lossy(&a.body)
         );
         assert!(!a.json()["error"].as_str().unwrap().is_empty());
+    }
+    for query in [
+        "history?limit=0",
+        "history?limt=5",
+        "audit?limit=0",
+        "activations?limit=0",
+        "keys?limit=0",
+        "keys?prefix=a&bogus=1",
+        "key?key=a&verison=1",
+        "diff?a=1&b=1&c=1",
+    ] {
+        let a = get(&url(query), Some("a-secret"), &[]);
+        assert_eq!(
+            a.status,
+            400,
+            "{query}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
     }
     let key = get(&format!("{}?key=a", url("key")), Some("a-secret"), &[]);
     assert!(
