@@ -505,17 +505,22 @@ impl Store {
             return Ok(false);
         }
         drop(held);
-        let Some(built) = self.read(|tx| {
+        let Some(mut built) = self.read(|tx| {
             let now = prepare::basis(tx, sync.activation_time_us)?;
             match now == basis {
-                true => prepare::prepare(tx, basis, clock::now_us()),
+                true => prepare::prepare(tx, basis, clock::now_us()).map(Some),
                 false => Ok(None),
             }
         })?
         else {
             return Ok(false);
         };
-        let mut built = built;
+        if built.keep {
+            // Remembered: an edit just before T then slips to the next version rather than
+            // having the rotation encode (see `rotation::rotate_if_due`).
+            *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
+            return Ok(false);
+        }
         // Stored now, in a durable transaction of its own, so that the rotation at T neither
         // writes nor syncs these bytes. (Batched, the fsync of SQLite's log would fall on the
         // rotation's commit instead.)

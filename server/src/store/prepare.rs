@@ -31,6 +31,20 @@ pub struct Basis {
     pub number: u64,
 }
 
+impl Basis {
+    /// Whether `now` differs from this basis only by production edits made since: then the
+    /// version built on this basis still holds every scheduled change due by the next
+    /// activation (given the same due changes, which the caller compares), and lacks only
+    /// the edits, which stay in production and go into the version staged after it.
+    pub fn slips_to(&self, now: &Basis) -> bool {
+        now.production_gen > self.production_gen
+            && Basis {
+                production_gen: now.production_gen,
+                ..*self
+            } == *now
+    }
+}
+
 /// A version encoded for a rotation.
 pub struct Prepared {
     pub basis: Basis,
@@ -48,6 +62,11 @@ pub struct Prepared {
     pub changes: Vec<u8>,
     /// When the bytes were stored ahead ([`super::backend::Tx::insert_blob`]), if they were.
     pub stored_us: Option<i64>,
+    /// The scheduled changes it includes (those due by `basis.next_us`).
+    pub due_ids: Vec<i64>,
+    /// No new version: the rotation keeps the staged version (production had not changed
+    /// since it was built); nothing else is set.
+    pub keep: bool,
 }
 
 /// How long before the activation time a data server builds the next version: the minimum
@@ -82,15 +101,31 @@ pub fn basis(tx: &mut dyn Tx, now_us: i64) -> Result<Basis> {
     })
 }
 
-/// Encodes the version the rotation of `basis` would stage; `None` if it would keep the
-/// staged version (production has not changed since it was built).
-pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Option<Prepared>> {
+/// Encodes the version the rotation of `basis` would stage; one with `keep` set if it would
+/// keep the staged version (production has not changed since it was built).
+pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Prepared> {
     let (sync, _) = tx.sync()?;
     let due = tx.pending_changes_until(basis.next_us)?;
+    let due_ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
     let production_gen = basis.production_gen + i64::from(!due.is_empty());
+    let keep = Prepared {
+        basis,
+        production_gen,
+        digest: String::new(),
+        bytes: Vec::new(),
+        size: 0,
+        checksum: 0,
+        entries: 0,
+        created_us: 0,
+        base: sync.staged_version,
+        changes: Vec::new(),
+        stored_us: None,
+        due_ids: due_ids.clone(),
+        keep: true,
+    };
     let (staged_digest, staged_gen) = super::staging::version_digest(tx, sync.staged_version)?;
     if staged_gen == production_gen {
-        return Ok(None);
+        return Ok(keep);
     }
     let mut content: Content = tx.production()?;
     for (_, change) in &due {
@@ -98,14 +133,14 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Option<Prep
     }
     let digest = format::content_digest(&content);
     if digest == staged_digest {
-        return Ok(None);
+        return Ok(keep);
     }
     let bytes = format::encode(basis.number, now_us, &content)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
     let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
-    Ok(Some(Prepared {
+    Ok(Prepared {
         basis,
         production_gen,
         digest,
@@ -117,7 +152,9 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Option<Prep
         base: sync.staged_version,
         changes,
         stored_us: None,
-    }))
+        due_ids,
+        keep: false,
+    })
 }
 
 #[cfg(test)]
@@ -170,17 +207,76 @@ mod tests {
         );
     }
 
+    /// Whether the version staged now was built ahead of the rotation that staged it (or is
+    /// the one staged before it), not encoded by it.
+    fn staged_built_ahead(s: &Store, t: i64) -> bool {
+        let sync = s.sync_table().unwrap();
+        let row = s.history(1).unwrap().remove(0);
+        row.info.version != sync.staged_version || row.info.created_us < t
+    }
+
     #[test]
-    fn a_version_built_ahead_is_not_stored_once_production_changed_after_it() {
+    fn an_edit_after_the_build_slips_to_the_next_version_and_the_rotation_does_not_encode() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         put(&s, "a");
         let t = s.sync_table().unwrap().activation_time_us;
         assert!(s.prepare_next(t - S).unwrap());
         put(&s, "b");
-        let (_, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(staged_price(&s), b"a");
+        assert!(staged_built_ahead(&s, t), "the rotation at T encoded");
+        // Still in production, so in the version staged next: live by the second activation.
+        let t2 = sync.activation_time_us;
+        let (_, rotated) = s.rotate_if_due(t2 + 1, "test").unwrap();
         assert!(rotated);
         assert_eq!(staged_price(&s), b"b");
+    }
+
+    #[test]
+    fn an_edit_after_nothing_was_to_build_slips_and_the_rotation_keeps_the_staged_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t0 = s.sync_table().unwrap().activation_time_us;
+        s.rotate_if_due(t0 + 1, "test").unwrap();
+        let sync = s.sync_table().unwrap();
+        let t = sync.activation_time_us;
+        // Production is the staged version's: nothing built, and that is remembered.
+        assert!(!s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        let (after, _) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert_eq!(
+            after.staged_version, sync.staged_version,
+            "the rotation encoded"
+        );
+        assert_eq!(staged_price(&s), b"a");
+        s.rotate_if_due(after.activation_time_us + 1, "test")
+            .unwrap();
+        assert_eq!(staged_price(&s), b"b");
+    }
+
+    #[test]
+    fn a_scheduled_change_due_next_never_slips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        // Due at the activation after T, scheduled after the build, with an edit as well.
+        let change = Change::Put(b"price".to_vec(), b"scheduled".to_vec());
+        s.schedule(
+            &change,
+            t + 5 * S,
+            "test",
+            crate::clock::now_us(),
+            &super::super::unaudited,
+        )
+        .unwrap();
+        put(&s, "b");
+        s.rotate_if_due(t + 1, "test").unwrap();
+        assert_eq!(staged_price(&s), b"scheduled");
     }
 
     fn blob_stored(s: &Store, checksum: u64) -> Option<i64> {
