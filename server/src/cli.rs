@@ -73,18 +73,32 @@ fn emit(text: &str) -> CliResult {
 }
 
 impl Cli {
+    /// A client that verifies an `https://` server against the system's roots.
     pub fn new(server: String, token: Option<String>, json: bool) -> Cli {
+        Self::with_ca_file(server, token, json, None).expect("the system roots need no file")
+    }
+
+    /// `ca_file`: the authorities an `https://` server is verified against; without it the
+    /// system's roots, which honour `SSL_CERT_FILE`.
+    pub fn with_ca_file(
+        server: String,
+        token: Option<String>,
+        json: bool,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Cli, CliError> {
+        let tls = lockstep::tls::config(ca_file).map_err(|e| CliError(format!("--{e}")))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(tls)
             .build()
             .into();
-        Cli {
+        Ok(Cli {
             agent,
             server: server.trim_end_matches('/').to_owned(),
             token,
             json,
-        }
+        })
     }
 
     fn auth(&self) -> Result<String, CliError> {

@@ -15,6 +15,7 @@ mod proof;
 mod rotation;
 mod store;
 mod sync_cache;
+mod tls;
 mod tokens;
 mod ui;
 mod version_cache;
@@ -49,6 +50,10 @@ struct Args {
         default_value = "http://127.0.0.1:7420"
     )]
     server: String,
+    /// Verify an https:// data server against the authorities in this PEM file instead of
+    /// the system's roots (which honour SSL_CERT_FILE).
+    #[arg(long, global = true, env = "LOCKSTEP_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     json: bool,
@@ -85,6 +90,13 @@ struct ServeArgs {
     /// interval; otherwise the database keeps its own.
     #[arg(long)]
     min_window: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM); SIGHUP loads it again, for new
+    /// connections. Needs --tls-key.
+    #[arg(long, env = "LOCKSTEP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LOCKSTEP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Named, scoped tokens, one a line: NAME SCOPE SECRET, SCOPE read or admin, SECRET
     /// plain or sha256:<hex>; '#' starts a comment. SIGHUP reloads it (a file that does not
     /// parse leaves the tokens as they were). Adds to the single-token options below.
@@ -256,6 +268,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         read_file: args.read_token_file.clone(),
     };
     let first_tokens = token_sources.load()?;
+    let tls = match tls::files(&args.tls_cert, &args.tls_key)? {
+        Some(files) => {
+            let resolver = tls::Resolver::new(files.load()?);
+            Some((files, resolver))
+        }
+        None => None,
+    };
     tracing::info!("tokens: {}", first_tokens.summary());
     if !first_tokens.has_read() {
         tracing::warn!(
@@ -338,7 +357,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        if !addr.ip().is_loopback() {
+        if tls.is_none() && !addr.ip().is_loopback() {
             tracing::warn!(
                 %addr,
                 "serving plain HTTP on an address other hosts reach: tokens and data cross \
@@ -348,7 +367,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         // Installed before the server says it listens: SIGHUP's default would end it.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-        tokio::spawn(reload_on_hangup(hangup, token_sources, tokens.clone()));
+        tokio::spawn(reload_on_hangup(
+            hangup,
+            token_sources,
+            tokens.clone(),
+            tls.clone(),
+        ));
 
         let waiting = Arc::new(Mutex::new(format!(
             "the data server is starting: the database {location} has not answered yet; \
@@ -393,7 +417,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             return Err(e);
         }
         // The one line on stdout, so scripts and tests that pass port 0 learn the port.
-        println!("lockstep: listening on http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("lockstep: listening on {scheme}://{addr}");
         let ready: Arc<OnceLock<axum::Router>> = Arc::default();
         let app = {
             let (ready, waiting) = (ready.clone(), waiting.clone());
@@ -402,7 +427,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 async move { until_ready(&ready, &waiting, req).await }
             })
         };
-        let server = listen::serve(listener, listen::Plain, app, conn_limits, shutdown_signal());
+        let server: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = match &tls {
+            Some((_, resolver)) => Box::pin(listen::serve(
+                listener,
+                tls::Tls::new(resolver.clone())?,
+                app,
+                conn_limits,
+                shutdown_signal(),
+            )),
+            None => Box::pin(listen::serve(
+                listener,
+                listen::Plain,
+                app,
+                conn_limits,
+                shutdown_signal(),
+            )),
+        };
         let flusher = Mutex::new(None);
         let becoming_ready = async {
             let result = match early {
@@ -633,13 +673,26 @@ fn migrate(from: &str, to: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP reloads the tokens; a set that fails to load leaves the old one in force.
+/// SIGHUP reloads the tokens and the TLS certificate; what fails to load leaves the old one
+/// in force.
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     sources: tokens::TokenSources,
     tokens: Arc<arc_swap::ArcSwap<tokens::Tokens>>,
+    tls: Option<(tls::CertFiles, Arc<tls::Resolver>)>,
 ) {
     while hangup.recv().await.is_some() {
+        if let Some((files, resolver)) = &tls {
+            match files.load() {
+                Ok(cert) => {
+                    resolver.replace(cert);
+                    tracing::info!("SIGHUP: TLS certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS certificate not reloaded, the old one stays: {e}")
+                }
+            }
+        }
         let load = {
             let sources = sources.clone();
             tokio::task::spawn_blocking(move || sources.load()).await
@@ -667,7 +720,7 @@ async fn shutdown_signal() {
 
 fn run_cli(args: Args) -> Result<(), CliError> {
     let token = std::env::var("LOCKSTEP_ADMIN_TOKEN").ok();
-    let cli = Cli::new(args.server, token, args.json);
+    let cli = Cli::with_ca_file(args.server, token, args.json, args.ca_file.as_deref())?;
     match args.command {
         Command::Serve(_)
         | Command::Demo(_)
