@@ -1379,8 +1379,9 @@ fn a_rotation_stages_a_version_built_before_its_activation_time() {
                 .unwrap()
                 .clone();
             assert_eq!(row["reason"], "rotation");
+            // Built for T (its time is T's, so that every instance makes the same bytes).
             assert!(
-                row["created_us"].as_i64() < rotation["activation_time_us"].as_i64(),
+                row["created_us"].as_i64() <= rotation["activation_time_us"].as_i64(),
                 "version {staged} was built at its rotation, not ahead: {row} {rotation}"
             );
             // Its bytes were stored before T too: the rotation wrote a row naming them.
@@ -1449,4 +1450,59 @@ fn an_edit_made_just_before_the_activation_time_is_live_by_the_second_activation
             );
         }
     });
+}
+
+#[test]
+fn instances_on_one_postgresql_database_store_the_version_built_ahead_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = Backend::Postgres.database(dir.path()) else {
+        return;
+    };
+    // Both build from 1 s before each activation time on, checking every 250 ms.
+    let servers = [
+        Server::start(&db, &["--interval", "2s", "--min-window", "1s"]),
+        Server::start(&db, &["--interval", "2s", "--min-window", "1s"]),
+    ];
+    let name = db.to_str().unwrap().rsplit('/').next().unwrap();
+    let blobs_for = |t: i64| {
+        common::postgres::cluster().unwrap().psql(
+            name,
+            &format!("SELECT count(*) FROM blobs WHERE for_us = {t}"),
+        )
+    };
+    for round in 0..3 {
+        let t = loop {
+            let sync = checkin(&servers[0], "probe").sync;
+            if sync.activation_time_us - now_us() > 1_300_000 {
+                break sync.activation_time_us;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        put(&servers[round % 2], "price", &format!("p{round}"));
+        // Both instances have built for T by now.
+        while now_us() < t - 150_000 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            blobs_for(t),
+            "1",
+            "the instances stored the version built for {t} more than once"
+        );
+        while now_us() < t + 50_000 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let staged = checkin(&servers[1], "probe").sync.staged_version;
+        let history = admin_get(&servers[0], "/v1/admin/history");
+        let row = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == staged)
+            .unwrap()
+            .clone();
+        assert!(
+            row["stored_ahead_us"].as_i64().is_some_and(|at| at < t),
+            "version {staged} was not stored ahead: {row}"
+        );
+    }
 }

@@ -29,6 +29,9 @@ pub enum Durability {
     /// May be lost in a crash, never corrupted: the farm view and download counts, written
     /// every second, which must not wait for a disk (see [`crate::farm`]).
     Batched,
+    /// Durable, in no order with the rotation (PostgreSQL takes no sync row lock): bytes
+    /// stored ahead, which the rotation checks for before it names them.
+    Unordered,
 }
 
 /// A row of `versions` as it is written: everything but the times set later.

@@ -508,7 +508,7 @@ impl Store {
         let Some(mut built) = self.read(|tx| {
             let now = prepare::basis(tx, sync.activation_time_us)?;
             match now == basis {
-                true => prepare::prepare(tx, basis, clock::now_us()).map(Some),
+                true => prepare::prepare(tx, basis).map(Some),
                 false => Ok(None),
             }
         })?
@@ -523,13 +523,17 @@ impl Store {
         }
         // Stored now, in a durable transaction of its own, so that the rotation at T neither
         // writes nor syncs these bytes. (Batched, the fsync of SQLite's log would fall on the
-        // rotation's commit instead.)
-        let stored = self.write_with(Durability::Full, |tx| {
+        // rotation's commit instead.) Unordered: PostgreSQL takes no sync row lock for it, as
+        // the rotation checks the basis and that the bytes are there before naming them.
+        let stored = self.write_with(Durability::Unordered, |tx| {
             let at = clock::now_us();
-            // Too late for its rotation, or built on a state that has moved on since: no
-            // rotation would name these bytes.
-            if at >= built.basis.due_us || prepare::basis(tx, built.basis.due_us)? != built.basis {
+            // Too late for its rotation: none would name these bytes.
+            if at >= built.basis.due_us {
                 return Ok(None);
+            }
+            // Every instance builds the same bytes for a basis: the first to store them does.
+            if let Some(stored) = tx.blob_stored(built.checksum)? {
+                return Ok(Some(stored));
             }
             tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
             tx.insert_changeset(built.checksum, built.base, &built.changes)?;

@@ -5,7 +5,8 @@
 //! the rotation holds the write lock that every other check-in at T waits for. So shortly
 //! before T (see [`lead_us`]) each data server encodes the version the rotation will need, in
 //! memory and outside any lock, and stores the bytes (with the version's change set) in a
-//! transaction of their own, keyed by checksum, before T. The rotation then only writes a
+//! transaction of their own, keyed by checksum, before T. Built for T (the header's time is
+//! T), they are the same on every instance, and only the first stores them. The rotation then only writes a
 //! version row naming them, if nothing it depends on has changed since ([`Basis`]) and they
 //! are still there; it encodes as before otherwise. Bytes that no rotation used (their basis
 //! changed, or the instance died between storing them and T) are deleted by retention
@@ -103,7 +104,7 @@ pub fn basis(tx: &mut dyn Tx, now_us: i64) -> Result<Basis> {
 
 /// Encodes the version the rotation of `basis` would stage; one with `keep` set if it would
 /// keep the staged version (production has not changed since it was built).
-pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Prepared> {
+pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
     let (sync, _) = tx.sync()?;
     let due = tx.pending_changes_until(basis.next_us)?;
     let due_ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
@@ -135,7 +136,10 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Prepared> {
     if digest == staged_digest {
         return Ok(keep);
     }
-    let bytes = format::encode(basis.number, now_us, &content)
+    // From the basis, not the clock: every instance that builds for this rotation makes the
+    // same bytes, so they are stored once (see `Store::prepare_next`).
+    let created_us = basis.due_us;
+    let bytes = format::encode(basis.number, created_us, &content)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
@@ -148,7 +152,7 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis, now_us: i64) -> Result<Prepared> {
         entries: content.len() as u64,
         size: bytes.len() as u64,
         bytes: bytes.to_vec(),
-        created_us: now_us,
+        created_us,
         base: sync.staged_version,
         changes,
         stored_us: None,
@@ -202,7 +206,7 @@ mod tests {
         let row = s.history(1).unwrap().remove(0);
         assert_eq!(row.info.version, sync.staged_version);
         assert!(
-            row.info.created_us < t,
+            row.info.created_us == t && row.stored_ahead_us.is_some_and(|at| at < t),
             "not the version built ahead: {row:?}"
         );
     }
@@ -212,7 +216,7 @@ mod tests {
     fn staged_built_ahead(s: &Store, t: i64) -> bool {
         let sync = s.sync_table().unwrap();
         let row = s.history(1).unwrap().remove(0);
-        row.info.version != sync.staged_version || row.info.created_us < t
+        row.info.version != sync.staged_version || row.stored_ahead_us.is_some_and(|at| at < t)
     }
 
     #[test]
@@ -317,6 +321,28 @@ mod tests {
         // Used, so retention keeps them.
         s.prune(retention(), crate::clock::now_us()).unwrap();
         assert_eq!(blob_stored(&s, checksum), Some(stored));
+    }
+
+    #[test]
+    fn a_second_instance_builds_the_same_bytes_and_does_not_write_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let other = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        let first = s.prepared.lock().unwrap().as_ref().unwrap().checksum;
+        let stored = blob_stored(&s, first).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(other.prepare_next(t - S / 2).unwrap());
+        let held = other.prepared.lock().unwrap();
+        let second = held.as_ref().unwrap();
+        assert_eq!(
+            second.checksum, first,
+            "the instances built different bytes"
+        );
+        assert_eq!(second.stored_us, Some(stored));
+        assert_eq!(blob_stored(&s, first), Some(stored), "written again");
     }
 
     #[test]
