@@ -142,7 +142,8 @@ struct ServeArgs {
     /// Longest time a client may take to send a request's body.
     #[arg(long, default_value = "60s")]
     body_timeout: String,
-    /// Most farm members check-ins without a token may show (counted over --farm-expiry);
+    /// Most processes check-ins without a token may show in the farm (counted over
+    /// --farm-expiry; followers their leaders report, up to ten times as many in all);
     /// beyond it a new one is answered but left out of the farm view. Only when reads need
     /// no token.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
