@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Each long step has a bound well above its usual time, so a hung test fails CI in minutes
+# rather than holding it for its 90.
+bounded() { local limit=$1; shift; timeout --foreground --kill-after=30s "$limit" "$@"; }
 
 ./scripts/setup.sh
 
@@ -29,11 +32,11 @@ echo "== benchmarks still compile (and the bench scripts parse)"
 cargo bench -p lockstep --no-run
 for script in benches/*.sh; do bash -n "$script"; done
 echo "== Rust, C and end-to-end tests"
-cargo test --workspace
+bounded 30m cargo test --workspace
 echo "== fuzzing on the stable toolchain: each target for a bounded time (fuzz/README.md)"
-./scripts/fuzz.sh --build
+bounded 15m ./scripts/fuzz.sh --build
 for target in version checkin options import; do
-  ./scripts/fuzz.sh "$target" "${LOCKSTEP_FUZZ_SECONDS:-45}"
+  bounded 5m ./scripts/fuzz.sh "$target" "${LOCKSTEP_FUZZ_SECONDS:-45}"
 done
 echo "== Python binding, real nginx and PHP-FPM with the module and the extension, packaging"
 # The package's build runs cargo for the debug library built above (a no-op), not a release
@@ -41,4 +44,4 @@ echo "== Python binding, real nginx and PHP-FPM with the module and the extensio
 export LOCKSTEP_CARGO_PROFILE=debug
 "$PYTHON" -m pip install -q --disable-pip-version-check ./bindings/python
 LOCKSTEP_LIBRARY="$PWD/target/debug/liblockstep.so" LOCKSTEP_BIN="$PWD/target/debug/lockstep" \
-  "$PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests tests/servers tests/packaging
+  bounded 25m "$PYTHON" -m pytest -q -p no:cacheprovider bindings/python/tests tests/servers tests/packaging
