@@ -327,12 +327,22 @@ fn invariant_5_committed_edits_survive_kill_9_at_any_moment() {
         for k in acked.iter() {
             assert!(keys.contains(k), "acknowledged edit {k} was lost");
         }
-        // No activation time rotated twice, and the chain is whole: each rotation activates what
-        // the one before it staged.
+        // No activation time rotated twice or early, and the chain is whole: each rotation is
+        // of the time the one before it set, and activates what that one staged.
         let log = admin_get(&s, "/v1/admin/rotations");
         let log = log.as_array().unwrap();
         assert!(log.len() >= 20);
+        for r in log {
+            assert!(
+                r["rotated_at_us"].as_i64() >= r["activation_time_us"].as_i64(),
+                "a rotation before its activation time: {r}"
+            );
+        }
         for pair in log.windows(2) {
+            assert_eq!(
+                pair[1]["activation_time_us"], pair[0]["next_activation_us"],
+                "a rotation of a time the one before it did not set: {pair:?}"
+            );
             assert!(
                 pair[1]["activation_time_us"].as_i64() > pair[0]["activation_time_us"].as_i64()
             );

@@ -30,12 +30,22 @@ fn production(s: &Server) -> BTreeSet<String> {
         .collect()
 }
 
-/// No activation time rotated twice, and the chain is whole: each rotation activates what the
-/// one before it staged. Returns the log.
+/// No activation time rotated twice or early, and the chain is whole: each rotation is of the
+/// time the one before it set, and activates what that one staged. Returns the log.
 fn assert_rotation_log_whole(s: &Server) -> Vec<serde_json::Value> {
     let log = admin_get(s, "/v1/admin/rotations");
     let log = log.as_array().unwrap().clone();
+    for r in &log {
+        assert!(
+            r["rotated_at_us"].as_i64() >= r["activation_time_us"].as_i64(),
+            "a rotation before its activation time: {r}"
+        );
+    }
     for pair in log.windows(2) {
+        assert_eq!(
+            pair[1]["activation_time_us"], pair[0]["next_activation_us"],
+            "a rotation of a time the one before it did not set: {pair:?}"
+        );
         assert!(
             pair[1]["activation_time_us"].as_i64() > pair[0]["activation_time_us"].as_i64(),
             "an activation time rotated twice or out of order: {pair:?}"
