@@ -528,13 +528,9 @@ impl Retriever {
         self.table.map_or(10_000_000_000, |t| t.interval_us * 1000)
     }
 
-    /// Exponential backoff with full jitter, capped at an eighth of the interval (at most
-    /// 30 s), so a farm that lost the data server does not come back in lockstep.
     fn backoff_ns(&mut self) -> i64 {
-        let cap = clamp_ns(self.interval_ns() / 8, 50_000_000, 30_000_000_000);
-        let exp = 50_000_000i64.saturating_mul(1 << self.failures.min(20));
-        let ceiling = exp.min(cap);
-        self.rng.i64(ceiling / 2..=ceiling)
+        let interval_ns = self.interval_ns();
+        backoff_ns(&mut self.rng, self.failures, interval_ns)
     }
 
     /// True if an armed version became active.
@@ -1091,4 +1087,55 @@ fn http_error(what: &str, status: u16, body: &[u8]) -> String {
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     format!("{what}: data server answered {status}: {msg}")
+}
+
+/// Exponential backoff with equal jitter (uniform between half the ceiling and the ceiling),
+/// the ceiling doubling from 50 ms per failure in a row and capped at an eighth of the
+/// interval (at most 30 s), so a farm that lost the data server does not come back in
+/// lockstep, and no client retries at once.
+fn backoff_ns(rng: &mut fastrand::Rng, failures: u32, interval_ns: i64) -> i64 {
+    let cap = clamp_ns(interval_ns / 8, 50_000_000, 30_000_000_000);
+    let exp = 50_000_000i64.saturating_mul(1 << failures.min(20));
+    let ceiling = exp.min(cap);
+    rng.i64(ceiling / 2..=ceiling)
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::backoff_ns;
+
+    const MS: i64 = 1_000_000;
+
+    #[test]
+    fn backoff_doubles_from_50_ms_to_an_eighth_of_the_interval_with_equal_jitter() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let interval = 10_000 * MS; // cap 1.25 s
+        for failures in 0..40u32 {
+            let ceiling = ((50 * MS) << failures.min(20)).min(1_250 * MS);
+            let samples: Vec<i64> = (0..500)
+                .map(|_| backoff_ns(&mut rng, failures, interval))
+                .collect();
+            let (lo, hi) = (
+                *samples.iter().min().unwrap(),
+                *samples.iter().max().unwrap(),
+            );
+            assert!(
+                lo >= ceiling / 2 && hi <= ceiling,
+                "{failures} failures: {lo}..{hi} outside {}..={ceiling}",
+                ceiling / 2
+            );
+            // Spread over the range, not one value: clients that failed together retry apart.
+            assert!(
+                lo < ceiling / 2 + ceiling / 10 && hi > ceiling - ceiling / 10,
+                "{failures} failures: {lo}..{hi} does not spread over {}..={ceiling}",
+                ceiling / 2
+            );
+        }
+        // Never more than 30 s, whatever the interval.
+        let longest = (0..100)
+            .map(|_| backoff_ns(&mut rng, 30, 3_600_000 * MS))
+            .max()
+            .unwrap();
+        assert!(longest <= 30_000 * MS && longest > 27_000 * MS);
+    }
 }
