@@ -179,3 +179,45 @@ fn migrating_from_a_database_that_does_not_exist_fails_and_creates_nothing() {
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(!missing.exists());
 }
+
+#[test]
+fn a_copy_that_differs_from_its_source_is_refused_and_leaves_the_target_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pg) = Backend::Postgres.database(dir.path()) else {
+        return;
+    };
+    let sqlite = dir.path().join("lockstep.db");
+    {
+        let s = Server::start(&sqlite, &["--interval", "10m"]);
+        put(&s, "price", "1");
+        put(&s, "stock", "2");
+    }
+    // The target changes every production value it is given, by a trigger that an event
+    // trigger adds as soon as the migration creates the table: a copy that does not match.
+    let name = pg.to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let cluster = common::postgres::cluster().unwrap();
+    cluster.psql(
+        &name,
+        "CREATE FUNCTION skew() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN NEW.value := NEW.value || '\\x00'::bytea; RETURN NEW; END $$; \
+         CREATE FUNCTION arm() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() \
+                          WHERE object_identity = 'public.production') THEN \
+           EXECUTE 'CREATE TRIGGER skew BEFORE INSERT ON production \
+                    FOR EACH ROW EXECUTE FUNCTION skew()'; \
+         END IF; END $$; \
+         CREATE EVENT TRIGGER arm ON ddl_command_end WHEN TAG IN ('CREATE TABLE') \
+         EXECUTE FUNCTION arm()",
+    );
+    let out = migrate(&sqlite, &pg);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a differing copy was accepted");
+    assert!(stderr.contains("differs from the source"), "{stderr}");
+    for table in ["production", "versions", "sync", "rotations", "blobs"] {
+        assert_eq!(
+            cluster.psql(&name, &format!("SELECT count(*) FROM {table}")),
+            "0",
+            "the refused copy left rows in {table}"
+        );
+    }
+}
