@@ -29,7 +29,7 @@ pub struct BackedUp {
 }
 
 pub fn backup(db: &str, file: &Path) -> Result<BackedUp, String> {
-    let source = match Location::parse(db) {
+    let source = match Location::parse(db)? {
         Location::Sqlite(path) => path,
         Location::Postgres(_) => {
             return Err(

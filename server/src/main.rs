@@ -312,7 +312,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let farm_expiry_us = clock::parse_duration_us(&args.farm_expiry)
         .map_err(|e| format!("bad --farm-expiry: {e}; write it like 90s, 10m or 1h"))?;
     let max_open_farm_members = args.max_open_farm_members as usize;
-    let location = store::Location::parse(&args.db);
+    let location = store::Location::parse(&args.db)?;
     let limits = api::Limits {
         max_key_bytes: args.max_key_bytes,
         max_value_bytes: args.max_value_bytes,
@@ -667,7 +667,7 @@ fn start_flusher(
 }
 
 fn migrate(from: &str, to: &str) -> Result<(), String> {
-    let (from, to) = (store::Location::parse(from), store::Location::parse(to));
+    let (from, to) = (store::Location::parse(from)?, store::Location::parse(to)?);
     let copied = store::migrate::migrate(&from, &to)
         .map_err(|e| format!("cannot migrate {from} to {to}: {e}"))?;
     println!("lockstep: copied {from} to {to}: {copied}");

@@ -592,3 +592,71 @@ fn history_shows_how_many_times_each_version_was_downloaded() {
     let column = header.iter().position(|w| *w == "downloads");
     assert_eq!(column.map(|c| row[c]), Some("3"), "{text}");
 }
+
+/// `lockstep serve` with `LOCKSTEP_DB` set to `db`, run in `dir`; no `--db`.
+fn serve_with_env_db(dir: &std::path::Path, db: &str) -> std::process::Child {
+    Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env("LOCKSTEP_DB", db)
+        .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+        .env("LOCKSTEP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_database_that_looks_like_a_url_lockstep_does_not_read_is_refused_and_creates_nothing() {
+    for db in [
+        "postgres:/db",
+        "postgresql:db",
+        "mysql://u@h/db",
+        "sqlite3:x.db",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = serve_with_env_db(dir.path(), db);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("LOCKSTEP_DB={db}: serve started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "LOCKSTEP_DB={db}: {stderr}");
+        assert!(
+            stderr.contains("looks like a URL") && stderr.contains("postgres://"),
+            "LOCKSTEP_DB={db}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "LOCKSTEP_DB={db} created {left:?}");
+    }
+}
+
+#[test]
+fn lockstep_db_with_the_sqlite_prefix_opens_that_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_with_env_db(dir.path(), "sqlite:from-env.db");
+    let file = dir.path().join("from-env.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        file.exists(),
+        "LOCKSTEP_DB=sqlite:from-env.db did not open from-env.db"
+    );
+    assert!(!dir.path().join("sqlite:from-env.db").exists());
+    assert!(!dir.path().join("lockstep.db").exists());
+}

@@ -254,12 +254,30 @@ pub enum Location {
 }
 
 impl Location {
-    pub fn parse(db: &str) -> Location {
+    /// A value that looks like a URL (`scheme:…`) but is neither PostgreSQL's nor `sqlite:` is
+    /// refused: a typo such as `postgres:/db` would otherwise become a new SQLite file.
+    pub fn parse(db: &str) -> std::result::Result<Location, String> {
         if postgres::is_url(db) {
-            Location::Postgres(db.to_owned())
-        } else {
-            Location::Sqlite(PathBuf::from(db.strip_prefix("sqlite:").unwrap_or(db)))
+            return Ok(Location::Postgres(db.to_owned()));
         }
+        if let Some(path) = db.strip_prefix("sqlite:") {
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        let scheme = db.split_once(':').map(|(s, _)| s);
+        let looks_like_url = scheme.is_some_and(|s| {
+            s.len() > 1
+                && s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        if looks_like_url {
+            return Err(format!(
+                "the database {db:?} looks like a URL lockstep does not read: write \
+                 postgres://user@host:port/db for PostgreSQL, or a path (sqlite:PATH for one \
+                 with a colon) for SQLite"
+            ));
+        }
+        Ok(Location::Sqlite(PathBuf::from(db)))
     }
 }
 
