@@ -48,7 +48,8 @@ fn digest(secret: &[u8]) -> [u8; 32] {
 }
 
 fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
+    // from_str_radix alone would take "+f" as a digit pair.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -78,10 +79,10 @@ impl Tokens {
             let scope = match scope {
                 "read" => Scope::Read,
                 "admin" => Scope::Admin,
-                other => {
+                // Not quoted: with the fields in the wrong order this is the secret.
+                _ => {
                     return Err(format!(
-                        "line {n}: scope '{}' is neither 'read' nor 'admin'",
-                        other.escape_debug()
+                        "line {n}: field 2 (scope) is neither 'read' nor 'admin'"
                     ))
                 }
             };
@@ -111,9 +112,9 @@ impl Tokens {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
         {
+            // Not quoted: with the fields in the wrong order this is the secret.
             return Err(format!(
-                "name '{}' must be 1 to {MAX_NAME_BYTES} of A-Z a-z 0-9 - _ . @",
-                name.escape_debug()
+                "field 1 (name) must be 1 to {MAX_NAME_BYTES} of A-Z a-z 0-9 - _ . @"
             ));
         }
         if self.tokens.iter().any(|t| t.name == name) {
@@ -259,6 +260,16 @@ mod tests {
     }
 
     #[test]
+    fn hashed_secret_is_exactly_64_hex_digits() {
+        let good = "ab".repeat(32);
+        assert!(parse_hex32(&good).is_some());
+        let plus = "+a".to_owned() + &"ab".repeat(31);
+        assert_eq!(plus.len(), 64);
+        assert!(parse_hex32(&plus).is_none());
+        assert!(parse_hex32(&("ab".repeat(31) + "g0")).is_none());
+    }
+
+    #[test]
     fn errors_name_the_line_and_never_the_secret() {
         for (text, line, what) in [
             ("a admin s\nb write hunter2\n", "line 2", "scope"),
@@ -267,6 +278,10 @@ mod tests {
             ("a admin hunter2\nb read hunter2\n", "line 2", "same secret"),
             ("a admin sha256:abc\n", "line 1", "64 hex"),
             ("a/b admin hunter2\n", "line 1", "name"),
+            // Fields in the wrong order put the secret where the scope or name belongs.
+            ("ops hunter2 admin\n", "line 1", "scope"),
+            ("hunter2! admin ops\n", "line 1", "name"),
+            ("admin ops hunter2\n", "line 1", "scope"),
         ] {
             let e = Tokens::parse(text).unwrap_err();
             assert!(e.starts_with(line) && e.contains(what), "{text:?}: {e}");

@@ -227,9 +227,11 @@ fn tokens_rotate_through_the_file_and_sighup_while_clients_read() {
     old.wait_value("v2", Duration::from_secs(10));
     new.wait_value("v2", Duration::from_secs(10));
 
-    // A file that does not parse leaves the tokens as they were, and the log says where.
+    // A file that does not parse leaves the tokens as they were, and the log says where. Its
+    // fields are in the wrong order, so the secret stands where the scope belongs: the log
+    // must still not show it (checked at the end).
     write(&format!(
-        "ops admin {hashed_admin}\nweb-new reed read-secret-2\n"
+        "ops admin {hashed_admin}\nweb-new read-secret-2 read\n"
     ));
     s.hangup();
     eventually("the parse error is logged", || s.log().contains("line 2"));
