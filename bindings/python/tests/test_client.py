@@ -335,21 +335,26 @@ def test_a_refused_token_raises_unauthorized_never_unreachable(tmp_path):
     assert e.value.code == 7 and not isinstance(e.value, lockstep.Unauthorized)
 
 
-def test_https_with_the_right_ca_file_converges_and_another_ca_is_refused(server, tmp_path):
-    from tls_proxy import TlsProxy, make_ca
+def test_https_from_the_data_server_itself_with_ca_file_and_another_ca_refused(tmp_path):
+    from pki import make_ca
     ca, cert, key = make_ca(tmp_path / "pki", "farm")
     other_ca, _, _ = make_ca(tmp_path / "pki", "other")
-    proxy = TlsProxy(cert, key, server.url)
+    server = Server(tmp_path, tls=(cert, key, ca))
     try:
         server.put("price", "5")
         server.wait_active("price", "5")
-        with lockstep.Client(proxy.url, ca_file=ca, cache_dir="", bootstrap_wait=10) as c:
+        with lockstep.Client(server.url, ca_file=ca, cache_dir="", bootstrap_wait=10) as c:
             assert c.get("price") == b"5"
             server.put("price", "6")
             assert wait_for(lambda: c.get("price") == b"6", timeout=20)
+            assert c.stats()["last_failure"] == 0
         for wrong in (other_ca, None):
             with pytest.raises(lockstep.Unreachable) as e:
-                lockstep.Client(proxy.url, ca_file=wrong, cache_dir="", bootstrap_wait=3)
+                lockstep.Client(server.url, ca_file=wrong, cache_dir="", bootstrap_wait=3)
             assert "certificate" in str(e.value).lower(), str(e.value)
+        # Plain HTTP on the TLS port gets no answer a client could take for data.
+        with pytest.raises(lockstep.Unreachable):
+            lockstep.Client(server.url.replace("https://", "http://"), cache_dir="",
+                            bootstrap_wait=2)
     finally:
-        proxy.stop()
+        server.stop()
