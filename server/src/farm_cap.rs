@@ -1,19 +1,15 @@
 //! A bound on the farm rows check-ins without a token may create.
 //!
 //! When reads need no token, anyone who reaches the port can check in under any name, and
-//! each distinct (name, host, pid) becomes a farm row until it expires. This admits at most
-//! `cap` distinct processes that check in themselves, seen within the farm expiry, and at
-//! most [`FOLLOWERS_PER_PROCESS`] times as many members in all (the followers a leader
-//! reports); beyond that a new member's check-in is still answered but not shown in the
-//! farm, and that is logged.
+//! each distinct (name, host, pid) becomes a farm row until it expires; a leader's check-in
+//! may name up to 256 followers besides. This admits at most `cap` distinct members in all,
+//! followers included, seen within the farm expiry; beyond that a new member's check-in is
+//! still answered but not shown in the farm, and that is logged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::farm::{Member, Role};
-
-/// Room for followers: a leader reports up to 256, most hosts run far fewer processes.
-pub const FOLLOWERS_PER_PROCESS: usize = 10;
 
 type Key = (String, String, u32);
 
@@ -25,10 +21,8 @@ pub struct OpenFarm {
 
 #[derive(Default)]
 struct State {
-    /// Last check-in of each admitted member, and whether it is a follower.
-    seen: HashMap<Key, (i64, bool)>,
-    /// Admitted members that are not followers.
-    processes: usize,
+    /// Last check-in of each admitted member.
+    seen: HashMap<Key, i64>,
     last_sweep_us: i64,
     last_warned_us: i64,
     refused_since_warned: u64,
@@ -47,36 +41,33 @@ impl OpenFarm {
     pub fn admit(&self, members: Vec<Member>, now_us: i64) -> Vec<Member> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut admitted = Vec::with_capacity(members.len());
-        for m in members {
+        // The process that checked in is decided first, so its own followers cannot take
+        // the last room from it.
+        let (own, followers): (Vec<Member>, Vec<Member>) =
+            members.into_iter().partition(|m| m.role != Role::Follower);
+        for m in own.into_iter().chain(followers) {
             let key = (
                 m.process.name.clone(),
                 m.process.host.clone(),
                 m.process.pid,
             );
-            let follower = m.role == Role::Follower;
             if let Some(seen) = st.seen.get_mut(&key) {
-                seen.0 = now_us;
+                *seen = now_us;
                 admitted.push(m);
                 continue;
             }
-            let full = |st: &State| {
-                st.seen.len() >= self.cap.saturating_mul(FOLLOWERS_PER_PROCESS)
-                    || (!follower && st.processes >= self.cap)
-            };
             // Expired members leave room; swept at most once a second, since a sweep reads
             // every entry.
-            if full(&st) && now_us - st.last_sweep_us >= 1_000_000 {
+            if st.seen.len() >= self.cap && now_us - st.last_sweep_us >= 1_000_000 {
                 let oldest_kept = now_us - self.expiry_us;
-                st.seen.retain(|_, (last, _)| *last >= oldest_kept);
-                st.processes = st.seen.values().filter(|(_, f)| !f).count();
+                st.seen.retain(|_, last| *last >= oldest_kept);
                 st.last_sweep_us = now_us;
             }
-            if full(&st) {
+            if st.seen.len() >= self.cap {
                 st.refused_since_warned += 1;
                 continue;
             }
-            st.seen.insert(key, (now_us, follower));
-            st.processes += usize::from(!follower);
+            st.seen.insert(key, now_us);
             admitted.push(m);
         }
         if st.refused_since_warned > 0 && now_us - st.last_warned_us >= 60_000_000 {

@@ -602,36 +602,56 @@ fn anonymous_check_ins_cannot_bloat_the_farm() {
         &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
     );
     let agent = agent();
+    // Leaders that each report 200 followers (pid:active:staged:lagging:name): followers are
+    // farm rows too, and count against the same cap.
+    let leader_checkin = |i: u32| {
+        let followers: Vec<String> = (0..200)
+            .map(|f| format!("{}:0:0:0:f", 100_000 + i * 1000 + f))
+            .collect();
+        agent
+            .get(&format!(
+                "{}/v1/checkin?name=lead-{i}&host=h&pid={i}&role=leader&members={}",
+                s.server.url,
+                followers.join(",")
+            ))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..20 {
+        assert_eq!(leader_checkin(i), 200);
+    }
     for i in 0..300 {
         let r = agent
             .get(&format!(
-                "{}/v1/checkin?name=bot-{i}&host=h&pid={i}",
-                s.server.url
+                "{}/v1/checkin?name=bot-{i}&host=h&pid={}",
+                s.server.url,
+                1000 + i
             ))
             .call()
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
-    let members = || {
+    let farm = || {
         let status = get(
             &format!("{}/v1/admin/status", s.server.url),
             Some("a-secret"),
             &[],
         );
-        status.json()["farm"].as_array().unwrap().len()
+        status.json()["farm"].as_array().unwrap().clone()
     };
-    eventually("the first 50 are in the farm", || members() == 50);
+    eventually("the farm holds 50 members", || farm().len() == 50);
+    // The first leader went in before its followers took the room.
+    assert!(
+        farm().iter().any(|m| m["name"] == "lead-0"),
+        "{:#?}",
+        farm()
+    );
     // Members already in keep checking in.
-    let r = agent
-        .get(&format!(
-            "{}/v1/checkin?name=bot-0&host=h&pid=0",
-            s.server.url
-        ))
-        .call()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(leader_checkin(0), 200);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(members(), 50);
+    assert_eq!(farm().len(), 50);
     eventually("the refusals are logged", || {
         s.log().contains("--max-open-farm-members")
     });
