@@ -18,6 +18,7 @@ mod sync_cache;
 mod tls;
 mod tokens;
 mod ui;
+mod vacuum;
 mod version_cache;
 
 use std::path::PathBuf;
@@ -251,6 +252,14 @@ enum Command {
         /// Where the copy goes; it must not exist yet.
         file: PathBuf,
         /// The database to copy: a SQLite file (PATH or sqlite:PATH).
+        #[arg(long, env = "LOCKSTEP_DB", default_value = "lockstep.db")]
+        db: String,
+    },
+    /// Give the space retention freed in a SQLite database back to the file system. A file
+    /// made by an older lockstep (auto_vacuum off) is rewritten once to free space by itself
+    /// from then on; best run with the data server stopped.
+    Vacuum {
+        /// The database: a SQLite file (PATH or sqlite:PATH).
         #[arg(long, env = "LOCKSTEP_DB", default_value = "lockstep.db")]
         db: String,
     },
@@ -727,7 +736,8 @@ fn run_cli(args: Args) -> Result<(), CliError> {
         | Command::Demo(_)
         | Command::DemoWeb(_)
         | Command::Migrate { .. }
-        | Command::Backup { .. } => {
+        | Command::Backup { .. }
+        | Command::Vacuum { .. } => {
             unreachable!("handled in main")
         }
         Command::Put {
@@ -837,6 +847,18 @@ fn main() -> ExitCode {
                 file.display(),
                 done.bytes,
                 done.versions
+            )
+        }),
+        Command::Vacuum { db } => vacuum::vacuum(&db).map(|done| {
+            println!(
+                "lockstep: vacuumed {db}: {} bytes, was {}{}",
+                done.bytes_after,
+                done.bytes_before,
+                if done.converted {
+                    " (rewritten to free space by itself from now on)"
+                } else {
+                    ""
+                }
             )
         }),
         Command::Demo(demo_args) => demo::run(demo_args),

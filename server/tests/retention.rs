@@ -358,3 +358,100 @@ fn a_dropped_version_is_rebuilt_for_diff_and_rollback_and_a_pinned_one_keeps_its
         assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     });
 }
+
+fn pragma(db: &Path, name: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+fn vacuum(db: &Path) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["vacuum", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lockstep vacuum: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn lockstep_vacuum_converts_a_file_made_without_auto_vacuum_and_gives_the_freed_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let args = [
+        "--interval",
+        "200ms",
+        "--min-window",
+        "100ms",
+        "--keep-versions",
+        "2",
+        "--keep-for",
+        "1s",
+    ];
+    drop(Server::start(&db, &args));
+    // As an older lockstep made it: auto_vacuum off, so freed pages are only reused.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    let history = {
+        let s = Server::start(&db, &args);
+        load_bulk(&s);
+        soak(&s, 12);
+        // Retention drops the old versions' bytes; the pages stay in the file, free.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pragma(&db, "freelist_count") * pragma(&db, "page_size") < 400_000 {
+            assert!(Instant::now() < deadline, "retention freed nothing");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        admin_get(&s, "/v1/admin/history?limit=1000")
+    };
+    let free = (pragma(&db, "freelist_count") * pragma(&db, "page_size")) as u64;
+    let before = sqlite_bytes(&db);
+    let said = vacuum(&db);
+    assert!(said.contains("rewritten"), "{said}");
+    assert_eq!(pragma(&db, "auto_vacuum"), 2, "not converted");
+    assert_eq!(pragma(&db, "freelist_count"), 0);
+    let after = sqlite_bytes(&db);
+    assert!(
+        after + free / 2 < before,
+        "{before} bytes ({free} free) became {after}"
+    );
+    // Everything is still there, and the data server opens it as before.
+    let s = Server::start(&db, &args);
+    assert_eq!(
+        admin_get(&s, "/v1/admin/history?limit=1000")
+            .as_array()
+            .unwrap()
+            .len(),
+        history.as_array().unwrap().len()
+    );
+    let bulk = admin_get(&s, "/v1/admin/key?key=bulk0");
+    assert_eq!(bulk["value"], big_value(1_000, VALUE_BYTES), "{bulk}");
+    drop(s);
+    // Converted once: the next run frees pages in place.
+    let said = vacuum(&db);
+    assert!(!said.contains("rewritten"), "{said}");
+}
+
+#[test]
+fn lockstep_vacuum_refuses_what_is_not_a_lockstep_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let out = std::process::Command::new(bin())
+        .args(["vacuum", "--db"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database at"));
+    assert!(!missing.exists(), "vacuum created a file");
+}
