@@ -143,8 +143,12 @@ struct ServeArgs {
     /// Longest time a client may take to send a request's body.
     #[arg(long, default_value = "60s")]
     body_timeout: String,
-    /// Most processes check-ins without a token may show in the farm (counted over
-    /// --farm-expiry; followers their leaders report, up to ten times as many in all);
+    /// Longest time writing a response may take, from its first byte (a client that stops
+    /// reading is cut off then).
+    #[arg(long, default_value = "60s")]
+    write_timeout: String,
+    /// Most members check-ins without a token may show in the farm (counted over
+    /// --farm-expiry, the followers leaders report included);
     /// beyond it a new one is answered but left out of the farm view. Only when reads need
     /// no token.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -352,6 +356,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         body_timeout: clock::parse_duration_us(&args.body_timeout)
             .map(|us| Duration::from_micros(us as u64))
             .map_err(|e| format!("bad --body-timeout: {e}; write it like 60s"))?,
+        write_timeout: clock::parse_duration_us(&args.write_timeout)
+            .map(|us| Duration::from_micros(us as u64))
+            .map_err(|e| format!("bad --write-timeout: {e}; write it like 60s"))?,
         max_connections: max_connections as usize,
         max_body_bytes: args.max_body_bytes,
     };
