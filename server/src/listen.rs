@@ -3,13 +3,15 @@
 //! Our own accept loop rather than `axum::serve`, which has no knobs: hyper's header read
 //! timeout (which also closes idle keep-alive connections, since hyper starts it whenever it
 //! waits for a request head), a deadline on reading a body, a cap on open connections, a
-//! `Content-Length` check before any body byte is read, and accept errors (EMFILE) that do
-//! not spin.
+//! `Content-Length` check before any body byte is read, a deadline on writing a response,
+//! idle connections closed early when the cap is nearly reached, and accept errors (EMFILE)
+//! that do not spin.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +33,9 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Longest time to send a request body, from the end of its head.
     pub body_timeout: Duration,
+    /// Longest time to write a response, from its first byte: a client that asks for a large
+    /// version and never reads holds its connection no longer than that.
+    pub write_timeout: Duration,
     /// Connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Largest body a request may declare or send.
@@ -106,6 +111,112 @@ pub fn raise_nofile_limit() -> Option<u64> {
         }
     }
     Some(lim.rlim_cur)
+}
+
+/// Past this share of `--max-connections` (in tenths), connections idle for
+/// [`PRESSURE_IDLE`] are closed, so new check-ins do not wait for the header timeout.
+const PRESSURE_TENTHS: usize = 9;
+const PRESSURE_IDLE: Duration = Duration::from_secs(1);
+
+/// When a connection last moved a byte, shared between its stream and its task.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+/// The stream a connection speaks HTTP on, which records activity and fails a response
+/// write that outlasts its deadline (hyper has no write timeout).
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    write_timeout: Duration,
+    /// Armed by a response's first write, cleared when the next request's bytes arrive.
+    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Tracked<S> {
+    fn write_poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>>
+    where
+        S: Unpin,
+    {
+        let timeout = self.write_timeout;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the response took longer than {timeout:?} to write (--write-timeout)"),
+            )));
+        }
+        let r = io(Pin::new(&mut self.inner), cx);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+            self.write_deadline = None;
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_poll(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_poll(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.write_poll(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn error_response(status: StatusCode, message: String) -> Response<Body> {
@@ -206,6 +317,14 @@ pub async fn serve<A: Accept>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Whether open connections are past PRESSURE_TENTHS of the cap; set at each accept, and
+    // only a hint: each connection checks the count itself.
+    let (pressure_tx, pressure_rx) = watch::channel(false);
+    let open = {
+        let permits = permits.clone();
+        move || limits.max_connections - permits.available_permits()
+    };
+    let crowded = move |open: usize| open * 10 > limits.max_connections * PRESSURE_TENTHS;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -249,11 +368,14 @@ pub async fn serve<A: Accept>(
             _ = stopping.wait_for(|s| *s) => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, mut stop, done) = (
+        pressure_tx.send_if_modified(|p| std::mem::replace(p, crowded(open())) != *p);
+        let (acceptor, app, mut stop, done, mut pressure, open) = (
             acceptor.clone(),
             app.clone(),
             stop_rx.clone(),
             done_rx.clone(),
+            pressure_rx.clone(),
+            open.clone(),
         );
         tokio::spawn(async move {
             let _permit = permit;
@@ -271,6 +393,16 @@ pub async fn serve<A: Accept>(
                         return;
                     }
                 };
+            let activity = Arc::new(Activity {
+                base: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            });
+            let stream = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+                write_timeout: limits.write_timeout,
+                write_deadline: None,
+            };
             let service =
                 hyper::service::service_fn(move |req| handle(app.clone(), limits, peer, req));
             let conn = hyper::server::conn::http1::Builder::new()
@@ -280,14 +412,39 @@ pub async fn serve<A: Accept>(
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "connection ended: {e}");
+            let idle_limit = PRESSURE_IDLE.min(limits.header_timeout);
+            let mut not_before = Instant::now();
+            loop {
+                // Under pressure, wake once this connection could have been idle long enough.
+                let crowded_and_idle = async {
+                    let _ = pressure.wait_for(|p| *p).await;
+                    let at = Instant::now() + idle_limit.saturating_sub(activity.idle_for());
+                    tokio::time::sleep_until(at.max(not_before).into()).await;
+                };
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, "connection ended: {e}");
+                        }
+                        return;
                     }
-                    return;
+                    _ = stop.wait_for(|s| *s) => {
+                        conn.as_mut().graceful_shutdown();
+                        break;
+                    }
+                    _ = crowded_and_idle => {
+                        // The hint may be stale (connections closed since the last accept),
+                        // or this one busy: then look again a while later.
+                        if crowded(open()) && activity.idle_for() >= idle_limit {
+                            // Closes it now if it waits for a request, after its response
+                            // otherwise.
+                            tracing::debug!(%peer, "idle connection closed: near --max-connections");
+                            conn.as_mut().graceful_shutdown();
+                            break;
+                        }
+                        not_before = Instant::now() + idle_limit;
+                    }
                 }
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
             }
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection ended: {e}");

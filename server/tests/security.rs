@@ -586,6 +586,118 @@ fn slow_and_idle_connections_do_not_starve_check_ins() {
     assert_eq!(checkin_status(&s.server, None), 200);
 }
 
+/// Sends a GET for `path` on a fresh connection and reads only the answer's head: the
+/// connection and the declared `Content-Length`.
+fn get_head_only(addr: &str, path: &str) -> (std::net::TcpStream, u64) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "the head ended early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (c, length)
+}
+
+#[test]
+fn a_client_that_never_reads_its_answer_is_cut_off() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(
+        dir.path(),
+        &[
+            "--write-timeout",
+            "2s",
+            "--max-value-bytes",
+            "33554432",
+            "--interval",
+            "200ms",
+            "--min-window",
+            "100ms",
+        ],
+        &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
+    );
+    let addr = s.server.url.strip_prefix("http://").unwrap().to_owned();
+    // Larger than what the kernel buffers on both sides of a loopback connection.
+    let big = 24usize << 20;
+    assert_eq!(
+        put_as(&s.server, "a-secret", "big", &"x".repeat(big)).status,
+        200
+    );
+    eventually("the large version is active", || {
+        get_head_only(&addr, "/v1/versions/current").1 > big as u64
+    });
+
+    let (mut c, length) = get_head_only(&addr, "/v1/versions/current");
+    // Reads nothing for longer than --write-timeout, then all there is.
+    std::thread::sleep(Duration::from_secs(5));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("still open after {got} of {length} bytes: {e}"),
+        }
+    };
+    println!("cut off ({ended}) after {got} of {length} bytes");
+    assert!(
+        got < length,
+        "the whole answer came: {got} of {length} bytes"
+    );
+    assert_eq!(checkin_status(&s.server, None), 200);
+}
+
+#[test]
+fn idle_connections_give_way_at_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Logged::start(
+        dir.path(),
+        // Idle connections alone would hold their places for 30 s.
+        &["--max-connections", "50", "--header-timeout", "30s"],
+        &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
+    );
+    let addr = s.server.url.strip_prefix("http://").unwrap().to_owned();
+    let started = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    eventually("the full house is logged", || {
+        s.log().contains("50 connections open (--max-connections)")
+    });
+    let quick = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    let quick: ureq::Agent = quick.into();
+    for i in 0..20 {
+        let r = quick
+            .get(&format!("{}/v1/checkin?name=web-{i}", s.server.url))
+            .call()
+            .unwrap_or_else(|e| panic!("check-in {i} failed beside 60 idle connections: {e}"));
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    println!(
+        "20 check-ins done {:?} after opening 60 idle connections",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the check-ins waited for the idle connections' header timeout"
+    );
+    drop(idle);
+}
+
 #[test]
 fn anonymous_check_ins_cannot_bloat_the_farm() {
     let dir = tempfile::tempdir().unwrap();
