@@ -175,4 +175,118 @@ fn c_programs_pass_under_address_and_undefined_sanitizers() {
     run_c(&misuse, &[&open.url], &env);
     let auth = compile_c(&root().join("tests/c/auth.c"), &flags);
     run_c(&auth, &[&server.url, "read-secret"], &env);
+    let covered = [
+        "misuse", "auth", "snapshot", "fork", "host", "observer", "reload",
+    ];
+    for entry in std::fs::read_dir(root().join("tests/c")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let stem = name.strip_suffix(".c").unwrap_or(&name);
+        assert!(
+            covered.contains(&stem),
+            "tests/c/{name} does not run under the sanitizers here"
+        );
+    }
+
+    // reload.c: dlopen, use, close and dlclose the library again and again
+    // (it reads price=12.50, so before the edits below).
+    let mut reload_flags = flags.to_vec();
+    reload_flags.push("-ldl");
+    let reload = compile_c_with(&root().join("tests/c/reload.c"), &reload_flags, false);
+    let lib = library();
+    finished(
+        sanitized(&reload, &[lib.to_str().unwrap(), &open.url], &env),
+        "reload.c",
+    );
+
+    // snapshot.c: pinned snapshots while versions activate under it.
+    put(&open, "a", "0:a");
+    put(&open, "b", "0:b");
+    wait_active(&open, "a", "0:a");
+    let snapshot = compile_c(&root().join("tests/c/snapshot.c"), &flags);
+    let child = sanitized(&snapshot, &[&open.url, "3"], &env);
+    for i in 1..=12 {
+        let (a, b) = (format!("{i}:a"), format!("{i}:b"));
+        let entries = serde_json::json!({"entries": [
+            {"key": "a", "value": a}, {"key": "b", "value": b},
+        ]});
+        admin_post(&open, "/v1/admin/import", entries);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let text = finished(child, "snapshot.c");
+    let nums: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(nums.len() == 3 && nums[0] > 0 && nums[2] == 0, "{text}");
+
+    // fork.c: a handle armed with a staged version, then fork (ASan follows the child).
+    let fork = compile_c(&root().join("tests/c/fork.c"), &flags);
+    let mut child = sanitized(&fork, &[&open.url, "price", "cache_dir="], &env);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().expect("fork.c printed nothing").unwrap();
+    assert!(first.starts_with("READY"), "{first}");
+    put(&open, "price", "13.00");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let text = finished(child, "fork.c");
+    assert!(
+        rest.len() == 3 && rest[0].starts_with("ARMED") && rest[2].ends_with(" 13.00"),
+        "{rest:?}{text}"
+    );
+
+    // host.c: several handles on one host cache, read in a loop.
+    let host = compile_c(&root().join("tests/c/host.c"), &flags);
+    let cache = own_host_cache("sanitizers");
+    let options = format!(
+        "url={};name=asan-host;cache_dir={}",
+        open.url,
+        cache.display()
+    );
+    let text = finished(
+        sanitized(&host, &[&options, "price", "2", "3"], &env),
+        "host.c",
+    );
+    assert!(
+        text.contains("value=13.00") && text.contains("DONE"),
+        "{text}"
+    );
+
+    // observer.c: the read loop, through an activation.
+    let observer = compile_c(&root().join("tests/c/observer.c"), &flags);
+    let mut child = sanitized(&observer, &[&open.url, "asan", "price", "4"], &env);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().expect("observer.c printed nothing").unwrap();
+    assert!(first.starts_with("READY"), "{first}");
+    put(&open, "price", "14.00");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    finished(child, "observer.c");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("CHANGE ") && l.contains(" 14.00 "))
+            && rest.last().map(String::as_str) == Some("DONE"),
+        "{rest:?}"
+    );
+}
+
+/// Starts a sanitized C program with its stdout piped.
+fn sanitized(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(exe)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a sanitized program; its exit must be clean. Returns what is left of its stdout.
+fn finished(child: std::process::Child, what: &str) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
