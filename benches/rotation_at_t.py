@@ -5,10 +5,8 @@ DB=postgres://...).
 
 A: one edit made just after the previous rotation: the data server encodes and stores the
    next version ahead of T, and the rotation at T writes a row naming it.
-B: one edit made 0.3 s before T, too late for a build of KEYS keys: the rotation at T stages
-   what was built ahead (or keeps the staged version) and the edit goes into the next version.
-   (Before that slip, B's rotation encoded and wrote the whole version while every other
-   check-in waited: README's B figures.)
+B: one edit made 0.3 s before T: what was built ahead no longer holds, so the rotation at T
+   encodes and writes the whole version while every other check-in waits.
 
 Each round sends one check-in 5 ms after T and times it from send to the end of its answer
 (the rotating check-in), and checks from the history which way the version was stored.

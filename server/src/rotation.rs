@@ -37,25 +37,10 @@ pub fn rotate_if_due(
     // activation leaves its window after now, not after the check-in came.
     let now_us = now_us.max(clock::now_us());
     let basis = prepare::basis(tx, now_us)?;
-    let prepared = match prepared {
-        Some(p) if p.basis == basis => Some(p),
-        // Production was edited after the build, too late for a fresh one to be stored by T:
-        // the version built stays the one staged, and the edits, still in production, go into
-        // the next (README, invariant 7: live by the second activation). Encoding them here
-        // would hold every check-in at T for as long as the data takes to encode. Scheduled
-        // changes due by the next activation cannot slip: the build must have them all.
-        Some(p)
-            if p.basis.slips_to(&basis)
-                && tx
-                    .pending_changes_until(basis.next_us)?
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .eq(p.due_ids.iter().copied()) =>
-        {
-            Some(p)
-        }
-        _ => None,
-    };
+    // A build that lacks an edit made since cannot be staged in its place with the edit left
+    // for the next one: this version goes live at the next activation, the second after the
+    // edit, which is as late as invariant 7 allows.
+    let prepared = prepared.filter(|p| p.basis == basis);
     rotate(tx, sync, production_gen, now_us, by, prepared)?;
     Ok((tx.sync()?.0, true))
 }
@@ -96,7 +81,6 @@ fn rotate(
     //    they could be (see `store::prepare`), so that this writes a version row naming them,
     //    a few writes whatever the size of the data; it encodes here otherwise.
     let ahead = match prepared {
-        Some(p) if p.keep => Some(active),
         Some(p) => staging::stage_prepared(tx, active, p, now_us)?,
         None => None,
     };

@@ -526,37 +526,37 @@ impl Store {
         let Some(mut built) = self.read(|tx| {
             let now = prepare::basis(tx, sync.activation_time_us)?;
             match now == basis {
-                true => prepare::prepare(tx, basis).map(Some),
+                true => prepare::prepare(tx, basis),
                 false => Ok(None),
             }
         })?
         else {
             return Ok(false);
         };
-        if built.keep {
-            // Remembered: an edit just before T then slips to the next version rather than
-            // having the rotation encode (see `rotation::rotate_if_due`).
-            *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
-            return Ok(false);
-        }
         // Stored now, in a durable transaction of its own, so that the rotation at T neither
         // writes nor syncs these bytes. (Batched, the fsync of SQLite's log would fall on the
         // rotation's commit instead.) Unordered: PostgreSQL takes no sync row lock for it, as
         // the rotation checks the basis and that the bytes are there before naming them.
-        let stored = self.write_with(Durability::Unordered, |tx| {
-            let at = clock::now_us();
-            // Too late for its rotation: none would name these bytes.
-            if at >= built.basis.due_us {
-                return Ok(None);
-            }
-            // Every instance builds the same bytes for a basis: the first to store them does.
-            if let Some(stored) = tx.blob_stored(built.checksum)? {
-                return Ok(Some(stored));
-            }
-            tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
-            tx.insert_changeset(built.checksum, built.base, &built.changes)?;
-            Ok(Some(at))
-        });
+        // Built on a state that has moved on since: no rotation would name these bytes. (Read
+        // outside the write, which takes no lock for it: the rotation checks under its lock.)
+        let moved = self.read(|tx| prepare::basis(tx, built.basis.due_us))? != built.basis;
+        let stored = match moved {
+            true => Ok(None),
+            false => self.write_with(Durability::Unordered, |tx| {
+                let at = clock::now_us();
+                // Too late for its rotation: none would name these bytes.
+                if at >= built.basis.due_us {
+                    return Ok(None);
+                }
+                // Every instance builds the same bytes for a basis: the first to store them does.
+                if let Some(stored) = tx.blob_stored(built.checksum)? {
+                    return Ok(Some(stored));
+                }
+                tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
+                tx.insert_changeset(built.checksum, built.base, &built.changes)?;
+                Ok(Some(at))
+            }),
+        };
         self.prepare_took_us.store(
             clock::now_us().saturating_sub(started),
             std::sync::atomic::Ordering::Relaxed,

@@ -32,20 +32,6 @@ pub struct Basis {
     pub number: u64,
 }
 
-impl Basis {
-    /// Whether `now` differs from this basis only by production edits made since: then the
-    /// version built on this basis still holds every scheduled change due by the next
-    /// activation (given the same due changes, which the caller compares), and lacks only
-    /// the edits, which stay in production and go into the version staged after it.
-    pub fn slips_to(&self, now: &Basis) -> bool {
-        now.production_gen > self.production_gen
-            && Basis {
-                production_gen: now.production_gen,
-                ..*self
-            } == *now
-    }
-}
-
 /// A version encoded for a rotation.
 pub struct Prepared {
     pub basis: Basis,
@@ -63,11 +49,6 @@ pub struct Prepared {
     pub changes: Vec<u8>,
     /// When the bytes were stored ahead ([`super::backend::Tx::insert_blob`]), if they were.
     pub stored_us: Option<i64>,
-    /// The scheduled changes it includes (those due by `basis.next_us`).
-    pub due_ids: Vec<i64>,
-    /// No new version: the rotation keeps the staged version (production had not changed
-    /// since it was built); nothing else is set.
-    pub keep: bool,
 }
 
 /// How long before the activation time a data server builds the next version: the minimum
@@ -102,31 +83,15 @@ pub fn basis(tx: &mut dyn Tx, now_us: i64) -> Result<Basis> {
     })
 }
 
-/// Encodes the version the rotation of `basis` would stage; one with `keep` set if it would
-/// keep the staged version (production has not changed since it was built).
-pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
+/// Encodes the version the rotation of `basis` would stage; `None` if it would keep the
+/// staged version (production has not changed since it was built).
+pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Option<Prepared>> {
     let (sync, _) = tx.sync()?;
     let due = tx.pending_changes_until(basis.next_us)?;
-    let due_ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
     let production_gen = basis.production_gen + i64::from(!due.is_empty());
-    let keep = Prepared {
-        basis,
-        production_gen,
-        digest: String::new(),
-        bytes: Vec::new(),
-        size: 0,
-        checksum: 0,
-        entries: 0,
-        created_us: 0,
-        base: sync.staged_version,
-        changes: Vec::new(),
-        stored_us: None,
-        due_ids: due_ids.clone(),
-        keep: true,
-    };
     let (staged_digest, staged_gen) = super::staging::version_digest(tx, sync.staged_version)?;
     if staged_gen == production_gen {
-        return Ok(keep);
+        return Ok(None);
     }
     let mut content: Content = tx.production()?;
     for (_, change) in &due {
@@ -134,7 +99,7 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
     }
     let digest = format::content_digest(&content);
     if digest == staged_digest {
-        return Ok(keep);
+        return Ok(None);
     }
     // From the basis, not the clock: every instance that builds for this rotation makes the
     // same bytes, so they are stored once (see `Store::prepare_next`).
@@ -144,7 +109,7 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
     let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
-    Ok(Prepared {
+    Ok(Some(Prepared {
         basis,
         production_gen,
         digest,
@@ -156,9 +121,7 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
         base: sync.staged_version,
         changes,
         stored_us: None,
-        due_ids,
-        keep: false,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -211,58 +174,21 @@ mod tests {
         );
     }
 
-    /// Whether the version staged now was built ahead of the rotation that staged it (or is
-    /// the one staged before it), not encoded by it.
-    fn staged_built_ahead(s: &Store, t: i64) -> bool {
-        let sync = s.sync_table().unwrap();
-        let row = s.history(1).unwrap().remove(0);
-        row.info.version != sync.staged_version || row.stored_ahead_us.is_some_and(|at| at < t)
-    }
-
     #[test]
-    fn an_edit_after_the_build_slips_to_the_next_version_and_the_rotation_does_not_encode() {
+    fn a_version_built_ahead_is_not_stored_once_production_changed_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         put(&s, "a");
         let t = s.sync_table().unwrap().activation_time_us;
         assert!(s.prepare_next(t - S).unwrap());
         put(&s, "b");
-        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
-        assert!(rotated);
-        assert_eq!(staged_price(&s), b"a");
-        assert!(staged_built_ahead(&s, t), "the rotation at T encoded");
-        // Still in production, so in the version staged next: live by the second activation.
-        let t2 = sync.activation_time_us;
-        let (_, rotated) = s.rotate_if_due(t2 + 1, "test").unwrap();
+        let (_, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
         assert!(rotated);
         assert_eq!(staged_price(&s), b"b");
     }
 
     #[test]
-    fn an_edit_after_nothing_was_to_build_slips_and_the_rotation_keeps_the_staged_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        put(&s, "a");
-        let t0 = s.sync_table().unwrap().activation_time_us;
-        s.rotate_if_due(t0 + 1, "test").unwrap();
-        let sync = s.sync_table().unwrap();
-        let t = sync.activation_time_us;
-        // Production is the staged version's: nothing built, and that is remembered.
-        assert!(!s.prepare_next(t - S).unwrap());
-        put(&s, "b");
-        let (after, _) = s.rotate_if_due(t + 1, "test").unwrap();
-        assert_eq!(
-            after.staged_version, sync.staged_version,
-            "the rotation encoded"
-        );
-        assert_eq!(staged_price(&s), b"a");
-        s.rotate_if_due(after.activation_time_us + 1, "test")
-            .unwrap();
-        assert_eq!(staged_price(&s), b"b");
-    }
-
-    #[test]
-    fn a_scheduled_change_due_next_never_slips() {
+    fn a_change_scheduled_after_the_build_for_the_next_activation_is_in_the_version_staged() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         put(&s, "a");
