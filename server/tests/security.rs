@@ -417,9 +417,11 @@ fn a_declared_body_that_never_comes_is_answered_at_once() {
     assert_eq!(checkin_status(&s.server, None), 200);
 }
 
-fn vm_rss_kb(pid: u32) -> u64 {
+/// The process's peak resident set (VmHWM), so memory held only while the bodies came in is
+/// counted too.
+fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -432,7 +434,7 @@ fn big_bodies_without_a_token_are_never_buffered() {
     for _ in 0..5 {
         assert_eq!(checkin_status(&s.server, None), 200);
     }
-    let before = vm_rss_kb(pid);
+    let before = peak_rss_kb(pid);
     let addr = s.server.url.strip_prefix("http://").unwrap().to_owned();
     let senders: Vec<_> = (0..16)
         .map(|_| {
@@ -444,6 +446,15 @@ fn big_bodies_without_a_token_are_never_buffered() {
                 let body = 60usize << 20;
                 let head = post_head("/v1/admin/import", None, body as u64);
                 c.write_all(head.as_bytes()).unwrap();
+                // The answer may come from the head alone: read it before the close that
+                // follows can reset the connection.
+                let mut answer = vec![0u8; 512];
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let early = c.read(&mut answer).unwrap_or(0);
+                if early > 0 {
+                    return String::from_utf8_lossy(&answer[..early]).into_owned();
+                }
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let chunk = vec![b' '; 1 << 20];
                 for _ in 0..60 {
                     // The server answers and closes without reading: writes then fail.
@@ -451,12 +462,12 @@ fn big_bodies_without_a_token_are_never_buffered() {
                         break;
                     }
                 }
-                let mut answer = vec![0u8; 512];
                 let n = c.read(&mut answer).unwrap_or(0);
                 String::from_utf8_lossy(&answer[..n]).into_owned()
             })
         })
         .collect();
+    let mut refused = 0;
     for h in senders {
         let answer = h.join().unwrap();
         // A reset may come before the answer is read; an answer, when read, is a 401.
@@ -464,17 +475,24 @@ fn big_bodies_without_a_token_are_never_buffered() {
             answer.is_empty() || answer.starts_with("HTTP/1.1 401"),
             "{answer}"
         );
+        refused += usize::from(!answer.is_empty());
     }
-    let after = vm_rss_kb(pid);
-    println!("RSS before {before} kB, after 16 x 60 MB unauthenticated bodies {after} kB");
+    // Not only resets: the server did answer (a crashed one would give none).
+    assert!(refused > 0, "no sender read a 401");
+    let after = peak_rss_kb(pid);
+    println!(
+        "peak RSS before {before} kB, after 16 x 60 MB unauthenticated bodies {after} kB \
+         ({refused} senders read the 401)"
+    );
     assert!(
         after < before + 100 * 1024,
-        "RSS grew from {before} kB to {after} kB"
+        "peak RSS grew from {before} kB to {after} kB"
     );
     assert_eq!(checkin_status(&s.server, None), 200);
 }
 
-fn raise_own_nofile() {
+/// Raises this process's soft open-file limit to the hard one, and returns that.
+fn raise_own_nofile() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -484,17 +502,22 @@ fn raise_own_nofile() {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
+    lim.rlim_max
 }
 
 #[test]
 fn slow_and_idle_connections_do_not_starve_check_ins() {
     use std::io::{Read, Write};
-    raise_own_nofile();
+    let hard = raise_own_nofile();
+    // 2000 idle connections as the issue asks, fewer where the hard open-file limit does not
+    // leave room for them beside the 200 slowloris ones (this process holds those twice).
+    let n_idle = 2000.min(hard.saturating_sub(600) as usize);
+    println!("hard open-file limit {hard}: {n_idle} idle connections");
     let dir = tempfile::tempdir().unwrap();
     // The data server starts with a soft limit of 1024, as a default service would.
     let s = Logged::start_limited(
         dir.path(),
-        &["--header-timeout", "6s"],
+        &["--header-timeout", "15s"],
         &[("LOCKSTEP_ADMIN_TOKEN", "a-secret")],
         Some(1024),
     );
@@ -507,10 +530,10 @@ fn slow_and_idle_connections_do_not_starve_check_ins() {
         .and_then(|t| t.split('"').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no open_files figure: {}", s.log()));
-    assert!(open_files > 2400, "{open_files}");
+    assert_eq!(open_files, hard);
 
     let started = Instant::now();
-    let idle: Vec<std::net::TcpStream> = (0..2000)
+    let idle: Vec<std::net::TcpStream> = (0..n_idle)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     // Slowloris: a request head a byte at a time, never finished.
@@ -525,7 +548,7 @@ fn slow_and_idle_connections_do_not_starve_check_ins() {
     let dribble = {
         let mut slow: Vec<_> = slow.iter().map(|c| c.try_clone().unwrap()).collect();
         std::thread::spawn(move || {
-            for _ in 0..14 {
+            for _ in 0..24 {
                 for c in slow.iter_mut() {
                     let _ = c.write_all(b"X");
                 }
@@ -534,10 +557,11 @@ fn slow_and_idle_connections_do_not_starve_check_ins() {
         })
     };
     let opened = started.elapsed();
-    println!("2200 connections opened in {opened:?}");
+    println!("{} connections opened in {opened:?}", n_idle + 200);
     assert!(opened < Duration::from_secs(4), "opening took {opened:?}");
     let mut took = Vec::new();
-    while took.len() < 100 {
+    // Enough samples that the p99 is not simply the maximum.
+    while took.len() < 500 {
         let t = Instant::now();
         // A new connection each time: accepting is what a full descriptor table breaks.
         let r = agent()
@@ -550,22 +574,36 @@ fn slow_and_idle_connections_do_not_starve_check_ins() {
             .expect("a check-in failed");
         assert_eq!(r.status().as_u16(), 200);
         took.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
+    // Measured while all of them were still open.
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "the check-ins took past the slowloris dribble: {:?}",
+        started.elapsed()
+    );
     took.sort();
     let p99 = took[took.len() * 99 / 100];
     println!(
-        "{} check-ins beside 2000 idle and 200 slowloris connections: median {:?}, p99 {:?}, max {:?}",
+        "{} check-ins beside {n_idle} idle and 200 slowloris connections: median {:?}, p99 {:?}, max {:?}",
         took.len(),
         took[took.len() / 2],
         p99,
         took.last().unwrap()
     );
-    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    // The promise is a p99 under 50 ms. The allowance is for this test's own machine: two
+    // cores shared with other builds and tests, a debug build, and the 2200 connections
+    // opened by this same process; quiet runs here measure 7 to 35 ms.
+    let promise = Duration::from_millis(50);
+    let allowance = Duration::from_millis(250);
+    assert!(
+        p99 < promise + allowance,
+        "p99 {p99:?}: over the 50 ms promise plus the {allowance:?} allowance"
+    );
     dribble.join().unwrap();
 
     // Past --header-timeout, the server has closed both kinds: a read sees the end.
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    std::thread::sleep(Duration::from_secs(17).saturating_sub(started.elapsed()));
     let closed = |c: &std::net::TcpStream| {
         let mut c = c.try_clone().unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
