@@ -227,6 +227,14 @@ fn the_cli_over_https_with_a_test_ca_and_refusals() {
     );
     let plain = cli(d, &s.url.replace("https://", "http://"), &["get", "k"], &[]);
     assert!(!plain.status.success());
+    // Refused, not crashed: TLS on the same port still answers.
+    let after = cli(d, &s.url, &["--ca-file", "ca.pem", "get", "k"], &[]);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), "v1");
 }
 
 #[test]
