@@ -375,3 +375,44 @@ fn clock_samples_of_two_data_servers_are_never_mixed() {
         }
     }
 }
+
+#[test]
+fn a_client_given_several_data_servers_sticks_to_one_while_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut a = Server::start(&db, &["--interval", "500ms", "--min-window", "250ms"]);
+    let b = Server::start(&db, &[]);
+    // Each instance behind a proxy that counts the check-ins reaching it.
+    let pass = support::proxy::Mode::PassThrough;
+    let (pa, pb) = (
+        support::proxy::Proxy::start("127.0.0.1:0", &a.url, pass),
+        support::proxy::Proxy::start("127.0.0.1:0", &b.url, pass),
+    );
+    put(&a, "price", "p0");
+    let o = Observer::start_with(
+        &format!("{},{}", pa.url, pb.url),
+        "sticky",
+        "price",
+        60.0,
+        None,
+        "cache_dir=",
+    );
+    o.wait_value("p0", Duration::from_secs(10));
+    for i in 1..=3 {
+        let value = format!("p{i}");
+        put(&a, "price", &value);
+        o.wait_value(&value, Duration::from_secs(10));
+    }
+    assert!(pa.checkins() >= 4, "{} check-ins with A", pa.checkins());
+    assert_eq!(pb.checkins(), 0, "checked in with B while A answered");
+    // A dies: the client moves to B, and stays there.
+    a.kill9();
+    put(&b, "price", "p4");
+    o.wait_value("p4", Duration::from_secs(10));
+    let (with_a, with_b) = (pa.checkins(), pb.checkins());
+    assert!(with_b > 0);
+    put(&b, "price", "p5");
+    o.wait_value("p5", Duration::from_secs(10));
+    assert!(pb.checkins() > with_b, "no check-in with B after the move");
+    assert_eq!(pa.checkins(), with_a);
+}
