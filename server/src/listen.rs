@@ -89,8 +89,8 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 
 /// Raises the soft open-file limit to the hard one: each connection is a descriptor, and
 /// the soft default (often 1024) would make accept fail with EMFILE under a few idle
-/// clients. Returns the limit in force.
-pub fn raise_nofile_limit() -> Option<u64> {
+/// clients. Returns the soft limit in force and the hard one.
+pub fn raise_nofile_limit() -> Option<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -110,7 +110,7 @@ pub fn raise_nofile_limit() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur)
+    Some((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Past this share of `--max-connections` (in tenths), connections idle for

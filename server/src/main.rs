@@ -331,7 +331,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_value_bytes: args.max_value_bytes,
         max_body_bytes: args.max_body_bytes,
     };
-    let open_files = listen::raise_nofile_limit();
+    let nofile = listen::raise_nofile_limit();
+    let open_files = nofile.map(|(soft, _)| soft);
     let mut max_connections = args.max_connections;
     if let Some(n) = open_files {
         // Descriptors beyond connections: the database, its journal, log, listener.
@@ -344,11 +345,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             max_connections = room;
         }
     }
-    tracing::info!(
-        open_files = open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
-        max_connections,
-        "open-file limit raised to the hard limit"
-    );
+    match nofile {
+        Some((soft, hard)) if soft == hard => tracing::info!(
+            open_files = soft.to_string(),
+            max_connections,
+            "open-file limit raised to the hard limit"
+        ),
+        Some((soft, hard)) => tracing::warn!(
+            open_files = soft.to_string(),
+            max_connections,
+            "cannot raise the open-file limit to the hard limit ({hard}): serving with {soft}"
+        ),
+        None => tracing::warn!(
+            max_connections,
+            "cannot read the open-file limit: serving with the one in force"
+        ),
+    }
     let conn_limits = listen::ConnLimits {
         header_timeout: clock::parse_duration_us(&args.header_timeout)
             .map(|us| Duration::from_micros(us as u64))
