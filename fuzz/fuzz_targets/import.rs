@@ -7,4 +7,4 @@ mod import;
 #[path = "../import_check.rs"]
 mod import_check;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| import_check::import(data, import::parse_import));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| import_check::import(data));

@@ -27,6 +27,7 @@ use lockstep::wire::{
 use serde::Deserialize;
 
 use crate::audit::{self, AuditEntry};
+use crate::cli::import;
 use crate::clock::{format_duration_us, format_us};
 use crate::metrics::Metrics;
 use crate::store::{Change, IntervalChange, PinChange, RollbackOutcome, Store, StoreError};
@@ -336,34 +337,22 @@ fn parse_duration_us(what: &str, s: &str) -> ApiResult<i64> {
 }
 
 fn check_key(limits: &Limits, key: &[u8]) -> ApiResult<()> {
-    if key.is_empty() {
-        return Err(ApiError::bad_request("key is empty"));
-    }
-    if key.len() > limits.max_key_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "key is {} bytes; the limit is {} (--max-key-bytes)",
-                key.len(),
-                limits.max_key_bytes
-            ),
-        ));
-    }
-    Ok(())
+    import::check_key(key, limits.max_key_bytes).map_err(ApiError::from)
 }
 
 fn check_value(limits: &Limits, value: &[u8]) -> ApiResult<()> {
-    if value.len() > limits.max_value_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "value is {} bytes; the limit is {} (--max-value-bytes)",
-                value.len(),
-                limits.max_value_bytes
-            ),
-        ));
+    import::check_value(value, limits.max_value_bytes).map_err(ApiError::from)
+}
+
+impl From<import::Refused> for ApiError {
+    fn from(r: import::Refused) -> Self {
+        let status = if r.too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, r.message)
     }
-    Ok(())
 }
 
 fn blob(what: &str, b: Blob) -> ApiResult<Vec<u8>> {
@@ -706,23 +695,16 @@ async fn admin_import(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResponse>> {
     let req: ImportRequest = parse_json(body)?;
-    let mut changes = Vec::with_capacity(req.entries.len());
-    // A key given twice has no one value to import: refused rather than the last one winning.
-    let mut first_at = std::collections::HashMap::new();
-    for (i, e) in req.entries.into_iter().enumerate() {
-        let key = blob(&format!("entry {i}: key"), e.key)?;
-        if let Some(j) = first_at.insert(key.clone(), i) {
-            return Err(ApiError::bad_request(format!(
-                "entry {i}: key {} is given twice (entry {j} too)",
-                shown(&key)
-            )));
-        }
-        let value = blob(&format!("entry {i}: value"), e.value)?;
-        check_key(&state.limits, &key)
-            .and_then(|_| check_value(&state.limits, &value))
-            .map_err(|e| ApiError::new(e.status, format!("entry {i}: {}", e.message)))?;
-        changes.push(Change::Put(key, value));
-    }
+    let limits = &state.limits;
+    let changes: Vec<Change> = import::import_entries(
+        req.entries,
+        limits.max_key_bytes,
+        limits.max_value_bytes,
+        shown,
+    )?
+    .into_iter()
+    .map(|(key, value)| Change::Put(key, value))
+    .collect();
     let n = changes.len();
     let store = state.store.clone();
     let base = audit_entry(&admin, "import", "");

@@ -27,7 +27,7 @@ use crate::store::{PinChange, Status, VersionRow};
 // A leaf module (std, csv, serde_json and lockstep's wire types only), so the `import` fuzz
 // target compiles it as it is.
 #[path = "import.rs"]
-mod import;
+pub(crate) mod import;
 pub use import::parse_import;
 
 /// Largest admin answer we read (a `ls` of a big production can be large).
