@@ -147,19 +147,26 @@ struct Tracked<S> {
 }
 
 impl<S> Tracked<S> {
+    /// `bytes`: whether this call writes bytes, which starts the deadline; hyper flushes
+    /// between requests too, and a handler's time before its first byte does not count.
     fn write_poll<T>(
         &mut self,
         cx: &mut Context<'_>,
+        bytes: bool,
         io: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>>
     where
         S: Unpin,
     {
         let timeout = self.write_timeout;
-        let deadline = self
+        if bytes && self.write_deadline.is_none() {
+            self.write_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+        }
+        if self
             .write_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if deadline.as_mut().poll(cx).is_ready() {
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+        {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the response took longer than {timeout:?} to write (--write-timeout)"),
@@ -195,7 +202,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.write_poll(cx, |s, cx| s.poll_write(cx, buf))
+        self.write_poll(cx, !buf.is_empty(), |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -203,7 +210,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.write_poll(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+        let bytes = bufs.iter().any(|b| !b.is_empty());
+        self.write_poll(cx, bytes, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -211,7 +219,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.write_poll(cx, |s, cx| s.poll_flush(cx))
+        self.write_poll(cx, false, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
