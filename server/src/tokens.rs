@@ -118,16 +118,15 @@ impl Tokens {
             ));
         }
         if self.tokens.iter().any(|t| t.name == name) {
-            return Err(format!("name '{name}' is given twice"));
+            // Not quoted either: a secret in the name field is still a valid name.
+            return Err("this name is given twice".to_owned());
         }
         if self
             .tokens
             .iter()
             .any(|t| bool::from(t.digest.ct_eq(&digest)))
         {
-            return Err(format!(
-                "token '{name}' has the same secret as another token"
-            ));
+            return Err("this token has the same secret as another token".to_owned());
         }
         self.tokens.push(Token {
             name: name.to_owned(),
@@ -222,11 +221,13 @@ impl TokenSources {
         };
         if let Some(secret) = single(&self.admin_file, "LOCKSTEP_ADMIN_TOKEN")? {
             set.add_plain(LEGACY_ADMIN_NAME, Scope::Admin, &secret)
-                .map_err(|e| format!("the single admin token: {e}"))?;
+                .map_err(|e| {
+                    format!("the single admin token (named '{LEGACY_ADMIN_NAME}'): {e}")
+                })?;
         }
         if let Some(secret) = single(&self.read_file, "LOCKSTEP_READ_TOKEN")? {
             set.add_plain(LEGACY_READ_NAME, Scope::Read, &secret)
-                .map_err(|e| format!("the single read token: {e}"))?;
+                .map_err(|e| format!("the single read token (named '{LEGACY_READ_NAME}'): {e}"))?;
         }
         if !set.has_admin() {
             return Err(
@@ -276,6 +277,7 @@ mod tests {
             ("a admin hunter2 extra\n", "line 1", "3 fields"),
             ("a admin s\na read hunter2\n", "line 2", "twice"),
             ("a admin hunter2\nb read hunter2\n", "line 2", "same secret"),
+            ("hunter2 admin a\nhunter2 read b\n", "line 2", "twice"),
             ("a admin sha256:abc\n", "line 1", "64 hex"),
             ("a/b admin hunter2\n", "line 1", "name"),
             // Fields in the wrong order put the secret where the scope or name belongs.
