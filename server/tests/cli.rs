@@ -524,7 +524,8 @@ fn status_groups_the_farm_by_host_with_its_leader_its_followers_and_what_they_ho
 #[test]
 fn status_shows_a_thousand_processes_in_a_few_dozen_lines_listing_the_ones_that_need_a_look() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("db"), &[]);
+    // Check-ins without a read token may add at most 1000 farm members (followers included).
+    let s = Server::start(&dir.path().join("db"), &["--max-open-farm-members", "2000"]);
     for h in 0..4 {
         // 250 followers each, one of them lagging and one still on version 2.
         let members: Vec<String> = (100..350)
