@@ -442,13 +442,47 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 Err(_) => Some((&mut startup).await),
             },
         };
-        if let Some(Ok(Err(e))) = early {
-            return Err(e);
-        }
+        let ready: Arc<OnceLock<axum::Router>> = Arc::default();
+        let flusher = Mutex::new(None);
+        // Everything the API needs once the database answers. It runs before the server says
+        // it listens when the database answered at once, so that line still means ready (a
+        // request that raced a later set-up would get a 503 "starting").
+        let set_up = |result: Result<Result<store::Store, String>, _>| -> Result<(), String> {
+            let store = match result {
+                Ok(Ok(store)) => Arc::new(store),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("the start-up thread ended without a store".to_owned()),
+            };
+            let _ = opened.set(store.clone());
+            store.set_farm_expiry(farm_expiry_us);
+            start_prepare_thread(store.clone())?;
+            *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(start_flusher(store.clone(), retention));
+            let state = Arc::new(api::AppState {
+                store,
+                tokens: tokens.clone(),
+                limits,
+                metrics: Arc::default(),
+                open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
+            });
+            let _ = ready.set(api::router(state));
+            tracing::info!(%addr, db = %location, "data server ready");
+            // systemd (Type=notify) starts dependent units now; without NOTIFY_SOCKET a no-op.
+            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                tracing::warn!("cannot tell the service manager we are ready: {e}");
+            }
+            Ok(())
+        };
+        let ready_at_once = match early {
+            Some(result) => {
+                set_up(result)?;
+                true
+            }
+            None => false,
+        };
         // The one line on stdout, so scripts and tests that pass port 0 learn the port.
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("lockstep: listening on {scheme}://{addr}");
-        let ready: Arc<OnceLock<axum::Router>> = Arc::default();
         let app = {
             let (ready, waiting) = (ready.clone(), waiting.clone());
             axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -472,34 +506,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 shutdown_signal(),
             )),
         };
-        let flusher = Mutex::new(None);
         let becoming_ready = async {
-            let result = match early {
-                Some(result) => result,
-                None => startup.await,
-            };
-            let store = match result {
-                Ok(Ok(store)) => Arc::new(store),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err("the start-up thread ended without a store".to_owned()),
-            };
-            let _ = opened.set(store.clone());
-            store.set_farm_expiry(farm_expiry_us);
-            start_prepare_thread(store.clone())?;
-            *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(start_flusher(store.clone(), retention));
-            let state = Arc::new(api::AppState {
-                store,
-                tokens: tokens.clone(),
-                limits,
-                metrics: Arc::default(),
-                open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
-            });
-            let _ = ready.set(api::router(state));
-            tracing::info!(%addr, db = %location, "data server ready");
-            // systemd (Type=notify) starts dependent units now; without NOTIFY_SOCKET a no-op.
-            if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-                tracing::warn!("cannot tell the service manager we are ready: {e}");
+            if !ready_at_once {
+                set_up(startup.await)?;
             }
             std::future::pending::<Result<(), String>>().await
         };

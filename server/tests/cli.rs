@@ -661,3 +661,44 @@ fn lockstep_db_with_the_sqlite_prefix_opens_that_file() {
     assert!(!dir.path().join("sqlite:from-env.db").exists());
     assert!(!dir.path().join("lockstep.db").exists());
 }
+
+/// Scripts that pass port 0 read the "listening" line and use the server at once: with a
+/// database that answers, that line means ready, so the first request is never a 503.
+#[test]
+fn the_listening_line_means_ready_when_the_database_answers() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join(format!("db{round}")))
+            .env("LOCKSTEP_LOG", "warn")
+            .env("LOCKSTEP_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "GET /v1/checkin?name=first HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: the first request after {line:?} got {}",
+            answer.lines().next().unwrap_or("nothing")
+        );
+    }
+}
