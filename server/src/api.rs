@@ -904,6 +904,13 @@ struct LimitQuery {
     limit: Option<std::num::NonZeroU64>,
 }
 
+impl LimitQuery {
+    /// The `limit` asked for, `default` without one, never above `max`.
+    fn or(&self, default: u64, max: u64) -> u64 {
+        self.limit.map_or(default, |n| n.get()).min(max)
+    }
+}
+
 /// Versions `GET /v1/admin/history` lists without a `limit`.
 const DEFAULT_HISTORY_LIMIT: u64 = 100;
 
@@ -914,7 +921,7 @@ async fn admin_history(
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let store = state.store.clone();
-    let limit = q.limit.map_or(DEFAULT_HISTORY_LIMIT, |n| n.get());
+    let limit = q.or(DEFAULT_HISTORY_LIMIT, u64::MAX);
     Ok(Json(blocking(move || store.history(limit)).await?).into_response())
 }
 
@@ -1031,10 +1038,7 @@ async fn admin_activations(
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let limit = q
-        .limit
-        .map_or(DEFAULT_ACTIVATIONS_LIMIT, |n| n.get())
-        .min(MAX_ACTIVATIONS_LIMIT);
+    let limit = q.or(DEFAULT_ACTIVATIONS_LIMIT, MAX_ACTIVATIONS_LIMIT);
     let store = state.store.clone();
     Ok(Json(blocking(move || store.activations(limit, clock::now_us())).await?).into_response())
 }
@@ -1048,10 +1052,7 @@ async fn admin_audit(
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let limit = q
-        .limit
-        .map_or(DEFAULT_AUDIT_LIMIT, |n| n.get())
-        .min(100_000);
+    let limit = q.or(DEFAULT_AUDIT_LIMIT, 100_000);
     let store = state.store.clone();
     Ok(Json(blocking(move || store.audit(limit)).await?).into_response())
 }
