@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rkyv::collections::swiss_table::{ArchivedHashMap, HashMapResolver};
 use rkyv::rancor;
 use rkyv::vec::ArchivedVec;
 use xxhash_rust::xxh3::Xxh3;
@@ -182,14 +183,47 @@ pub unsafe fn entries_unchecked(bytes: &[u8]) -> &ArchivedEntries {
     unsafe { rkyv::access_unchecked::<ArchivedEntries>(&bytes[HEADER_LEN..]) }
 }
 
-/// Encodes a version. Called once per version, by the data server at rotation.
+/// [`Entries`] archived straight from a [`Content`], in key order, without a copy into a
+/// `HashMap`. The archive is the same type; what changes is that the bytes depend on the
+/// content alone. Through a `HashMap` they depended on its random iteration order, so two
+/// encodings of one content differed, and a client that rebuilds a version from a delta
+/// (see [`crate::delta`]) must encode exactly the bytes the data server encoded.
+struct SortedEntries<'a>(&'a Content);
+
+/// rkyv's own load factor for a `HashMap`, kept so that lookups probe as before.
+const LOAD_FACTOR: (usize, usize) = (7, 8);
+
+impl rkyv::Archive for SortedEntries<'_> {
+    type Archived = ArchivedEntries;
+    type Resolver = HashMapResolver;
+
+    fn resolve(&self, resolver: HashMapResolver, out: rkyv::Place<ArchivedEntries>) {
+        rkyv::munge::munge!(let ArchivedEntries { map } = out);
+        ArchivedHashMap::resolve_from_len(self.0.len(), LOAD_FACTOR, resolver, map);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for SortedEntries<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized,
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<HashMapResolver, S::Error> {
+        ArchivedHashMap::<ArchivedVec<u8>, ArchivedVec<u8>>::serialize_from_iter::<
+            _,
+            _,
+            _,
+            Vec<u8>,
+            Vec<u8>,
+            _,
+        >(self.0.iter(), LOAD_FACTOR, serializer)
+    }
+}
+
+/// Encodes a version. Called once per version, by the data server at rotation, and by a
+/// client rebuilding a version from a delta: the same content always gives the same bytes.
 pub fn encode(version: u64, created_us: i64, entries: &Content) -> Result<VersionBuf, FormatError> {
-    let root = Entries {
-        map: entries
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    };
+    let root = SortedEntries(entries);
     let mut buf = VersionBuf::try_with_capacity(HEADER_LEN + estimate_payload(entries))
         .map_err(|e| FormatError::Encode(e.to_string()))?;
     buf.try_extend_from_slice(&[0u8; HEADER_LEN])

@@ -13,6 +13,7 @@ pub mod activation;
 pub mod buffer;
 pub mod client;
 pub mod clock;
+pub mod delta;
 pub mod ffi;
 pub mod following;
 pub mod format;

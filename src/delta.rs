@@ -1,0 +1,580 @@
+//! Deltas: how a client that holds version A gets version B without downloading B whole.
+//!
+//! A delta names the version it applies to (A's checksum) and the version it makes (B's
+//! number, creation time, length, entry count and checksum), then lists B's changes against A
+//! by key: keys deleted, keys inserted or given a new value. The client rebuilds B's content
+//! from A's and the changes and encodes it with [`format::encode`], the very code the data
+//! server encoded B with, so the result is byte for byte B when the delta is honest; it is
+//! staged only if its checksum is the one the check-in announced. A delta is therefore never
+//! trusted for what it claims: a forged or corrupt one fails a check and costs a full download,
+//! never a wrong version.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//!  0  magic          8 bytes  "LKSTEPD1"
+//!  8  format         u32      DELTA_REVISION
+//! 12  flags          u32      0 (reserved)
+//! 16  base_checksum  u64      checksum of the version the delta applies to
+//! 24  version        u64      number of the version it makes
+//! 32  created_us     i64      that version's creation time (its header field)
+//! 40  target_len     u64      that version's length in bytes
+//! 48  entries        u64      that version's number of keys
+//! 56  checksum       u64      that version's checksum
+//! 64  deletes        u64      number of keys deleted
+//! 72  upserts        u64      number of keys inserted or changed
+//! 80  body_len       u64      bytes after the header
+//! 88  delta_sum      u64      xxh3-64 of bytes 0..88 followed by the body
+//! 96  body           deletes: (u32 key_len, key)*, then upserts: (u32 key_len, key,
+//!                    u32 value_len, value)*, each list in strictly ascending key order
+//! ```
+//!
+//! Every count and length is checked against the bytes that remain before anything is
+//! allocated for it, and the version it makes against `max_version_bytes`, so hostile bytes
+//! cost at most a pass over themselves.
+
+use std::collections::TryReserveError;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::format::{self, Content, FormatError, VersionBuf};
+
+/// First eight bytes of every delta.
+pub const MAGIC: &[u8; 8] = b"LKSTEPD1";
+/// Bumped whenever the layout above changes; a client refuses revisions it does not know
+/// (and downloads the version whole).
+pub const DELTA_REVISION: u32 = 1;
+/// Size of the fixed header before the body.
+pub const HEADER_LEN: usize = 96;
+/// Bytes before the delta's own checksum, which covers them.
+const SUMMED_HEADER: usize = 88;
+
+/// Why bytes are not a usable delta, or applying one did not make the version it names.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeltaError {
+    #[error("delta is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
+    Truncated(usize),
+    #[error("delta does not start with the Lockstep delta magic")]
+    BadMagic,
+    #[error("delta format revision {0} is not supported (this build reads {DELTA_REVISION})")]
+    UnsupportedRevision(u32),
+    #[error("delta header says {expected} body bytes, buffer has {actual}")]
+    LengthMismatch { expected: u64, actual: u64 },
+    #[error("delta checksum mismatch: header says {expected:016x}, bytes hash to {actual:016x}")]
+    ChecksumMismatch { expected: u64, actual: u64 },
+    #[error("delta body is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("delta makes a version of {0} bytes, more than max_version_bytes ({1})")]
+    TooLarge(u64, u64),
+    #[error("delta applies to the version with checksum {expected:016x}, not {actual:016x}")]
+    WrongBase { expected: u64, actual: u64 },
+    #[error("delta does not fit its base: {0}")]
+    DoesNotFit(&'static str),
+    #[error("delta result is not the version it names: {0}")]
+    WrongResult(String),
+    #[error("base version unusable: {0}")]
+    Base(FormatError),
+    #[error("out of memory applying a delta: {0}")]
+    OutOfMemory(#[from] TryReserveError),
+}
+
+/// The fixed header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub base_checksum: u64,
+    pub version: u64,
+    pub created_us: i64,
+    pub target_len: u64,
+    pub entries: u64,
+    pub checksum: u64,
+    pub deletes: u64,
+    pub upserts: u64,
+    pub body_len: u64,
+}
+
+/// A validated delta, borrowing its keys and values from the delta's bytes.
+#[derive(Debug)]
+pub struct Delta<'a> {
+    pub header: Header,
+    pub deletes: Vec<&'a [u8]>,
+    pub upserts: Vec<(&'a [u8], &'a [u8])>,
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn sum(prefix: &[u8], body: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(prefix);
+    h.update(body);
+    h.digest()
+}
+
+/// Reads and checks the header and the delta's own checksum; not the body's structure.
+pub fn read_header(bytes: &[u8]) -> Result<Header, DeltaError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DeltaError::Truncated(bytes.len()));
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err(DeltaError::BadMagic);
+    }
+    let rev = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if rev != DELTA_REVISION {
+        return Err(DeltaError::UnsupportedRevision(rev));
+    }
+    let header = Header {
+        base_checksum: u64_at(bytes, 16),
+        version: u64_at(bytes, 24),
+        created_us: u64_at(bytes, 32) as i64,
+        target_len: u64_at(bytes, 40),
+        entries: u64_at(bytes, 48),
+        checksum: u64_at(bytes, 56),
+        deletes: u64_at(bytes, 64),
+        upserts: u64_at(bytes, 72),
+        body_len: u64_at(bytes, 80),
+    };
+    let actual = (bytes.len() - HEADER_LEN) as u64;
+    if header.body_len != actual {
+        return Err(DeltaError::LengthMismatch {
+            expected: header.body_len,
+            actual,
+        });
+    }
+    let expected = u64_at(bytes, SUMMED_HEADER);
+    let actual = sum(&bytes[..SUMMED_HEADER], &bytes[HEADER_LEN..]);
+    if expected != actual {
+        return Err(DeltaError::ChecksumMismatch { expected, actual });
+    }
+    Ok(header)
+}
+
+/// A cursor over the body that never reads or trusts a length past the bytes left.
+struct Body<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DeltaError> {
+        if n > self.rest.len() {
+            return Err(DeltaError::Malformed("a length runs past the end"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DeltaError> {
+        let len = self.take(4)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        self.take(len)
+    }
+}
+
+/// Validates a delta completely (header, checksum, every length, key order) and checks that
+/// the version it makes is within `max_version_bytes`. Allocates at most one pointer pair per
+/// four bytes of body, and only after the counts are checked against the body's size.
+pub fn parse(bytes: &[u8], max_version_bytes: u64) -> Result<Delta<'_>, DeltaError> {
+    let header = read_header(bytes)?;
+    if header.target_len > max_version_bytes {
+        return Err(DeltaError::TooLarge(header.target_len, max_version_bytes));
+    }
+    if (header.target_len as usize) < format::HEADER_LEN {
+        return Err(DeltaError::Malformed(
+            "the version it makes is shorter than a header",
+        ));
+    }
+    let body_len = header.body_len;
+    // Each delete takes at least 4 bytes and each upsert 8: counts beyond that are lies.
+    if header.deletes > body_len / 4
+        || header.upserts > body_len / 8
+        || header
+            .deletes
+            .saturating_mul(4)
+            .saturating_add(header.upserts.saturating_mul(8))
+            > body_len
+    {
+        return Err(DeltaError::Malformed("counts larger than the body holds"));
+    }
+    let mut deletes = Vec::new();
+    deletes.try_reserve_exact(header.deletes as usize)?;
+    let mut upserts = Vec::new();
+    upserts.try_reserve_exact(header.upserts as usize)?;
+    let mut body = Body {
+        rest: &bytes[HEADER_LEN..],
+    };
+    for _ in 0..header.deletes {
+        let key = body.bytes()?;
+        if deletes.last().is_some_and(|prev: &&[u8]| *prev >= key) {
+            return Err(DeltaError::Malformed("deleted keys out of order"));
+        }
+        deletes.push(key);
+    }
+    for _ in 0..header.upserts {
+        let key = body.bytes()?;
+        let value = body.bytes()?;
+        if upserts
+            .last()
+            .is_some_and(|(prev, _): &(&[u8], _)| *prev >= key)
+        {
+            return Err(DeltaError::Malformed("upserted keys out of order"));
+        }
+        upserts.push((key, value));
+    }
+    if !body.rest.is_empty() {
+        return Err(DeltaError::Malformed("bytes after the last change"));
+    }
+    Ok(Delta {
+        header,
+        deletes,
+        upserts,
+    })
+}
+
+/// Encodes the changes that turn `base` into `target` (both encoded versions). The data
+/// server calls this once per pair and caches the bytes.
+pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    let (base_header, old) = format::decode(base).map_err(DeltaError::Base)?;
+    let (target_header, new) = format::decode(target).map_err(DeltaError::Base)?;
+    let deletes: Vec<&[u8]> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(Vec::as_slice)
+        .collect();
+    let upserts: Vec<(&[u8], &[u8])> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    encode(
+        &Header {
+            base_checksum: base_header.checksum,
+            version: target_header.version,
+            created_us: target_header.created_us,
+            target_len: target.len() as u64,
+            entries: target_header.entries,
+            checksum: target_header.checksum,
+            deletes: deletes.len() as u64,
+            upserts: upserts.len() as u64,
+            body_len: 0,
+        },
+        &deletes,
+        &upserts,
+    )
+}
+
+/// Lays out a delta from its parts (`header.deletes`, `upserts` and `body_len` are taken from
+/// the lists). Keys must be in ascending order, as [`parse`] demands.
+pub fn encode(
+    header: &Header,
+    deletes: &[&[u8]],
+    upserts: &[(&[u8], &[u8])],
+) -> Result<Vec<u8>, DeltaError> {
+    let field = |b: &[u8]| -> Result<u32, DeltaError> {
+        u32::try_from(b.len()).map_err(|_| DeltaError::Malformed("a key or value over 4 GiB"))
+    };
+    let body_len = deletes.iter().map(|k| 4 + k.len()).sum::<usize>()
+        + upserts
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>();
+    let mut out = Vec::new();
+    out.try_reserve_exact(HEADER_LEN + body_len)?;
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&DELTA_REVISION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for n in [
+        header.base_checksum,
+        header.version,
+        header.created_us as u64,
+        header.target_len,
+        header.entries,
+        header.checksum,
+        deletes.len() as u64,
+        upserts.len() as u64,
+        body_len as u64,
+        0,
+    ] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    for k in deletes {
+        out.extend_from_slice(&field(k)?.to_le_bytes());
+        out.extend_from_slice(k);
+    }
+    for (k, v) in upserts {
+        out.extend_from_slice(&field(k)?.to_le_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&field(v)?.to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    let s = sum(&out[..SUMMED_HEADER], &out[HEADER_LEN..]);
+    out[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+    Ok(out)
+}
+
+/// Rebuilds the version a delta names from `base` (an encoded version) and checks that the
+/// result is that version: its length, its entry count and its checksum. The caller still
+/// compares the checksum with the one the data server announced.
+pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<VersionBuf, DeltaError> {
+    let d = parse(delta, max_version_bytes)?;
+    let h = d.header;
+    let base_header = format::verify_checksum(base).map_err(DeltaError::Base)?;
+    if base_header.checksum != h.base_checksum {
+        return Err(DeltaError::WrongBase {
+            expected: h.base_checksum,
+            actual: base_header.checksum,
+        });
+    }
+    let (_, mut content): (_, Content) = format::decode(base).map_err(DeltaError::Base)?;
+    for key in &d.deletes {
+        if content.remove(*key).is_none() {
+            return Err(DeltaError::DoesNotFit(
+                "deletes a key the base does not hold",
+            ));
+        }
+    }
+    for (key, value) in &d.upserts {
+        let mut v = Vec::new();
+        v.try_reserve_exact(value.len())?;
+        v.extend_from_slice(value);
+        match content.get_mut(*key) {
+            Some(old) => *old = v,
+            None => {
+                let mut k = Vec::new();
+                k.try_reserve_exact(key.len())?;
+                k.extend_from_slice(key);
+                content.insert(k, v);
+            }
+        }
+    }
+    if content.len() as u64 != h.entries {
+        return Err(DeltaError::DoesNotFit(
+            "the result has another number of keys",
+        ));
+    }
+    let raw: u64 = content
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    if raw > h.target_len {
+        return Err(DeltaError::WrongResult(format!(
+            "its keys and values alone take {raw} bytes, more than the {} it names",
+            h.target_len
+        )));
+    }
+    let out = format::encode(h.version, h.created_us, &content)
+        .map_err(|e| DeltaError::WrongResult(e.to_string()))?;
+    if out.len() as u64 != h.target_len {
+        return Err(DeltaError::WrongResult(format!(
+            "{} bytes where {} were named",
+            out.len(),
+            h.target_len
+        )));
+    }
+    let made = format::read_header(&out)
+        .map_err(|e| DeltaError::WrongResult(e.to_string()))?
+        .checksum;
+    if made != h.checksum {
+        return Err(DeltaError::WrongResult(format!(
+            "checksum {made:016x} where {:016x} was named",
+            h.checksum
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = 1 << 30;
+
+    fn content(n: usize, salt: &str) -> Content {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("key:{i:05}").into_bytes(),
+                    format!("value {i} {salt}").into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    fn pair() -> (VersionBuf, VersionBuf) {
+        let a = content(2000, "a");
+        let mut b = a.clone();
+        for i in (0..2000).step_by(97) {
+            b.insert(format!("key:{i:05}").into_bytes(), b"changed".to_vec());
+        }
+        b.remove(&b"key:00005"[..]);
+        b.remove(&b"key:01999"[..]);
+        b.insert(b"new key".to_vec(), vec![0, 1, 2]);
+        b.insert(Vec::new(), Vec::new());
+        (
+            format::encode(7, 100, &a).unwrap(),
+            format::encode(8, 200, &b).unwrap(),
+        )
+    }
+
+    #[test]
+    fn encoding_a_content_twice_gives_the_same_bytes() {
+        // The delta scheme rests on this: the client re-encodes and must hit B's checksum.
+        let c = content(20_000, "x");
+        let one = format::encode(3, 9, &c).unwrap();
+        let two = format::encode(3, 9, &c).unwrap();
+        assert!(one[..] == two[..]);
+    }
+
+    #[test]
+    fn an_honest_delta_rebuilds_the_target_byte_for_byte() {
+        let (a, b) = pair();
+        let d = make(&a, &b).unwrap();
+        assert!(
+            d.len() * 10 < b.len(),
+            "delta {} vs version {}",
+            d.len(),
+            b.len()
+        );
+        let out = apply(&a, &d, MAX).unwrap();
+        assert!(out[..] == b[..]);
+        let p = parse(&d, MAX).unwrap();
+        assert_eq!(p.deletes.len(), 2);
+        assert_eq!(p.header.version, 8);
+    }
+
+    #[test]
+    fn a_delta_between_equal_contents_is_empty_and_applies() {
+        let (a, _) = pair();
+        let (_, c) = format::decode(&a).unwrap();
+        let b = format::encode(9, 300, &c).unwrap();
+        let d = make(&a, &b).unwrap();
+        assert_eq!(d.len(), HEADER_LEN);
+        assert!(apply(&a, &d, MAX).unwrap()[..] == b[..]);
+    }
+
+    #[test]
+    fn a_delta_for_another_base_is_refused() {
+        let (a, b) = pair();
+        let d = make(&a, &b).unwrap();
+        let other = format::encode(7, 100, &content(2000, "other")).unwrap();
+        assert!(matches!(
+            apply(&other, &d, MAX),
+            Err(DeltaError::WrongBase { .. })
+        ));
+    }
+
+    #[test]
+    fn a_delta_whose_result_has_another_checksum_is_refused() {
+        // A forger who recomputes the delta's own checksum still cannot name one version
+        // and make another.
+        let (a, b) = pair();
+        let (_, mut c) = format::decode(&b).unwrap();
+        c.insert(b"key:00001".to_vec(), b"forged".to_vec());
+        let forged = format::encode(8, 200, &c).unwrap();
+        let mut d = make(&a, &forged).unwrap();
+        let real = format::read_header(&b).unwrap();
+        d[56..64].copy_from_slice(&real.checksum.to_le_bytes());
+        d[40..48].copy_from_slice(&(b.len() as u64).to_le_bytes());
+        let s = sum(&d[..SUMMED_HEADER], &d[HEADER_LEN..]);
+        d[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+        assert!(matches!(
+            apply(&a, &d, MAX),
+            Err(DeltaError::WrongResult(_))
+        ));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let (a, b) = pair();
+        let d = make(&a, &b).unwrap();
+        for i in 0..d.len() {
+            let mut bad = d.clone();
+            bad[i] ^= 0x21;
+            assert!(
+                apply(&a, &bad, MAX).is_err(),
+                "flip at byte {i} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn truncations_and_garbage_are_rejected() {
+        let (a, b) = pair();
+        let d = make(&a, &b).unwrap();
+        for len in [0, 8, HEADER_LEN - 1, HEADER_LEN, d.len() - 1] {
+            assert!(apply(&a, &d[..len], MAX).is_err(), "cut to {len} accepted");
+        }
+        assert!(matches!(
+            apply(&a, &[0x5a; 4096], MAX),
+            Err(DeltaError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn a_delta_naming_a_version_over_the_cap_is_refused_before_any_work() {
+        let (a, b) = pair();
+        let d = make(&a, &b).unwrap();
+        assert!(matches!(
+            apply(&a, &d, b.len() as u64 - 1),
+            Err(DeltaError::TooLarge(..))
+        ));
+    }
+
+    #[test]
+    fn hostile_counts_and_lengths_are_refused_without_allocating_for_them() {
+        let h = Header {
+            base_checksum: 1,
+            version: 2,
+            created_us: 0,
+            target_len: 1000,
+            entries: 1,
+            checksum: 3,
+            deletes: 0,
+            upserts: 0,
+            body_len: 0,
+        };
+        // Claims of billions of changes in a short body.
+        let mut d = encode(&h, &[b"k"], &[]).unwrap();
+        d[64..72].copy_from_slice(&u64::MAX.to_le_bytes());
+        let s = sum(&d[..SUMMED_HEADER], &d[HEADER_LEN..]);
+        d[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+        assert!(matches!(parse(&d, MAX), Err(DeltaError::Malformed(_))));
+        // A key length past the end.
+        let mut d = encode(&h, &[b"key"], &[]).unwrap();
+        d[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let s = sum(&d[..SUMMED_HEADER], &d[HEADER_LEN..]);
+        d[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+        assert!(matches!(parse(&d, MAX), Err(DeltaError::Malformed(_))));
+        // Keys out of order, and a key twice.
+        for keys in [[&b"b"[..], &b"a"[..]], [&b"a"[..], &b"a"[..]]] {
+            let d = encode(&h, &keys, &[]).unwrap();
+            assert!(matches!(parse(&d, MAX), Err(DeltaError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn a_delta_that_deletes_a_missing_key_does_not_fit() {
+        let (a, b) = pair();
+        let hb = format::read_header(&b).unwrap();
+        let ha = format::read_header(&a).unwrap();
+        let d = encode(
+            &Header {
+                base_checksum: ha.checksum,
+                version: 8,
+                created_us: 200,
+                target_len: b.len() as u64,
+                entries: hb.entries,
+                checksum: hb.checksum,
+                deletes: 0,
+                upserts: 0,
+                body_len: 0,
+            },
+            &[b"no such key"],
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(apply(&a, &d, MAX), Err(DeltaError::DoesNotFit(_))));
+    }
+}
