@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one coverage-guided fuzz target for a bounded time, on the stable toolchain.
 #
-#   ./scripts/fuzz.sh TARGET SECONDS     TARGET: version, checkin, options, import
+#   ./scripts/fuzz.sh TARGET SECONDS     TARGET: version, checkin, options, import, delta
 #   ./scripts/fuzz.sh --build            builds every target (CI does this once)
 #
 # libFuzzer through libfuzzer-sys, instrumented with the same stable rustc flags that
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(version checkin options import)
+TARGETS=(version checkin options import delta)
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR="$PWD/target/fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -35,7 +35,7 @@ echo "== Rust, C and end-to-end tests"
 bounded 30m cargo test --workspace
 echo "== fuzzing on the stable toolchain: each target for a bounded time (fuzz/README.md)"
 bounded 15m ./scripts/fuzz.sh --build
-for target in version checkin options import; do
+for target in version checkin options import delta; do
   bounded 5m ./scripts/fuzz.sh "$target" "${LOCKSTEP_FUZZ_SECONDS:-45}"
 done
 echo "== Python binding, real nginx and PHP-FPM with the module and the extension, packaging"

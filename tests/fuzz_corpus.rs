@@ -34,3 +34,8 @@ fn checkin_seeds_pass_the_checkin_check() {
 fn options_seeds_pass_the_options_check() {
     replay("options", checks::options);
 }
+
+#[test]
+fn delta_seeds_pass_the_delta_check() {
+    replay("delta", checks::delta);
+}
