@@ -131,7 +131,7 @@ pub fn delta(data: &[u8]) {
     use lockstep::delta;
     let base = delta_base();
     check_applied(&base, data);
-    if data.len() < delta::HEADER_LEN {
+    if data.len() < delta::DELTA_HEADER_LEN {
         return;
     }
     let mut forged = data.to_vec();

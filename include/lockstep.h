@@ -131,6 +131,13 @@ typedef struct sync_stats {
   // last one succeeded (or before the first), `SYNC_UNAUTHORIZED` if the data server
   // refused the token, `SYNC_UNREACHABLE` for anything else (`sync_last_error` says what).
   uint32_t last_failure;
+  // Bytes received for versions and deltas, as transferred (compressed when they came
+  // compressed), since the handle opened.
+  uint64_t bytes_downloaded;
+  // Versions rebuilt from a delta against the active version, verified and kept.
+  uint64_t deltas_applied;
+  // Versions downloaded whole.
+  uint64_t full_downloads;
 } sync_stats;
 
 #ifdef __cplusplus

@@ -45,14 +45,14 @@ pub const MAGIC: &[u8; 8] = b"LKSTEPD1";
 /// (and downloads the version whole).
 pub const DELTA_REVISION: u32 = 1;
 /// Size of the fixed header before the body.
-pub const HEADER_LEN: usize = 96;
+pub const DELTA_HEADER_LEN: usize = 96;
 /// Bytes before the delta's own checksum, which covers them.
 const SUMMED_HEADER: usize = 88;
 
 /// Why bytes are not a usable delta, or applying one did not make the version it names.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeltaError {
-    #[error("delta is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
+    #[error("delta is {0} bytes, shorter than its {DELTA_HEADER_LEN}-byte header")]
     Truncated(usize),
     #[error("delta does not start with the Lockstep delta magic")]
     BadMagic,
@@ -115,7 +115,7 @@ fn sum(prefix: &[u8], body: &[u8]) -> u64 {
 
 /// Reads and checks the header and the delta's own checksum; not the body's structure.
 pub fn read_header(bytes: &[u8]) -> Result<Header, DeltaError> {
-    if bytes.len() < HEADER_LEN {
+    if bytes.len() < DELTA_HEADER_LEN {
         return Err(DeltaError::Truncated(bytes.len()));
     }
     if &bytes[0..8] != MAGIC {
@@ -136,7 +136,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, DeltaError> {
         upserts: u64_at(bytes, 72),
         body_len: u64_at(bytes, 80),
     };
-    let actual = (bytes.len() - HEADER_LEN) as u64;
+    let actual = (bytes.len() - DELTA_HEADER_LEN) as u64;
     if header.body_len != actual {
         return Err(DeltaError::LengthMismatch {
             expected: header.body_len,
@@ -144,7 +144,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, DeltaError> {
         });
     }
     let expected = u64_at(bytes, SUMMED_HEADER);
-    let actual = sum(&bytes[..SUMMED_HEADER], &bytes[HEADER_LEN..]);
+    let actual = sum(&bytes[..SUMMED_HEADER], &bytes[DELTA_HEADER_LEN..]);
     if expected != actual {
         return Err(DeltaError::ChecksumMismatch { expected, actual });
     }
@@ -203,7 +203,7 @@ pub fn parse(bytes: &[u8], max_version_bytes: u64) -> Result<Delta<'_>, DeltaErr
     let mut upserts = Vec::new();
     upserts.try_reserve_exact(header.upserts as usize)?;
     let mut body = Body {
-        rest: &bytes[HEADER_LEN..],
+        rest: &bytes[DELTA_HEADER_LEN..],
     };
     for _ in 0..header.deletes {
         let key = body.bytes()?;
@@ -281,7 +281,7 @@ pub fn encode(
             .map(|(k, v)| 8 + k.len() + v.len())
             .sum::<usize>();
     let mut out = Vec::new();
-    out.try_reserve_exact(HEADER_LEN + body_len)?;
+    out.try_reserve_exact(DELTA_HEADER_LEN + body_len)?;
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&DELTA_REVISION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -309,8 +309,8 @@ pub fn encode(
         out.extend_from_slice(&field(v)?.to_le_bytes());
         out.extend_from_slice(v);
     }
-    let s = sum(&out[..SUMMED_HEADER], &out[HEADER_LEN..]);
-    out[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+    let s = sum(&out[..SUMMED_HEADER], &out[DELTA_HEADER_LEN..]);
+    out[SUMMED_HEADER..DELTA_HEADER_LEN].copy_from_slice(&s.to_le_bytes());
     Ok(out)
 }
 
@@ -318,13 +318,13 @@ pub fn encode(
 /// forger's first step, for tests and the fuzz target, which must get past the checksum to
 /// reach what lies behind it. Does nothing to bytes shorter than a header.
 pub fn reseal(delta: &mut [u8]) {
-    if delta.len() < HEADER_LEN {
+    if delta.len() < DELTA_HEADER_LEN {
         return;
     }
-    let body_len = (delta.len() - HEADER_LEN) as u64;
+    let body_len = (delta.len() - DELTA_HEADER_LEN) as u64;
     delta[80..88].copy_from_slice(&body_len.to_le_bytes());
-    let s = sum(&delta[..SUMMED_HEADER], &delta[HEADER_LEN..]);
-    delta[SUMMED_HEADER..HEADER_LEN].copy_from_slice(&s.to_le_bytes());
+    let s = sum(&delta[..SUMMED_HEADER], &delta[DELTA_HEADER_LEN..]);
+    delta[SUMMED_HEADER..DELTA_HEADER_LEN].copy_from_slice(&s.to_le_bytes());
 }
 
 /// Rebuilds the version a delta names from `base` (an encoded version) and checks that the
@@ -463,7 +463,7 @@ mod tests {
         let (_, c) = format::decode(&a).unwrap();
         let b = format::encode(9, 300, &c).unwrap();
         let d = make(&a, &b).unwrap();
-        assert_eq!(d.len(), HEADER_LEN);
+        assert_eq!(d.len(), DELTA_HEADER_LEN);
         assert!(apply(&a, &d, MAX).unwrap()[..] == b[..]);
     }
 
@@ -515,7 +515,7 @@ mod tests {
     fn truncations_and_garbage_are_rejected() {
         let (a, b) = pair();
         let d = make(&a, &b).unwrap();
-        for len in [0, 8, HEADER_LEN - 1, HEADER_LEN, d.len() - 1] {
+        for len in [0, 8, DELTA_HEADER_LEN - 1, DELTA_HEADER_LEN, d.len() - 1] {
             assert!(apply(&a, &d[..len], MAX).is_err(), "cut to {len} accepted");
         }
         assert!(matches!(
@@ -554,7 +554,7 @@ mod tests {
         assert!(matches!(parse(&d, MAX), Err(DeltaError::Malformed(_))));
         // A key length past the end.
         let mut d = encode(&h, &[b"key"], &[]).unwrap();
-        d[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        d[DELTA_HEADER_LEN..DELTA_HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         reseal(&mut d);
         assert!(matches!(parse(&d, MAX), Err(DeltaError::Malformed(_))));
         // Keys out of order, and a key twice.

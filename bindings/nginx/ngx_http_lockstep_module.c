@@ -578,8 +578,8 @@ ngx_http_lockstep_status_handler(ngx_http_request_t *r)
         err_len = 0;
     }
 
-    /* The fixed text, 17 numbers of at most 20 digits, and the error escaped. */
-    len = 512 + 17 * NGX_INT64_LEN + err_len
+    /* The fixed text, 20 numbers of at most 20 digits, and the error escaped. */
+    len = 640 + 20 * NGX_INT64_LEN + err_len
           + ngx_escape_json(NULL, err, err_len);
 
     body = ngx_pnalloc(r->pool, len);
@@ -595,7 +595,9 @@ ngx_http_lockstep_status_handler(ngx_http_request_t *r)
                      "\"checkins\":%uL,\"activations\":%uL,"
                      "\"rejected_versions\":%uL,\"last_activation_us\":%L,"
                      "\"host_role\":%uD,\"unconfirmed\":%s,\"confirmed_us\":%L,"
-                     "\"cache_failures\":%uL,\"last_error\":\"",
+                     "\"cache_failures\":%uL,\"bytes_downloaded\":%uL,"
+                     "\"deltas_applied\":%uL,\"full_downloads\":%uL,"
+                     "\"last_error\":\"",
                      ngx_pid, st.active_version, st.staged_version,
                      st.next_activation_us, st.last_checkin_us,
                      st.lagging ? "true" : "false", st.consecutive_failures,
@@ -603,7 +605,8 @@ ngx_http_lockstep_status_handler(ngx_http_request_t *r)
                      st.activations, st.rejected_versions,
                      st.last_activation_us, st.host_role,
                      st.unconfirmed ? "true" : "false", st.confirmed_us,
-                     st.cache_failures);
+                     st.cache_failures, st.bytes_downloaded,
+                     st.deltas_applied, st.full_downloads);
 
     p = (u_char *) ngx_escape_json(p, err, err_len);
     p = ngx_cpymem(p, "\"}\n", 3);

@@ -469,6 +469,11 @@ PHP_METHOD(Lockstep_Client, stats) {
   add_assoc_long(return_value, "cache_failures", (zend_long)s.cache_failures);
   /* 0, or the status of the last retrieval failure: 7 unreachable, 10 token refused. */
   add_assoc_long(return_value, "last_failure", (zend_long)s.last_failure);
+  /* Bytes received for versions and deltas as transferred; versions rebuilt from a delta;
+   * versions downloaded whole. */
+  add_assoc_long(return_value, "bytes_downloaded", (zend_long)s.bytes_downloaded);
+  add_assoc_long(return_value, "deltas_applied", (zend_long)s.deltas_applied);
+  add_assoc_long(return_value, "full_downloads", (zend_long)s.full_downloads);
   add_assoc_long(return_value, "pid", (zend_long)getpid());
 }
 

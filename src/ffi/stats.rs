@@ -58,6 +58,13 @@ pub struct sync_stats {
     /// last one succeeded (or before the first), `SYNC_UNAUTHORIZED` if the data server
     /// refused the token, `SYNC_UNREACHABLE` for anything else (`sync_last_error` says what).
     pub last_failure: u32,
+    /// Bytes received for versions and deltas, as transferred (compressed when they came
+    /// compressed), since the handle opened.
+    pub bytes_downloaded: u64,
+    /// Versions rebuilt from a delta against the active version, verified and kept.
+    pub deltas_applied: u64,
+    /// Versions downloaded whole.
+    pub full_downloads: u64,
 }
 
 /// The size of `sync_stats` before fields were added at its end: callers built against that
@@ -107,6 +114,9 @@ pub extern "C" fn sync_stats_get(handle: *const sync_handle, out: *mut sync_stat
                 Failure::Unreachable => SYNC_UNREACHABLE,
                 Failure::Unauthorized => SYNC_UNAUTHORIZED,
             } as u32,
+            bytes_downloaded: s.bytes_downloaded,
+            deltas_applied: s.deltas_applied,
+            full_downloads: s.full_downloads,
         };
         // A caller built against an older header gets the fields its struct has.
         let n = size.min(std::mem::size_of::<sync_stats>());

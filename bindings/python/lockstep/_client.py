@@ -216,7 +216,9 @@ class Client:
         nanoseconds; ``lagging`` and ``unconfirmed`` are bools; ``host_role`` is 0 no host
         cache, 1 leader, 2 follower, 3 host cache unusable; ``last_failure`` is 0 while the
         last check-in succeeded, else the code of its failure (7 unreachable, 10 the token
-        was refused); the rest are counts."""
+        was refused); ``bytes_downloaded`` counts the bytes received for versions and deltas
+        as transferred, ``deltas_applied`` the versions rebuilt from a delta,
+        ``full_downloads`` the versions downloaded whole; the rest are counts."""
         s = sync_stats()
         s.struct_size = ctypes.sizeof(sync_stats)
         self._check(self._lib.sync_stats_get(self._h(), ctypes.byref(s)))

@@ -85,6 +85,9 @@ class sync_stats(ctypes.Structure):
         ("confirmed_us", ctypes.c_int64),
         ("cache_failures", ctypes.c_uint64),
         ("last_failure", ctypes.c_uint32),
+        ("bytes_downloaded", ctypes.c_uint64),
+        ("deltas_applied", ctypes.c_uint64),
+        ("full_downloads", ctypes.c_uint64),
     ]
 
 
