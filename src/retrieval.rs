@@ -48,6 +48,12 @@ pub struct Stats {
     pub cache_failures: AtomicU64,
     /// [`Failure`] of the last check-in or download, as a number.
     pub last_failure: AtomicU64,
+    /// Bytes received for versions and deltas, as transferred.
+    pub bytes_downloaded: AtomicU64,
+    /// Versions rebuilt from a delta and kept.
+    pub deltas_applied: AtomicU64,
+    /// Versions downloaded whole.
+    pub full_downloads: AtomicU64,
 }
 
 /// Why the last network step failed: a refused token is told apart from everything else,
@@ -114,6 +120,9 @@ pub struct StatsSnapshot {
     pub confirmed_us: i64,
     pub cache_failures: u64,
     pub last_failure: Failure,
+    pub bytes_downloaded: u64,
+    pub deltas_applied: u64,
+    pub full_downloads: u64,
 }
 
 /// What a handle and its retrieval thread share.
@@ -225,6 +234,9 @@ impl Shared {
             confirmed_us: s.confirmed_us.load(Relaxed),
             cache_failures: s.cache_failures.load(Relaxed),
             last_failure: Failure::from_u64(s.last_failure.load(Relaxed)),
+            bytes_downloaded: s.bytes_downloaded.load(Relaxed),
+            deltas_applied: s.deltas_applied.load(Relaxed),
+            full_downloads: s.full_downloads.load(Relaxed),
         }
     }
 }
