@@ -47,6 +47,9 @@ pub struct Options {
     /// PEM file of the certificate authorities an `https://` data server is verified
     /// against, instead of the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Where version and delta downloads go (an HTTP cache in front of the data servers),
+    /// without a trailing `/`; None: the data server that answered the check-in.
+    pub blob_url: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             clock_skew_us: 0,
             cache_dir: Some(crate::host_cache::default_root()),
             ca_file: None,
+            blob_url: None,
         }
     }
 }
@@ -127,6 +131,15 @@ impl Options {
                 // Empty turns the host cache off.
                 "cache_dir" => o.cache_dir = Some(value).filter(|v| !v.is_empty()).map(Into::into),
                 "ca_file" => o.ca_file = Some(value).filter(|v| !v.is_empty()).map(Into::into),
+                "blob_url" => {
+                    let u = value.trim_end_matches('/');
+                    if !(u.is_empty() || u.starts_with("http://") || u.starts_with("https://")) {
+                        return Err(format!(
+                            "option 'blob_url' wants one http:// or https:// URL, got '{u}'"
+                        ));
+                    }
+                    o.blob_url = Some(u.to_owned()).filter(|u| !u.is_empty());
+                }
                 other => return Err(format!("unknown option '{other}'")),
             }
         }
@@ -152,6 +165,7 @@ const KEYS: &[&str] = &[
     "clock_skew_us",
     "cache_dir",
     "ca_file",
+    "blob_url",
 ];
 
 fn starts_pair(text: &str) -> bool {
@@ -247,5 +261,16 @@ mod tests {
         assert!(e.contains("separate options with ';'"), "{e}");
         assert!(Options::parse("url=http://a:1,ftp://b").is_err());
         assert!(Options::parse("name=x,colour=blue").is_err());
+    }
+
+    #[test]
+    fn blob_url_takes_one_http_url_and_empty_means_the_data_server() {
+        let o = Options::parse("url=http://a:1;blob_url=http://cache:8080/").unwrap();
+        assert_eq!(o.blob_url.as_deref(), Some("http://cache:8080"));
+        assert_eq!(Options::parse("blob_url=").unwrap().blob_url, None);
+        assert_eq!(Options::parse("").unwrap().blob_url, None);
+        let e = Options::parse("blob_url=cache:8080").unwrap_err();
+        assert!(e.contains("blob_url"), "{e}");
+        assert!(Options::parse("blob_url=http://a,http://b").is_err());
     }
 }

@@ -360,6 +360,9 @@ struct Retriever {
     table: Option<SyncTable>,
     /// Checksums the data server announced with the table: (version, checksum).
     announced: [(u64, Option<u64>); 2],
+    /// Blob paths the data server gave with the table: (version, path); empty from a data
+    /// server that predates them.
+    blob_paths: [(u64, String); 2],
     etag: Option<String>,
     rng: fastrand::Rng,
     host: String,
@@ -441,6 +444,7 @@ impl Retriever {
             server: 0,
             table: None,
             announced: [(0, None); 2],
+            blob_paths: Default::default(),
             etag: None,
             rng: fastrand::Rng::with_seed(pid as u64 ^ mono_ns() as u64 ^ wall_us() as u64),
             host: hostname(),
@@ -783,6 +787,10 @@ impl Retriever {
                         wire::parse_checksum_hex(&r.active_checksum),
                     ),
                 ];
+                self.blob_paths = [
+                    (r.sync.staged_version, r.staged_blob),
+                    (r.sync.active_version, r.active_blob),
+                ];
                 r.sync
             }
             304 => self
@@ -831,19 +839,58 @@ impl Retriever {
             .is_none_or(|c| c == v.checksum())
     }
 
+    /// The blob path the data server gave for version `number`, if it is one: a path under
+    /// [`wire::PATH_BLOBS`] naming this number and the announced checksum. Anything else (an
+    /// older data server's empty field, or a path elsewhere) sends the download to
+    /// `/v1/versions/{number}`.
+    fn blob_path(&self, number: u64) -> Option<String> {
+        let (_, path) = self
+            .blob_paths
+            .iter()
+            .find(|(v, p)| *v == number && !p.is_empty())?;
+        let (name, _) = wire::split_key(path.strip_prefix(wire::PATH_BLOBS)?.strip_prefix('/')?)?;
+        let (version, checksum) = wire::parse_blob_name(name)?;
+        (version == number && Some(checksum) == self.announced_checksum(number))
+            .then(|| path.clone())
+    }
+
+    /// Downloads and verifies version `number`: from its blob URL (through `blob_url`, an HTTP
+    /// cache, when set, and from the data server if that fails), else from the data server's
+    /// version route.
     fn download(&mut self, number: u64) -> Result<Arc<Version>, String> {
+        let Some(path) = self.blob_path(number) else {
+            let url = format!("{}{}/{number}", self.base_url(), wire::PATH_VERSIONS);
+            return self.download_from(number, &url, true);
+        };
+        let origin = format!("{}{path}", self.base_url());
+        match self.shared.options.blob_url.clone() {
+            Some(cache) => self
+                .download_from(number, &format!("{cache}{path}"), false)
+                .or_else(|e| {
+                    self.shared.set_error(&e);
+                    self.download_from(number, &origin, false)
+                }),
+            None => self.download_from(number, &origin, false),
+        }
+    }
+
+    /// One download of version `number` from `url`, with the read token only when `token`
+    /// (blob URLs are capabilities: a token would go to every HTTP cache on the way).
+    fn download_from(
+        &mut self,
+        number: u64,
+        url: &str,
+        token: bool,
+    ) -> Result<Arc<Version>, String> {
         let o = &self.shared.options;
         let mut req = self
             .agent
-            .get(&format!(
-                "{}{}/{number}",
-                self.base_url(),
-                wire::PATH_VERSIONS
-            ))
+            .get(url)
+            .header("Accept-Encoding", "zstd")
             .config()
             .timeout_recv_body(Some(o.download_timeout))
             .build();
-        if let Some(a) = self.auth() {
+        if let Some(a) = self.auth().filter(|_| token) {
             req = req.header("Authorization", &a);
         }
         let mut resp = req
@@ -864,11 +911,27 @@ impl Retriever {
                 &body,
             ));
         }
+        let zstd = match resp
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("identity") => false,
+            Some("zstd") => true,
+            Some(other) => {
+                return Err(format!(
+                    "download of version {number}: unrequested content-encoding '{other}'"
+                ))
+            }
+        };
         let announced = resp
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Compressed bytes are fewer than the version's (the data server sends zstd only when
+        // it is smaller), so the cap applies to them too.
         if announced.is_some_and(|n| n > o.max_version_bytes) {
             return Err(format!(
                 "version {number} is larger than max_version_bytes ({})",
@@ -877,15 +940,33 @@ impl Retriever {
         }
         // The announced length is the server's word, not a fact: it may refuse a download
         // early, but memory grows only with the bytes that actually arrive.
-        let cap = announced.map_or(o.max_version_bytes, |n| n.min(o.max_version_bytes));
+        let cap = match zstd {
+            true => o.max_version_bytes,
+            false => announced.map_or(o.max_version_bytes, |n| n.min(o.max_version_bytes)),
+        };
         let mut buf = VersionBuf::new();
-        let mut reader = resp
-            .body_mut()
-            .with_config()
-            .limit(o.max_version_bytes.saturating_add(1))
-            .reader();
-        buf.read_capped(&mut reader, cap, announced)
-            .map_err(|e| format!("download of version {number} broke off: {e}"))?;
+        let mut body = Counted {
+            inner: resp
+                .body_mut()
+                .with_config()
+                .limit(o.max_version_bytes.saturating_add(1))
+                .reader(),
+            bytes: 0,
+        };
+        let read = match zstd {
+            false => buf.read_capped(&mut body, cap, announced),
+            true => {
+                let mut decoder = zstd_decoder(&mut body, o.max_version_bytes)
+                    .map_err(|e| format!("download of version {number}: zstd: {e}"))?;
+                // Never the frame's content size: what it declares is the server's word too.
+                buf.read_capped(&mut decoder, cap, None)
+            }
+        };
+        // As transferred: the compressed bytes of a zstd answer, counted even when the
+        // download then fails.
+        let stats = &self.shared.stats;
+        stats.bytes_downloaded.fetch_add(body.bytes, Relaxed);
+        read.map_err(|e| format!("download of version {number} broke off: {e}"))?;
         let announced = self
             .announced
             .iter()
@@ -901,9 +982,10 @@ impl Retriever {
                 )),
                 _ => Ok(Arc::new(v)),
             });
-        if verified.is_err() {
-            self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
-        }
+        match &verified {
+            Ok(_) => self.shared.stats.full_downloads.fetch_add(1, Relaxed),
+            Err(_) => self.shared.stats.rejected_versions.fetch_add(1, Relaxed),
+        };
         verified
     }
 
@@ -1059,6 +1141,40 @@ impl Retriever {
             now + self.rng.i64(1_000_000..=spread)
         })
     }
+}
+
+/// Counts the bytes that pass through a reader: a download's size as transferred.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Largest zstd window a client accepts, as a power of two: 128 MiB (zstd's own default
+/// limit), or less when `max_version_bytes` is smaller. A frame may ask for up to 2 GiB of
+/// window, which the decoder would allocate before producing a byte; the data server compresses
+/// whole versions, whose window never exceeds their size.
+fn zstd_window_log(max_version_bytes: u64) -> u32 {
+    let bits = 64 - max_version_bytes.saturating_sub(1).leading_zeros();
+    bits.clamp(10, 27)
+}
+
+/// A streaming zstd decoder of `body` whose window is bounded by [`zstd_window_log`]; the
+/// caller caps what it decodes.
+fn zstd_decoder<'a>(
+    body: &'a mut dyn std::io::Read,
+    max_version_bytes: u64,
+) -> std::io::Result<impl std::io::Read + 'a> {
+    let mut decoder = zstd::stream::read::Decoder::new(body)?;
+    decoder.window_log_max(zstd_window_log(max_version_bytes))?;
+    Ok(decoder)
 }
 
 /// The body of a check-in answer (200). Public for the `checkin` fuzz target, which feeds it

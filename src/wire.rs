@@ -110,6 +110,17 @@ pub struct CheckinResponse {
     /// Checksum of the active version (16 hex digits).
     #[serde(default)]
     pub active_checksum: String,
+    /// Where to download the staged version: a [`blob_path`] (empty from a data server that
+    /// predates blob URLs: the client then asks [`PATH_VERSIONS`]).
+    #[serde(default)]
+    pub staged_blob: String,
+    /// Where to download the active version: a [`blob_path`], or empty as above.
+    #[serde(default)]
+    pub active_blob: String,
+    /// A [`delta_path`] from the active version to the staged one, or empty when the data
+    /// server offers none.
+    #[serde(default)]
+    pub staged_delta_from_active: String,
 }
 
 impl SyncTable {
@@ -144,6 +155,66 @@ pub fn parse_checksum_hex(s: &str) -> Option<u64> {
 /// The ETag of a version: versions are immutable, so the number and checksum identify them.
 pub fn version_etag(version: u64, checksum: u64) -> String {
     format!("\"v{version}-{checksum:016x}\"")
+}
+
+/// Prefix of `GET /v1/blobs/{version}-{checksum}-{key}`: a full version at an immutable,
+/// cacheable URL that needs no token (see [`blob_path`]).
+pub const PATH_BLOBS: &str = "/v1/blobs";
+/// Prefix of `GET /v1/deltas/{base_checksum}-{version}-{checksum}-{key}` (see [`delta_path`]).
+pub const PATH_DELTAS: &str = "/v1/deltas";
+/// The `Cache-Control` of blob and delta answers: their URLs name immutable bytes, so any
+/// HTTP cache may keep them for as long as it likes.
+pub const BLOB_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+/// Hex digits of a blob key: the first 16 bytes of an HMAC-SHA256, enough that a key cannot
+/// be guessed, short enough for a URL.
+pub const BLOB_KEY_HEX_LEN: usize = 32;
+
+/// What a blob key signs for a full version: `{version}-{checksum_hex}`.
+pub fn blob_name(version: u64, checksum: u64) -> String {
+    format!("{version}-{checksum:016x}")
+}
+
+/// What a blob key signs for a delta: `{base_checksum_hex}-{version}-{checksum_hex}`.
+pub fn delta_name(base_checksum: u64, version: u64, checksum: u64) -> String {
+    format!("{base_checksum:016x}-{version}-{checksum:016x}")
+}
+
+/// The path of a full version's blob; `key` is the data server's capability for this name.
+pub fn blob_path(version: u64, checksum: u64, key: &str) -> String {
+    format!("{PATH_BLOBS}/{}-{key}", blob_name(version, checksum))
+}
+
+/// The path of the delta from the version with `base_checksum` to `version`.
+pub fn delta_path(base_checksum: u64, version: u64, checksum: u64, key: &str) -> String {
+    format!(
+        "{PATH_DELTAS}/{}-{key}",
+        delta_name(base_checksum, version, checksum)
+    )
+}
+
+/// Splits the last path segment of a blob or delta URL into the signed name and its key; `None`
+/// unless the key is [`BLOB_KEY_HEX_LEN`] lowercase hex digits.
+pub fn split_key(segment: &str) -> Option<(&str, &str)> {
+    let (name, key) = segment.rsplit_once('-')?;
+    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    (key.len() == BLOB_KEY_HEX_LEN && key.bytes().all(hex)).then_some((name, key))
+}
+
+/// Reads [`blob_name`]'s form back: (version, checksum).
+pub fn parse_blob_name(name: &str) -> Option<(u64, u64)> {
+    let (version, checksum) = name.split_once('-')?;
+    // Digits only: `u64::from_str` also takes a leading '+', which would give one blob two names.
+    if version.is_empty() || !version.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((version.parse().ok()?, parse_checksum_hex(checksum)?))
+}
+
+/// Reads [`delta_name`]'s form back: (base checksum, version, checksum).
+pub fn parse_delta_name(name: &str) -> Option<(u64, u64, u64)> {
+    let (base, rest) = name.split_once('-')?;
+    let (version, checksum) = parse_blob_name(rest)?;
+    Some((parse_checksum_hex(base)?, version, checksum))
 }
 
 /// What a client says about itself when it checks in, so the farm view can show it.
@@ -584,6 +655,35 @@ mod tests {
     }
 
     #[test]
+    fn blob_and_delta_paths_parse_back_and_refuse_other_spellings() {
+        let key = "0123456789abcdef0123456789abcdef";
+        let path = blob_path(42, 0xfeed, key);
+        assert_eq!(path, format!("/v1/blobs/42-000000000000feed-{key}"));
+        let segment = path.strip_prefix("/v1/blobs/").unwrap();
+        let (name, k) = split_key(segment).unwrap();
+        assert_eq!((name, k), ("42-000000000000feed", key));
+        assert_eq!(parse_blob_name(name), Some((42, 0xfeed)));
+        let delta = delta_path(7, 42, 0xfeed, key);
+        let (name, _) = split_key(delta.strip_prefix("/v1/deltas/").unwrap()).unwrap();
+        assert_eq!(parse_delta_name(name), Some((7, 42, 0xfeed)));
+        for bad in [
+            "42-000000000000feed",
+            "42-000000000000feed-0123",
+            "42-000000000000feed-0123456789ABCDEF0123456789abcdef",
+        ] {
+            assert_eq!(split_key(bad), None, "{bad}");
+        }
+        for bad in [
+            "+42-000000000000feed",
+            "-000000000000feed",
+            "42-feed",
+            "x-1",
+        ] {
+            assert_eq!(parse_blob_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn checkin_response_is_flat_json() {
         let r = CheckinResponse {
             sync: SyncTable {
@@ -597,6 +697,9 @@ mod tests {
             rotated: false,
             staged_checksum: "00000000000000ab".into(),
             active_checksum: String::new(),
+            staged_blob: blob_path(3, 0xab, &"0".repeat(BLOB_KEY_HEX_LEN)),
+            active_blob: String::new(),
+            staged_delta_from_active: String::new(),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["staged_version"], 3);

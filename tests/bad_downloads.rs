@@ -106,6 +106,10 @@ fn liar(lie: Lie, stop: Arc<AtomicBool>) -> String {
                     // Announcing no checksums leaves the format's own checks to catch the lies.
                     staged_checksum: String::new(),
                     active_checksum: String::new(),
+                    // No blob URLs: the old route, /v1/versions/{n}, as an older server.
+                    staged_blob: String::new(),
+                    active_blob: String::new(),
+                    staged_delta_from_active: String::new(),
                 })
                 .unwrap();
                 respond(&mut stream, 200, &[time], &body);

@@ -26,6 +26,15 @@ enum Hostile {
     /// Announce `declared` bytes (or nothing: a body that ends when the connection does),
     /// then send zeros as fast as the host takes them.
     Flood { declared: Option<u64> },
+    /// Give version 2 a blob URL and send there a small zstd body (one frame, repeated) that
+    /// expands to `expands_to` bytes of zeros, each frame declaring a small content size.
+    ZstdBomb { expands_to: u64 },
+}
+
+/// The checksum the hostile server announces for version 2, and its blob path.
+const BOMB_CHECKSUM: &str = "00000000000000aa";
+fn bomb_path() -> String {
+    format!("/v1/blobs/2-{BOMB_CHECKSUM}-{}", "0".repeat(32))
 }
 
 fn version_one() -> Vec<u8> {
@@ -75,17 +84,36 @@ fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool, sent_most: &At
             },
             server_time_us: now,
             rotated: false,
-            staged_checksum: String::new(),
+            staged_checksum: match how {
+                Hostile::ZstdBomb { .. } => BOMB_CHECKSUM.to_owned(),
+                _ => String::new(),
+            },
             active_checksum: String::new(),
+            staged_blob: match how {
+                Hostile::ZstdBomb { .. } => bomb_path(),
+                _ => String::new(),
+            },
+            active_blob: String::new(),
+            staged_delta_from_active: String::new(),
         })
         .unwrap();
         respond(&mut stream, 200, &[time], &body);
     } else if path == "/v1/versions/1" {
         respond(&mut stream, 200, &[time], &version_one());
+    } else if let (Hostile::ZstdBomb { expands_to }, true) = (how, path == bomb_path()) {
+        // Frames of 4 MiB of zeros compress to a few hundred bytes each: a body of a few
+        // hundred kB that expands a thousandfold.
+        const FRAME: u64 = 4 << 20;
+        let frame = zstd::bulk::compress(&vec![0u8; FRAME as usize], 1).unwrap();
+        let body = frame.repeat(expands_to.div_ceil(FRAME) as usize);
+        let encoding = ("Content-Encoding".to_owned(), "zstd".to_owned());
+        respond(&mut stream, 200, &[time, encoding], &body);
+        sent_most.fetch_max(body.len() as u64, Ordering::Relaxed);
     } else if path == "/v1/versions/2" {
         let (declared, every) = match how {
             Hostile::Trickle { declared, every } => (Some(declared), Some(every)),
             Hostile::Flood { declared } => (declared, None),
+            Hostile::ZstdBomb { .. } => return,
         };
         let head = match declared {
             Some(n) => format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n"),
@@ -299,4 +327,46 @@ fn invariant_10_a_version_past_max_version_bytes_is_refused_announced_or_not() {
         "the host grew by {rss} kB on a body past its {MAX}-byte cap\n{report}"
     );
     assert_eq!(ticks.last().unwrap().value, "2.00", "{report}");
+}
+
+#[test]
+fn invariant_10_a_zstd_bomb_past_max_version_bytes_is_refused_in_bounded_memory() {
+    const MAX: u64 = 64 << 20;
+    let stop = Arc::new(AtomicBool::new(false));
+    // 1 GiB of zeros in a few hundred kB of zstd, at the blob URL the check-in names.
+    let (url, sent) = hostile_server(
+        Hostile::ZstdBomb {
+            expands_to: 1 << 30,
+        },
+        stop.clone(),
+    );
+    let options = format!("url={url};name=bombed;max_version_bytes={MAX};cache_dir=");
+    let (ticks, status, report) = run_host(&options, 1, 4.0, None);
+    stop.store(true, Ordering::Relaxed);
+    assert!(status.success(), "host died: {status:?}\n{report}");
+    assert!(ticks.len() >= 10, "too few ticks: {report}");
+    assert!(
+        ticks.iter().any(|t| t.failures > 0),
+        "the bomb was never refused\n{report}"
+    );
+    assert!(
+        sent.load(Ordering::Relaxed) > 0,
+        "the host never asked for the blob URL the check-in gave\n{report}"
+    );
+    let (rss, _) = growth(&ticks);
+    eprintln!(
+        "zstd bomb: the host grew by {rss} kB resident (cap {} kB, bomb {} kB)",
+        MAX / 1024,
+        (1u64 << 30) / 1024
+    );
+    assert!(
+        rss < (MAX / 1024) as i64 * 3,
+        "the host grew by {rss} kB decoding a bomb past its {MAX}-byte cap\n{report}"
+    );
+    for t in &ticks {
+        assert_eq!(
+            t.value, "2.00",
+            "the host stopped serving version 1\n{report}"
+        );
+    }
 }

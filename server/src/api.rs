@@ -60,6 +60,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bounds the farm rows of check-ins that carry no token.
     pub open_farm: crate::farm_cap::OpenFarm,
+    /// The blob secret and compressed blobs (see [`crate::blobs`]).
+    pub blobs: Arc<crate::blobs::Blobs>,
 }
 
 type Shared = Arc<AppState>;
@@ -72,7 +74,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -137,10 +139,10 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs store work off the async workers: SQLite calls block, and fsync can take milliseconds.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -406,6 +408,11 @@ pub fn router(state: Shared) -> Router {
         .route(wire::PATH_CHECKIN, get(checkin))
         .route(wire::PATH_CURRENT, get(current_version))
         .route(&format!("{}/{{number}}", wire::PATH_VERSIONS), get(version))
+        // No token: the URL is the capability (see `crate::blobs`).
+        .route(
+            &format!("{}/{{name}}", wire::PATH_BLOBS),
+            get(crate::blobs::blob),
+        )
         .nest(wire::PATH_ADMIN, admin)
         .merge(crate::ui::router())
         // A route layer: it sees the matched route's pattern.
@@ -520,11 +527,14 @@ async fn checkin_answer(
         rotated,
         staged_checksum: wire::checksum_hex(staged_checksum),
         active_checksum: wire::checksum_hex(active_checksum),
+        staged_blob: state.blobs.blob_path(sync.staged_version, staged_checksum),
+        active_blob: state.blobs.blob_path(sync.active_version, active_checksum),
+        staged_delta_from_active: String::new(),
     };
     Ok(([etag_header], Json(body)).into_response())
 }
 
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

@@ -3,6 +3,7 @@
 mod api;
 mod audit;
 mod backup;
+mod blobs;
 mod cli;
 mod clock;
 mod demo;
@@ -458,12 +459,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             start_prepare_thread(store.clone())?;
             *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(start_flusher(store.clone(), retention));
+            let blobs = blobs::Blobs::load(&store)
+                .map_err(|e| format!("cannot read the blob secret: {e}"))?;
+            let blobs = Arc::new(blobs);
             let state = Arc::new(api::AppState {
                 store,
                 tokens: tokens.clone(),
                 limits,
                 metrics: Arc::default(),
                 open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
+                blobs,
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");

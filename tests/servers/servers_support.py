@@ -261,7 +261,9 @@ class CountingProxy:
                     self.send_error(502)
                     return
                 url = urllib.parse.urlsplit(self.path)
-                if url.path.startswith("/v1/versions/") and proxy.version_delay:
+                # A full version: the old route or a blob URL (both carry x-lockstep-version).
+                is_version = url.path.startswith(("/v1/versions/", "/v1/blobs/"))
+                if is_version and proxy.version_delay:
                     time.sleep(proxy.version_delay)  # a slow network, for the version bytes
                 if url.path == "/v1/checkin":
                     q = urllib.parse.parse_qs(url.query)
@@ -298,7 +300,7 @@ class CountingProxy:
                     self.upstream_conn.close()
                     self.upstream_conn = None
                     return
-                if url.path.startswith("/v1/versions/") and resp.status == 200 and sent == total:
+                if is_version and resp.status == 200 and sent == total:
                     number = resp.getheader("x-lockstep-version")
                     # Else the version header's number field (bytes 16..24, little-endian).
                     version = int(number) if number else struct.unpack_from("<Q", head, 16)[0]

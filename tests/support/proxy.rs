@@ -83,13 +83,14 @@ impl Proxy {
         *self.mode.lock().unwrap() = mode;
     }
 
-    /// How many times each version path was requested through the proxy.
+    /// How many times each version path (the old route or a blob URL) was requested through
+    /// the proxy.
     pub fn downloads(&self) -> BTreeMap<String, u64> {
         self.downloads
             .lock()
             .unwrap()
             .iter()
-            .filter(|(p, _)| p.starts_with("/v1/versions/"))
+            .filter(|(p, _)| is_version_path(p))
             .map(|(p, n)| (p.clone(), *n))
             .collect()
     }
@@ -109,6 +110,11 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A full version's download: `/v1/versions/{n}` or a blob URL (`/v1/blobs/...`).
+fn is_version_path(path: &str) -> bool {
+    path.starts_with("/v1/versions/") || path.starts_with("/v1/blobs/")
 }
 
 /// Reads one HTTP/1.1 request head from an accepted connection (made blocking): its path and
@@ -212,7 +218,7 @@ fn serve(
         stall_body(&mut stream, &pass, &body, stop);
         return;
     }
-    if path.starts_with("/v1/versions/") && status == 200 {
+    if is_version_path(&path) && status == 200 {
         if mode == Mode::StallBody {
             stall_body(&mut stream, &pass, &body, stop);
             return;

@@ -209,4 +209,8 @@ pub trait Tx {
     fn insert_audit(&mut self, entry: &AuditEntry) -> Result<()>;
     /// The newest `limit` entries, newest first.
     fn audit(&mut self, limit: u64) -> Result<Vec<AuditEntry>>;
+
+    // Blob URLs (see `crate::blobs`).
+    /// The secret blob keys are made with, created by a migration.
+    fn blob_secret(&mut self) -> Result<Vec<u8>>;
 }

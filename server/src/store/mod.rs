@@ -821,6 +821,12 @@ impl Store {
         Ok(checksum)
     }
 
+    /// The secret blob URLs are signed with (see [`crate::blobs`]): one per database, so every
+    /// data server of a PostgreSQL database signs alike.
+    pub fn blob_secret(&self) -> Result<Vec<u8>> {
+        self.read(|tx| tx.blob_secret())
+    }
+
     /// The verified bytes of a version. Bytes that fail their checksum are reported as corrupt
     /// and never served.
     pub fn version_bytes(&self, version: u64) -> Result<StoredVersion> {

@@ -170,6 +170,16 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT NOT NULL
     );
     "#,
+    // 6: SQLite's migration 8: the blob secret, 32 random bytes from two gen_random_uuid()s
+    // (pg_strong_random; core since PostgreSQL 13, no pgcrypto), 244 of them random bits.
+    r#"
+    CREATE TABLE blob_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BYTEA NOT NULL
+    );
+    INSERT INTO blob_secret (id, secret) VALUES (1, decode(
+        replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+    "#,
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -1366,5 +1376,12 @@ impl Tx for PgTx<'_, '_> {
                 peer: r.get(5),
             })
             .collect())
+    }
+
+    fn blob_secret(&mut self) -> Result<Vec<u8>> {
+        Ok(self
+            .tx
+            .query_one("SELECT secret FROM blob_secret WHERE id = 1", &[])?
+            .get(0))
     }
 }

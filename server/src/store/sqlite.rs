@@ -157,6 +157,15 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT NOT NULL
     );
     "#,
+    // 8: the blob secret (see `crate::blobs`): random, made once with the database, so that every
+    // data server of it signs blob URLs alike. SQLite's randomblob draws on the OS's randomness.
+    r#"
+    CREATE TABLE blob_secret (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        secret BLOB NOT NULL
+    );
+    INSERT INTO blob_secret (id, secret) VALUES (1, randomblob(32));
+    "#,
 ];
 
 /// Read connections kept open between requests; more than this many concurrent reads open
@@ -1061,5 +1070,13 @@ impl Tx for SqliteTx<'_> {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn blob_secret(&mut self) -> Result<Vec<u8>> {
+        Ok(self
+            .0
+            .query_row("SELECT secret FROM blob_secret WHERE id = 1", [], |r| {
+                r.get(0)
+            })?)
     }
 }

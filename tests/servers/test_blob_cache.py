@@ -1,0 +1,216 @@
+"""Fan-out through a standard HTTP cache: a real nginx with proxy_cache between several client
+processes (each on its own, no host cache, so each downloads) and one `lockstep serve`. The
+data server serves each blob once; every client activates the version the farm did, verified
+against the announced checksum; blob URLs need no token while check-ins do; a wrong key is 404.
+"""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from servers_support import REPO, Daemon, Server, free_port, wait_for
+
+READ = "blob-cache-read-token"
+CLIENTS = 4
+
+NGINX_CONF = """
+worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+  log_format blob '$request_uri $status $upstream_cache_status auth=$http_authorization';
+  access_log {dir}/access.log blob;
+  proxy_cache_path {dir}/cache levels=1:2 keys_zone=blobs:1m max_size=1g inactive=1d
+                   use_temp_path=off;
+  server {{
+    listen 127.0.0.1:{port};
+    # Only blobs: check-ins stay on the data servers.
+    location /v1/blobs/ {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_cache blobs;
+      # Misses for one URL wait for the first, so the data server sees one request per blob.
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      proxy_cache_lock_age 60s;
+      add_header X-Cache $upstream_cache_status always;
+    }}
+  }}
+}}
+"""
+
+# One client process: waits until `price` reads the target value, then prints what it serves
+# and its download counters as JSON.
+CLIENT = r"""
+import ctypes, json, sys, time
+from lockstep._native import load_library, sync_stats
+options, target = sys.argv[1].encode(), sys.argv[2].encode()
+lib = load_library(None)
+h = ctypes.c_void_p()
+rc = lib.sync_open(options, len(options), ctypes.byref(h))
+assert rc == 0, f"sync_open: {rc}"
+buf = ctypes.create_string_buffer(256)
+n = ctypes.c_size_t(0)
+deadline = time.time() + 60
+value = b""
+while time.time() < deadline:
+    if lib.sync_get(h, b"price", 5, buf, len(buf), ctypes.byref(n)) == 0:
+        value = buf.raw[:n.value]
+        if value == target:
+            break
+    time.sleep(0.02)
+v = ctypes.c_uint64(0)
+lib.sync_active_version(h, ctypes.byref(v))
+s = sync_stats()
+s.struct_size = ctypes.sizeof(sync_stats)
+lib.sync_stats_get(h, ctypes.byref(s))
+err = ctypes.create_string_buffer(1024)
+lib.sync_last_error(h, err, len(err), ctypes.byref(n))
+print(json.dumps({"value": value.decode(), "version": v.value,
+                  "full_downloads": s.full_downloads, "bytes_downloaded": s.bytes_downloaded,
+                  "rejected": s.rejected_versions, "last_error": err.value.decode()}))
+lib.sync_close(h)
+"""
+
+
+def get(url, token=None, headers=None):
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = "Bearer " + token
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=h), timeout=20) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def checkin(server):
+    status, body, _ = get(server.url + "/v1/checkin?name=pytest", READ)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def downloads_total(server):
+    status, body, _ = get(server.url + "/metrics", READ)
+    assert status == 200, body
+    for line in body.decode().splitlines():
+        if line.startswith("lockstep_downloads_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no lockstep_downloads_total in /metrics")
+
+
+def value_in_active(server, key):
+    active = checkin(server)["active_version"]
+    try:
+        return server.admin(f"/v1/admin/key?key={key}&version={active}")["value"]
+    except urllib.error.HTTPError:
+        return None
+
+
+def start_nginx(nginx_bin, workdir, upstream):
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, upstream=upstream))
+    d = Daemon([nginx_bin, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.out")
+    # Any answer from the blob location (a 400 for this name) means nginx is up.
+    assert wait_for(lambda: _status(f"http://127.0.0.1:{port}/v1/blobs/x") == 400, timeout=20), \
+        (workdir / "nginx-error.log").read_text()
+    return d, f"http://127.0.0.1:{port}"
+
+
+def _status(url):
+    try:
+        return get(url)[0]
+    except OSError:
+        return 0
+
+
+def access_log(workdir):
+    """(uri, status, cache status, authorization) per logged request."""
+    out = []
+    for line in (workdir / "access.log").read_text().splitlines():
+        uri, status, cache, auth = line.split(" ", 3)
+        out.append((uri, int(status), cache, auth))
+    return out
+
+
+def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(nginx_bin,
+                                                                               workdir):
+    server = Server(workdir, interval="1s", min_window="500ms",
+                    env={"LOCKSTEP_READ_TOKEN": READ})
+    nginx = None
+    try:
+        # A version worth compressing: 3,000 keys of repetitive text.
+        entries = [{"key": f"k{i:05}", "value": "shipping rule " * 8} for i in range(3000)]
+        entries.append({"key": "price", "value": "1"})
+        server.admin("/v1/admin/import", {"entries": entries}, timeout=60)
+        assert wait_for(lambda: value_in_active(server, "price") == "1", timeout=30)
+        nginx, cache_url = start_nginx(nginx_bin, workdir, server.url)
+        before = downloads_total(server)
+
+        # Clients on their own (no host cache), started together; the edit comes while they
+        # boot, so they download the version active now and then the one staged for it.
+        options = (f"url={server.url};blob_url={cache_url};token={READ};cache_dir=;"
+                   "bootstrap_wait_ms=30000;download_timeout_ms=30000")
+        env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "bindings", "python"))
+        procs = [subprocess.Popen([sys.executable, "-c", CLIENT, f"{options};name=c{i}", "2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                 for i in range(CLIENTS)]
+        server.put("price", "2")
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+            results.append(json.loads(out))
+        final = checkin(server)
+
+        # Every client serves the farm's active version, downloaded whole through the cache
+        # and verified against the announced checksum (a mismatch is a rejected version).
+        for r in results:
+            assert r["value"] == "2", results
+            assert r["version"] == final["active_version"], (results, final)
+            assert r["full_downloads"] >= 1 and r["rejected"] == 0, results
+
+        log = [e for e in access_log(workdir) if e[0].startswith("/v1/blobs/")]
+        blobs = collections.Counter(uri for uri, status, _, _ in log if status == 200)
+        misses = collections.Counter(uri for uri, status, cache, _ in log
+                                     if status == 200 and cache == "MISS")
+        print("blob requests through nginx:", dict(blobs), "misses:", dict(misses))
+        assert final["active_blob"] in blobs, (final, blobs)
+        assert blobs[final["active_blob"]] == CLIENTS, "every client fetched the new version"
+        # The data server served each blob once: one miss per blob, and its own count agrees.
+        assert all(misses[uri] == 1 for uri in blobs), (blobs, misses)
+        served = downloads_total(server) - before
+        assert served == len(blobs), f"data server served {served} for {len(blobs)} blobs"
+        # No token travels to the cache: blob URLs are the capability.
+        assert all(auth == "auth=-" for _, _, _, auth in log), log
+
+        # zstd through the cache: fewer bytes than the version holds.
+        raw = len(get(server.url + final["active_blob"])[1])
+        total = sum(r["bytes_downloaded"] for r in results)
+        fulls = sum(r["full_downloads"] for r in results)
+        assert total < fulls * raw * 0.6, (total, fulls, raw)
+
+        # A blob URL needs no token; a check-in and the old version route still do.
+        assert get(cache_url + final["active_blob"])[0] == 200
+        assert get(server.url + final["active_blob"])[0] == 200
+        assert get(server.url + "/v1/checkin?name=anon")[0] == 401
+        assert get(server.url + f"/v1/versions/{final['active_version']}")[0] == 401
+        # A wrong key is 404 with a message, through the cache too (and not cached).
+        blob = final["active_blob"]
+        wrong = blob[:-1] + ("0" if blob[-1] != "0" else "1")
+        for base in (server.url, cache_url, cache_url):
+            status, body, _ = get(base + wrong)
+            assert status == 404, (base, status, body)
+            assert "key" in json.loads(body)["error"]
+    finally:
+        if nginx:
+            nginx.stop()
+        server.stop()
