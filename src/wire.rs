@@ -41,6 +41,8 @@ pub const ADMIN_UNPIN: &str = "/unpin";
 pub const ADMIN_ACTIVATIONS: &str = "/activations";
 /// The audit log: who changed what, when and from where.
 pub const ADMIN_AUDIT: &str = "/audit";
+/// Makes production's content go live now (`{"urgent": true}`).
+pub const ADMIN_PUBLISH: &str = "/publish";
 
 /// The full path of an admin endpoint: `admin_path(ADMIN_PUT)` is `/v1/admin/put`.
 pub fn admin_path(suffix: &str) -> String {
@@ -435,6 +437,9 @@ pub struct DeleteRequest {
 /// One key and value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 pub struct Entry {
     pub key: Blob,
     pub value: Blob,
@@ -444,6 +449,9 @@ pub struct Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
     pub entries: Vec<Entry>,
 }
 
@@ -459,6 +467,9 @@ pub struct IntervalRequest {
 /// Answer to `POST /v1/admin/interval`: the sync table after the change, and what it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntervalResponse {
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
     #[serde(flatten)]
     pub sync: SyncTable,
     /// The activation time before the change; `sync.activation_time_us` is where it moved.
@@ -468,6 +479,9 @@ pub struct IntervalResponse {
 
 /// `POST /v1/admin/rollback`: stage a new version with the content of `version`; production
 /// becomes that content too, so edits made since are discarded from production.
+    /// How soon an urgent change goes live (1ms to 10m); absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgent_window: Option<String>,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
@@ -493,6 +507,9 @@ pub struct RollbackResponse {
     pub version: Option<u64>,
     pub dry_run: bool,
     /// The activation the rolled-back content goes live at.
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
     pub live_by_us: i64,
     /// How production changes: from its content now to the content of the version rolled
     /// back to (`old` is production's value, `new` the version's).
@@ -511,6 +528,31 @@ pub struct WriteResponse {
     /// A version number, for writes that create one (rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    pub message: String,
+}
+
+/// `POST /v1/admin/publish`: make production's content go live at now + the urgent window
+/// (`urgent` must be true: without it production goes live at the activations anyway).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+/// Answer to an urgent write (`POST /v1/admin/publish`, or a write with `urgent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// The version staged now.
+    pub version: u64,
+    /// When production's content goes live: now + the urgent window, or, queued, the earliest
+    /// after the activation already staged.
+    pub live_by_us: i64,
+    /// Queued for the rotation at the activation already staged (too close to move, another
+    /// urgent activation pending, or a scheduled change it would bring forward).
+    pub queued: bool,
+    /// Production's content was live already.
+    pub already_live: bool,
     pub message: String,
 }
 
@@ -611,6 +653,10 @@ pub struct DiffResponse {
 /// What changes from one content to another, key by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyChanges {
+    /// The activation time was scheduled by an urgent request (`lockstep put --urgent`), off
+    /// the grid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
     pub added: Vec<Entry>,
     pub removed: Vec<Blob>,
     pub changed: Vec<ChangedEntry>,

@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lockstep::wire::{
     self, Blob, CheckinQuery, CheckinResponse, DeleteRequest, ErrorBody, ImportRequest,
-    IntervalRequest, IntervalResponse, PutRequest, RollbackRequest, RollbackResponse,
-    WriteResponse,
+    IntervalRequest, IntervalResponse, PublishRequest, PublishResponse, PutRequest,
+    RollbackRequest, RollbackResponse, WriteResponse,
 };
 use serde::Deserialize;
 
@@ -30,7 +30,9 @@ use crate::audit::{self, AuditEntry};
 use crate::cli::import;
 use crate::clock::{format_duration_us, format_us};
 use crate::metrics::Metrics;
-use crate::store::{Change, IntervalChange, PinChange, RollbackOutcome, Store, StoreError};
+use crate::store::{
+    Change, IntervalChange, PinChange, RollbackOutcome, Store, StoreError, UrgentOutcome,
+};
 use crate::tokens::{Scope, Tokens};
 use crate::{clock, farm, metrics, proof};
 
@@ -684,7 +686,8 @@ async fn admin_put(
     check_key(&state.limits, &key)?;
     check_value(&state.limits, &value)?;
     let what = format!("{} = {}", shown(&key), shown(&value));
-    apply_or_schedule(&state, &admin, Change::Put(key, value), req.at, "put", what).await
+    let change = Change::Put(key, value);
+    apply_or_schedule(&state, &admin, change, req.at, "put", what, req.urgent).await
 }
 
 async fn admin_delete(
@@ -696,9 +699,26 @@ async fn admin_delete(
     let key = blob("key", req.key)?;
     check_key(&state.limits, &key)?;
     let what = shown(&key);
-    apply_or_schedule(&state, &admin, Change::Delete(key), req.at, "delete", what).await
+    urgent: bool,
+    let change = Change::Delete(key);
+    apply_or_schedule(&state, &admin, change, req.at, "delete", what, req.urgent).await
 }
 
+    if urgent {
+        if at.is_some() {
+            return Err(ApiError::bad_request(
+                "urgent goes live now: it cannot be given with at",
+            ));
+        }
+        return apply_urgent(
+            state,
+            admin,
+            vec![change],
+            &format!("{action}-urgent"),
+            what,
+        )
+        .await;
+    }
 async fn admin_import(
     admin: Admin,
     State(state): State<Shared>,
@@ -796,6 +816,10 @@ async fn admin_rollback(
     admin: Admin,
     State(state): State<Shared>,
     body: Result<Bytes, BytesRejection>,
+    if req.urgent {
+        let what = format!("{n} entries");
+        return apply_urgent(&state, &admin, changes, "import-urgent", what).await;
+    }
 ) -> ApiResult<Json<RollbackResponse>> {
     let req: RollbackRequest = parse_json(body)?;
     let store = state.store.clone();
@@ -819,6 +843,15 @@ async fn admin_rollback(
     .await?;
     log_change(audit_of(&out));
     Ok(Json(RollbackResponse {
+    if let Some(w) = req.urgent_window.as_deref() {
+        let window = parse_duration_us("urgent_window", w)?;
+        let store = state.store.clone();
+        let entry = audit_entry(&admin, "urgent-window", &format!("urgent window {w}"));
+        let audit_of = move |_: &i64| Some(entry.clone());
+        let of = audit_of.clone();
+        blocking(move || store.set_urgent_window(window, &of)).await?;
+        log_change(audit_of(&window));
+    }
         version: out.version,
         dry_run: req.dry_run,
         live_by_us: out.activation_time_us,
@@ -878,6 +911,9 @@ async fn pin(
     body: Result<Bytes, BytesRejection>,
     pinned: bool,
 ) -> ApiResult<Json<PinChange>> {
+    if req.urgent && !req.dry_run {
+        return rollback_urgent(&state, &admin, req).await;
+    }
     let req: PinRequest = parse_json(body)?;
     let version = req.version;
     let store = state.store.clone();
@@ -907,6 +943,127 @@ async fn admin_status(_: Viewer, State(state): State<Shared>) -> ApiResult<Respo
 }
 
 /// Query strings are exact too: a misspelt parameter is a 400, not silently ignored, and a
+/// What an urgent request did, in one sentence.
+fn urgent_message(out: &UrgentOutcome) -> String {
+    let at = format_us(out.live_at_us);
+    if out.already_live {
+        format!(
+            "production's content is live already; nothing to make live (version {})",
+            out.version
+        )
+    } else if !out.queued {
+        format!(
+            "urgent: production's content is staged as version {} and goes live everywhere at {at}",
+            out.version
+        )
+    } else if out.live_at_us == out.after_us {
+        format!(
+            "urgent: production's content is staged already and goes live at {at}, the \
+             activation every client has armed"
+        )
+    } else {
+        format!(
+            "urgent: queued for the activation at {} (every client has armed it, or an urgent \
+             activation is pending, or the staged version holds a change scheduled for it); \
+             production's content goes live at about {at}",
+            format_us(out.after_us)
+        )
+    }
+}
+
+fn publish_response(out: &UrgentOutcome) -> PublishResponse {
+    PublishResponse {
+        version: out.version,
+        live_by_us: out.live_at_us,
+        queued: out.queued,
+        already_live: out.already_live,
+        message: urgent_message(out),
+    }
+}
+
+/// Changes production and makes it live at now + the urgent window, in one transaction.
+async fn apply_urgent(
+    state: &AppState,
+    admin: &Admin,
+    changes: Vec<Change>,
+    action: &str,
+    what: String,
+) -> ApiResult<Json<WriteResponse>> {
+    let store = state.store.clone();
+    let who = admin.who.clone();
+    let base = audit_entry(admin, action, "");
+    let audit_of = move |(changed, out): &(u64, UrgentOutcome)| {
+        let summary = format!(
+            "{what}; {changed} changed production; {}",
+            urgent_message(out)
+        );
+        Some(summarised(&base, &summary))
+    };
+    let of = audit_of.clone();
+    let done = blocking(move || store.apply_urgent(&changes, &who, clock::now_us(), &of)).await?;
+    log_change(audit_of(&done));
+    let (changed, out) = done;
+    Ok(write_response(
+        changed,
+        Some(out.live_at_us),
+        urgent_message(&out),
+    ))
+}
+
+async fn rollback_urgent(
+    state: &AppState,
+    admin: &Admin,
+    req: RollbackRequest,
+) -> ApiResult<Json<RollbackResponse>> {
+    let store = state.store.clone();
+    let base = audit_entry(admin, "rollback-urgent", "");
+    let target = req.version;
+    let audit_of = move |(_, out): &(RollbackOutcome, UrgentOutcome)| {
+        let summary = format!("to version {target}; {}", urgent_message(out));
+        Some(summarised(&base, &summary))
+    };
+    let of = audit_of.clone();
+    let done = blocking(move || {
+        store.rollback_urgent(target, req.discard_edits, "rollback", clock::now_us(), &of)
+    })
+    .await?;
+    log_change(audit_of(&done));
+    let (out, urgent) = done;
+    Ok(Json(RollbackResponse {
+        version: out.version.or(Some(urgent.version)),
+        dry_run: false,
+        live_by_us: urgent.live_at_us,
+        message: format!("rollback to version {target}: {}", urgent_message(&urgent)),
+        production: out.production,
+    }))
+}
+
+/// `POST /v1/admin/publish {"urgent": true}`: production's content goes live at now + the
+/// urgent window.
+async fn admin_publish(
+    admin: Admin,
+    State(state): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PublishResponse>> {
+    let req: PublishRequest = parse_json(body)?;
+    if !req.urgent {
+        return Err(ApiError::bad_request(
+            "publish needs urgent: true (without it production goes live at the next \
+             activations anyway)",
+        ));
+    }
+    let store = state.store.clone();
+    let who = admin.who.clone();
+    let base = audit_entry(&admin, "publish-urgent", "");
+    let audit_of = move |out: &UrgentOutcome| {
+        (!out.already_live).then(|| summarised(&base, &urgent_message(out)))
+    };
+    let of = audit_of.clone();
+    let out = blocking(move || store.urgent(&who, clock::now_us(), &of)).await?;
+    log_change(audit_of(&out));
+    Ok(Json(publish_response(&out)))
+}
+
 /// limit is at least 1.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use lockstep::wire::{
     self, Blob, DeleteRequest, DiffResponse, Entry, ErrorBody, ImportRequest, IntervalRequest,
-    IntervalResponse, KeyChanges, KeyInfo, PutRequest, RollbackRequest, RollbackResponse,
-    WriteResponse,
+    IntervalResponse, KeyChanges, KeyInfo, PublishRequest, PublishResponse, PutRequest,
+    RollbackRequest, RollbackResponse, WriteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -179,13 +179,14 @@ impl Cli {
         self.print(r, |r, out| outln!(out, "{}", r.message))
     }
 
-    pub fn put(&self, key: String, value: Vec<u8>, at: Option<String>) -> CliResult {
+    pub fn put(&self, key: String, value: Vec<u8>, at: Option<String>, urgent: bool) -> CliResult {
         let r: WriteResponse = self.post(
             &wire::admin_path(wire::ADMIN_PUT),
             &PutRequest {
                 key: Blob::Text(key),
                 value: Blob::from_bytes(&value),
                 at,
+                urgent,
             },
         )?;
         self.print_write(&r)
@@ -197,6 +198,7 @@ impl Cli {
             &DeleteRequest {
                 key: Blob::Text(key),
                 at,
+                urgent: false,
             },
         )?;
         self.print_write(&r)
@@ -225,25 +227,46 @@ impl Cli {
         })
     }
 
-    pub fn import(&self, file: &Path) -> CliResult {
+    pub fn import(&self, file: &Path, urgent: bool) -> CliResult {
         let text = std::fs::read_to_string(file)
             .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
         let entries =
             parse_import(&text).map_err(|e| CliError(format!("{}: {e}", file.display())))?;
         let r: WriteResponse = self.post(
             &wire::admin_path(wire::ADMIN_IMPORT),
-            &ImportRequest { entries },
+            &ImportRequest { entries, urgent },
         )?;
         self.print_write(&r)
     }
 
-    pub fn interval(&self, interval: String, min_window: Option<String>) -> CliResult {
+    pub fn interval(
+        &self,
+        interval: String,
+        min_window: Option<String>,
+        urgent_window: Option<String>,
+    ) -> CliResult {
+        let set_urgent = urgent_window.clone();
         let r: IntervalResponse = self.post(
             &wire::admin_path(wire::ADMIN_INTERVAL),
             &IntervalRequest {
                 interval,
                 min_window,
+                urgent_window,
             },
+        )?;
+        self.print(&r, |r, out| {
+            outln!(out, "{}", r.message);
+            if let Some(w) = &set_urgent {
+                outln!(out, "urgent changes go live {w} after the request");
+            }
+        })
+    }
+
+    /// Makes production's content go live at now + the urgent window.
+    pub fn publish_urgent(&self) -> CliResult {
+        let r: PublishResponse = self.post(
+            &wire::admin_path(wire::ADMIN_PUBLISH),
+            &PublishRequest { urgent: true },
         )?;
         self.print(&r, |r, out| outln!(out, "{}", r.message))
     }
@@ -476,11 +499,12 @@ impl Cli {
     /// Rolls back to `version`, listing the production keys that change. Without `yes` it
     /// refuses when that discards production edits, and the server refuses too if production
     /// changes between the preview and the rollback.
-    pub fn rollback(&self, version: u64, yes: bool) -> CliResult {
+    pub fn rollback(&self, version: u64, yes: bool, urgent: bool) -> CliResult {
         let request = |dry_run| RollbackRequest {
             version,
             dry_run,
             discard_edits: yes,
+            urgent,
         };
         if !yes {
             let preview: RollbackResponse =

@@ -175,10 +175,13 @@ enum Command {
         file: Option<PathBuf>,
         /// When the change takes effect, RFC 3339 (it goes live at the first activation at or
         /// after it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "urgent")]
         at: Option<String>,
     },
     /// Remove a key from production, now or at a time (RFC 3339).
+        /// Make production (with this change) live everywhere at now + the urgent window.
+        #[arg(long)]
+        urgent: bool,
     Rm {
         key: String,
         #[arg(long)]
@@ -193,7 +196,18 @@ enum Command {
     /// List production keys and values, optionally only those starting with PREFIX.
     Ls { prefix: Option<String> },
     /// Import a JSON object or a CSV file of key,value lines into production.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Make production live everywhere at now + the urgent window.
+        #[arg(long)]
+        urgent: bool,
+    },
+    /// Make production's content live everywhere at now + the urgent window (--urgent).
+    Publish {
+        /// Required: without it production goes live at the next activations anyway.
+        #[arg(long, required = true)]
+        urgent: bool,
+    },
     /// Set the activation interval (100ms to 1d); the staged version's activation moves to
     /// the new grid.
     Interval {
@@ -203,6 +217,9 @@ enum Command {
         min_window: Option<String>,
     },
     /// The sync table and the farm.
+        /// How soon an urgent change (--urgent) goes live, 1ms to 10m (default 1s).
+        #[arg(long)]
+        urgent_window: Option<String>,
     Status,
     /// The newest versions, newest first.
     History {
@@ -224,6 +241,9 @@ enum Command {
         yes: bool,
     },
     /// The proof of the newest activations: per activation time the version, how many
+        /// Make the rolled-back content live everywhere at now + the urgent window.
+        #[arg(long)]
+        urgent: bool,
     /// clients switched on time, late or not at all, and the spread of the switch instants.
     Activations {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -785,20 +805,27 @@ fn run_cli(args: Args) -> Result<(), CliError> {
                     .map_err(|e| CliError(format!("cannot read {}: {e}", f.display())))?,
                 _ => return Err(CliError("give a VALUE or --file PATH".into())),
             };
-            cli.put(key, value, at)
+            cli.put(key, value, at, urgent)
         }
         Command::Rm { key, at } => cli.rm(key, at),
         Command::Get { key, version } => cli.get_key(key, version),
         Command::Ls { prefix } => cli.ls(prefix),
-        Command::Import { file } => cli.import(&file),
+        Command::Import { file, urgent } => cli.import(&file, urgent),
+        Command::Publish { .. } => cli.publish_urgent(),
         Command::Interval {
             duration,
             min_window,
-        } => cli.interval(duration, min_window),
+            urgent_window,
+        } => cli.interval(duration, min_window, urgent_window),
         Command::Status => cli.status(),
+            urgent,
         Command::History { limit, all } => cli.history(if all { None } else { Some(limit) }),
         Command::Diff { a, b } => cli.diff(a, b),
-        Command::Rollback { version, yes } => cli.rollback(version, yes),
+        Command::Rollback {
+            version,
+            yes,
+            urgent,
+        } => cli.rollback(version, yes, urgent),
         Command::Activations { limit } => cli.activations(limit),
         Command::Audit { limit } => cli.audit(limit),
         Command::Pin { version } => cli.pin(version, true),

@@ -169,6 +169,9 @@ pub struct ActivationProof {
     /// Reports of this version number with another checksum: a member serving something
     /// else under its number. Counted neither switched nor late.
     pub mismatched: Vec<Switched>,
+    /// The activation time was an urgent one (`lockstep put --urgent`), off the grid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// An activated version, as [`prove`] judges it.
@@ -270,6 +273,7 @@ pub fn prove(
         late,
         missing,
         mismatched,
+        urgent: false,
     };
     truncate_lists(proof)
 }

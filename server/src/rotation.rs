@@ -55,13 +55,29 @@ fn rotate(
     prepared: Option<&Prepared>,
 ) -> Result<()> {
     let due = sync.activation_time_us;
-    let next = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
+    let grid = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
         .ok_or_else(|| overflow("the next activation time"))?;
 
     // 1. active ← staged, and the table moves on to the next activation time.
     let active = sync.staged_version;
     tx.mark_activated(active, due)?;
     tx.set_active(active, next)?;
+    // An urgent request queued for this rotation (see `Store::urgent`) takes now + the urgent
+    // window instead of the grid point; the rotation there takes the grid again.
+    let (urgent_window, queued) = tx.urgent_state()?;
+    let urgent = queued
+        .then(|| now_us.checked_add(urgent_window))
+        .flatten()
+        .filter(|u| *u < grid);
+    let next = urgent.unwrap_or(grid);
+    if queued {
+        tx.set_urgent_queued(false)?;
+    }
+    if let Some(u) = urgent {
+        tx.insert_urgent_activation(u, by, now_us)?;
+    }
+    // A version built ahead for the grid point may hold scheduled changes due after `next`.
+    let prepared = prepared.filter(|p| p.basis.next_us == next);
 
     // 2. Due scheduled changes → production: those effective by `next` enter production now
     //    and the staged version built next, so they go live at the first activation time at
@@ -113,6 +129,7 @@ pub fn ceil_to_grid(t: i64, interval_us: i64) -> Option<i64> {
         Some(t)
     } else {
         t.checked_sub(r)?.checked_add(interval_us)
+        urgent: false,
     }
 }
 

@@ -45,7 +45,7 @@ export async function render(root, ctx) {
       tableBody),
     pagerBox,
   );
-  if (ctx.canWrite) root.append(changeForm(ctx, load), importForm(ctx, load));
+  if (ctx.canWrite) root.append(publishForm(ctx), changeForm(ctx, load), importForm(ctx, load));
   await load();
 }
 
@@ -104,6 +104,25 @@ function valueView(b) {
     : [el('span', { class: 'tag', title: 'bytes that are not UTF-8, shown in base64', text: 'base64' }), ' ', el('code', { text: b.b64 })];
 }
 
+// Makes what production holds now live on every web server at now + the urgent window, after
+// a confirmation: an urgent activation outside the grid (queued after the activation already
+// armed when that is too close to move).
+function publishForm(ctx) {
+  return el('form', { class: 'card', id: 'publish-form', onsubmit: async (e) => {
+    e.preventDefault();
+    if (!confirm('Urgent: make what production holds now live on every web server in about a second?')) return;
+    try {
+      const r = await api.post('/v1/admin/publish', { urgent: true });
+      ctx.flash(`${r.message}. Live at ${utc(r.live_by_us)} (${local(r.live_by_us)}).`);
+    } catch (x) {
+      ctx.flash(x.message, 'error');
+    }
+  } },
+  el('h2', { text: 'Publish production now' }),
+  el('p', { class: 'muted', text: 'For a change that cannot wait for the next activations: every web server switches at the same instant, about a second from now.' }),
+  el('button', { type: 'submit', id: 'publish-urgent', class: 'danger' }, 'Publish now (urgent)'));
+}
+
 // Put or delete one key, now or at a date and time read as UTC or as local time.
 function changeForm(ctx, reload) {
   const key = el('input', { type: 'text', id: 'change-key', required: true, spellcheck: 'false' });
@@ -112,6 +131,7 @@ function changeForm(ctx, reload) {
   const op = el('select', { id: 'change-op' }, el('option', { value: 'put', text: 'set' }), el('option', { value: 'delete', text: 'delete' }));
   const at = el('input', { type: 'datetime-local', id: 'change-at', step: '1' });
   const zone = el('select', { id: 'change-zone' }, el('option', { value: 'utc', text: 'UTC' }), el('option', { value: 'local', text: 'local time' }));
+  const urgent = el('input', { type: 'checkbox', id: 'change-urgent' });
   const preview = el('p', { id: 'change-preview', class: 'muted' });
   const updatePreview = () => {
     const us = parseDateTimeInput(at.value, zone.value);
@@ -131,6 +151,11 @@ function changeForm(ctx, reload) {
     const body = { key: key.value };
     if (op.value === 'put') body.value = toBlob(value.value, valueB64.checked);
     if (us !== null) body.at = rfc3339(us);
+    if (urgent.checked) {
+      if (us !== null) return ctx.flash('An urgent change goes live now: clear the time, or the urgent box.', 'error');
+      if (!confirm(`Urgent: make production, with this change, live on every web server in about a second?`)) return;
+      body.urgent = true;
+    }
     try {
       const r = await api.post(op.value === 'put' ? '/v1/admin/put' : '/v1/admin/delete', body);
       const live = r.live_by_us ? ` Live at ${utc(r.live_by_us)} (${local(r.live_by_us)}).` : '';
@@ -145,7 +170,8 @@ function changeForm(ctx, reload) {
     el('label', { for: 'change-op', text: 'Change' }), op,
     el('label', { for: 'change-key', text: 'Key' }), key,
     el('label', { for: 'change-value', text: 'Value' }), el('span', { class: 'with-option' }, value, el('label', {}, valueB64, ' base64 (bytes)')),
-    el('label', { for: 'change-at', text: 'At (optional)' }), el('span', {}, at, ' ', zone)),
+    el('label', { for: 'change-at', text: 'At (optional)' }), el('span', {}, at, ' ', zone),
+    el('label', { for: 'change-urgent', text: 'Urgent' }), el('span', { class: 'with-option' }, urgent, ' live everywhere at now + the urgent window, not at the next activations')),
   preview,
   el('button', { type: 'submit', id: 'change-submit' }, 'Apply'));
   return form;

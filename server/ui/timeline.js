@@ -143,7 +143,7 @@ function draw(figure, cards, rotations, status, proofs, width) {
   g.push(svg('text', { class: 'lane', x: 8, y: 52 }, 'data server'));
   for (const r of recent) {
     const rx = x(r.rotated_at_us);
-    g.push(svg('path', { class: 'rotation', d: `M${rx},44 l5,8 l-5,8 l-5,-8 z` }, svg('title', {}, `rotation at ${utc(r.rotated_at_us)} by ${r.rotated_by}: v${r.active_version} active, v${r.staged_version} staged for ${utc(r.next_activation_us)}`)));
+    g.push(svg('path', { class: 'rotation', d: `M${rx},44 l5,8 l-5,8 l-5,-8 z` }, svg('title', {}, `rotation at ${utc(r.rotated_at_us)} by ${r.rotated_by}${r.urgent ? ' (an urgent activation)' : ''}: v${r.active_version} active, v${r.staged_version} staged for ${utc(r.next_activation_us)}`)));
     g.push(svg('text', { class: 'label', x: rx + 8, y: 36 }, `rotation: v${r.staged_version} staged`));
   }
   // What each activation made active, from the rotation log: a rotation at T logs it.
@@ -218,7 +218,8 @@ function proofCard(p) {
     : el('span', { class: 'spread' }, 'measured spread ', el('strong', { class: 'spread-value', text: duration(p.spread_us) }),
       ` (true spread at most ${duration(p.spread_us + (p.error_us || 0))})`);
   card.append(
-    el('h3', {}, `v${p.version} at ${utc(p.activation_time_us)} `, el('span', { class: 'muted', text: local(p.activation_time_us) })),
+    el('h3', {}, `v${p.version} at ${utc(p.activation_time_us)} `, el('span', { class: 'muted', text: local(p.activation_time_us) }),
+      p.urgent ? el('span', { class: 'tag urgent', title: 'an urgent activation, off the grid', text: 'urgent' }) : null),
     el('p', {},
       el('span', { class: 'ok-text', text: `${p.clients_switched} switched on time` }), ` on ${p.hosts_switched} host${p.hosts_switched === 1 ? '' : 's'}, `,
       el('span', { class: p.clients_late ? 'warn-text' : '', text: `${p.clients_late} late` }), ', ',

@@ -80,6 +80,7 @@ export async function render(root, ctx) {
     }
     const n = preview.production.added.length + preview.production.removed.length + preview.production.changed.length;
     const removedNow = await valuesIn(null, preview.production.removed);
+    const urgent = el('input', { type: 'checkbox', id: 'rollback-urgent' });
     const dialog = el('dialog', { id: 'rollback-dialog' },
       el('h2', { text: `Roll back to version ${version}?` }),
       el('p', { text: n === 0
@@ -87,13 +88,16 @@ export async function render(root, ctx) {
         : `It changes ${n} production key${n === 1 ? '' : 's'} (edits made since that version are discarded from production; they stay in history):` }),
       n ? changesTable(preview.production, 'production now', 'after rollback', removedNow) : null,
       el('p', { class: 'muted', text: `Goes live at ${utc(preview.live_by_us)} (${local(preview.live_by_us)}).` }),
+      el('p', {}, el('label', {}, urgent, ' Urgent: live on every web server in about a second instead')),
       el('div', { class: 'buttons' },
         el('button', { type: 'button', id: 'rollback-cancel', onclick: () => dialog.close() }, 'Cancel'),
         el('button', { type: 'button', id: 'rollback-confirm', class: 'danger', onclick: confirmRollback }, `Roll back to ${version}`)));
     async function confirmRollback() {
       dialog.close();
       try {
-        const r = await api.post('/v1/admin/rollback', { version, dry_run: false, discard_edits: true });
+        const body = { version, dry_run: false, discard_edits: true };
+        if (urgent.checked) body.urgent = true;
+        const r = await api.post('/v1/admin/rollback', body);
         ctx.flash(r.message);
         await load();
       } catch (x) {

@@ -298,6 +298,26 @@ def admin_session(page, server):
     assert server.production("price:apple") == "1.25"
     assert server.production("price:kiwi") is None
 
+    # An urgent change, confirmed first, then an urgent publish (a dismissed one changes
+    # nothing). Each is an urgent activation or queued after the one armed; either way the
+    # audit says urgent.
+    page.click("#nav >> text=Production")
+    page.fill("#change-key", "price:fig")
+    page.fill("#change-value", "2.50")
+    page.check("#change-urgent")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#change-submit")
+    expect(page.locator("#flash")).to_contain_text("urgent")
+    assert server.production("price:fig") == "2.50"
+    server.wait_active("price:fig", "2.50")
+    audit_before = len(server.admin("/v1/admin/audit"))
+    page.once("dialog", lambda d: d.dismiss())
+    page.click("#publish-urgent")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#publish-urgent")
+    expect(page.locator("#flash")).to_contain_text("live already")
+    assert len(server.admin("/v1/admin/audit")) == audit_before
+
     page.click("#nav >> text=Interval")
     expect(page.locator("#interval-now")).to_have_text("1 s")
     expect(page.locator("#window-now")).to_have_text("500 ms")
@@ -402,7 +422,7 @@ def admin_session(page, server):
     page.click("#nav >> text=Audit")
     expect(page.locator("#view h1")).to_have_text("Audit log")
     # Who changed what, each change the page made among them.
-    for action in ("put", "schedule-put", "import", "rollback", "interval"):
+    for action in ("put", "schedule-put", "import", "rollback", "interval", "put-urgent"):
         expect(page.locator(f'#audit tbody tr[data-action="{action}"]').first).to_be_visible()
     expect(page.locator('#audit tbody tr[data-action="rollback"]')).to_contain_text(
         f"content of version {old}")

@@ -64,7 +64,10 @@ impl Script {
             .admin
             .post(
                 &wire::admin_path(wire::ADMIN_IMPORT),
-                &ImportRequest { entries },
+                &ImportRequest {
+                    entries,
+                    urgent: false,
+                },
             )
             .map_err(err)?;
         let list: Vec<String> = PRICES.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -152,6 +155,7 @@ impl Script {
             key: Blob::Text(key.into()),
             value: Blob::Text(value.into()),
             at: at_us.map(format_us),
+            urgent: false,
         };
         self.admin
             .post(&wire::admin_path(wire::ADMIN_PUT), &req)

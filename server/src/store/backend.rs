@@ -210,6 +210,17 @@ pub trait Tx {
     /// The newest `limit` entries, newest first.
     fn audit(&mut self, limit: u64) -> Result<Vec<AuditEntry>>;
 
+    // Urgent activations (see `Store::urgent`).
+    /// The urgent window, µs, and whether an urgent request waits for the next rotation.
+    fn urgent_state(&mut self) -> Result<(i64, bool)>;
+    fn set_urgent_window(&mut self, window_us: i64) -> Result<()>;
+    fn set_urgent_queued(&mut self, queued: bool) -> Result<()>;
+    /// Records that the activation at `activation_us` was scheduled by an urgent request.
+    fn insert_urgent_activation(&mut self, activation_us: i64, by: &str, now_us: i64)
+        -> Result<()>;
+    /// The urgent activation times in `[from_us, until_us]`, in order.
+    fn urgent_activations(&mut self, from_us: i64, until_us: i64) -> Result<Vec<i64>>;
+
     // Blob URLs (see `crate::blobs`).
     /// The secret blob keys are made with, created by a migration.
     fn blob_secret(&mut self) -> Result<Vec<u8>>;

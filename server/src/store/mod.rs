@@ -19,6 +19,8 @@ pub mod postgres;
 pub mod prepare;
 pub mod sqlite;
 pub mod staging;
+#[cfg(test)]
+mod urgent_tests;
 
 use std::path::PathBuf;
 
@@ -132,6 +134,133 @@ pub struct RollbackOutcome {
     pub activation_time_us: i64,
 }
 
+/// What an urgent request (see [`Store::urgent`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrgentOutcome {
+    /// The version staged now.
+    pub version: u64,
+    /// When production's content goes live: the urgent activation time U; for a queued
+    /// request, the earliest it can (the rotation at `after_us`, plus the urgent window).
+    pub live_at_us: i64,
+    /// Queued for the rotation at `after_us` rather than staged for now + the window.
+    pub queued: bool,
+    pub after_us: i64,
+    /// Production's content is active already: nothing to make live.
+    pub already_live: bool,
+}
+
+/// The longest urgent window: an urgent change that may take longer is an ordinary one.
+pub const MAX_URGENT_WINDOW_US: i64 = 10 * 60 * 1_000_000;
+
+/// Makes production's content go live at U = now + the urgent window, in `tx` (which holds
+/// the sync row's lock), without breaking what clients have armed:
+/// - the staged version is replaced by production's content and its activation moved to U
+///   only if the activation T it replaces is at least a check-in period after U (every live
+///   client hears of U before T, so none activates the old staged version at T), no urgent
+///   activation is pending (a second request never moves U nor replaces the version staged
+///   for it), and no scheduled change in the staged version is effective after U (it would go
+///   live before its time);
+/// - otherwise the request is queued: the rotation at T takes now + the window as its next
+///   activation instead of the grid point (see [`rotation`]), with production staged for it.
+fn urgent_in(tx: &mut dyn Tx, by: &str, now_us: i64) -> Result<UrgentOutcome> {
+    // A due rotation first: its activation has happened for every client already.
+    rotation::rotate_if_due(tx, now_us, by, None)?;
+    // The write lock may have been waited for.
+    let now_us = now_us.max(clock::now_us());
+    let (sync, gen) = tx.sync()?;
+    let (window, _) = tx.urgent_state()?;
+    let t = sync.activation_time_us;
+    let production = format::content_digest(&tx.production()?);
+    let (active, _) = staging::version_digest(tx, sync.active_version)?;
+    let (staged, _) = staging::version_digest(tx, sync.staged_version)?;
+    let mut out = UrgentOutcome {
+        version: sync.staged_version,
+        live_at_us: t,
+        queued: false,
+        after_us: t,
+        already_live: production == active && staged == active,
+    };
+    if out.already_live {
+        return Ok(out);
+    }
+    let u = now_us
+        .checked_add(window)
+        .ok_or_else(|| overflow("the urgent activation time"))?;
+    let heard_before_t = u
+        .checked_add(rotation::checkin_period_us(sync.interval_us))
+        .is_some_and(|heard| heard <= t);
+    let pending = !tx.urgent_activations(t, t)?.is_empty();
+    if staged == production && (pending || !heard_before_t) {
+        // Staged for T already, which is sooner than a queued request could be.
+        return Ok(out);
+    }
+    if heard_before_t && !pending && !tx.scheduled_within(u, t)? {
+        out.version = staging::restage_production(tx, sync.staged_version, gen, now_us, "urgent")?;
+        tx.set_cycle(sync.interval_us, sync.min_window_us, u)?;
+        tx.insert_urgent_activation(u, by, now_us)?;
+        // A request queued before is in production too, and goes live sooner here.
+        tx.set_urgent_queued(false)?;
+        out.live_at_us = u;
+        return Ok(out);
+    }
+    tx.set_urgent_queued(true)?;
+    out.queued = true;
+    out.live_at_us = t.saturating_add(window);
+    Ok(out)
+}
+
+/// [`Store::rollback`]'s transaction; with `stage` false only production changes (the
+/// version staged now stays, for an urgent rollback that must not replace the version an
+/// urgent activation pending already has staged).
+fn rollback_in(
+    tx: &mut dyn Tx,
+    version: u64,
+    dry_run: bool,
+    discard_edits: bool,
+    stage: bool,
+    by: &str,
+    now_us: i64,
+) -> Result<RollbackOutcome> {
+    let content = staging::version_content(tx, version)?;
+    let production = key_changes(&tx.production()?, &content);
+    let (sync, _) = tx.sync()?;
+    let mut outcome = RollbackOutcome {
+        version: None,
+        production,
+        activation_time_us: sync.activation_time_us,
+    };
+    if dry_run {
+        return Ok(outcome);
+    }
+    if !discard_edits && !outcome.production.is_empty() {
+        return Err(StoreError::Conflict(format!(
+            "production differs from version {version} in {} keys; a rollback would \
+             discard those edits (preview with dry_run, or allow it with discard_edits)",
+            outcome.production.added.len()
+                + outcome.production.removed.len()
+                + outcome.production.changed.len()
+        )));
+    }
+    tx.clear_production()?;
+    for (k, v) in &content {
+        tx.write_production(&Change::Put(k.clone(), v.clone()), by, now_us)?;
+    }
+    tx.bump_production_gen()?;
+    let (sync, gen) = tx.sync()?;
+    if !stage {
+        return Ok(outcome);
+    }
+    outcome.version = Some(staging::restage(
+        tx,
+        sync.staged_version,
+        &content,
+        gen,
+        now_us,
+        &format!("rollback to {version}"),
+    )?);
+    Ok(outcome)
+}
+
 pub(crate) fn overflow(what: &str) -> StoreError {
     StoreError::Corrupt(format!(
         "{what} does not fit the data server's clock; set the interval again \
@@ -177,6 +306,12 @@ pub struct Status {
     pub hosts: Vec<HostView>,
 }
 
+    /// How soon an urgent change goes live, µs (see [`Store::urgent`]).
+    #[serde(default)]
+    pub urgent_window_us: i64,
+    /// An urgent request waits for the rotation at the activation time.
+    #[serde(default)]
+    pub urgent_queued: bool,
 /// One row of `GET /v1/admin/history`: [`VersionInfo`] and how many times the version was
 /// downloaded (see [`crate::downloads`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -747,41 +882,75 @@ impl Store {
             self.rotate_if_due(now_us, by)?;
         }
         self.write_audited(audit, |tx| {
-            let content = staging::version_content(tx, version)?;
-            let production = key_changes(&tx.production()?, &content);
-            let (sync, _) = tx.sync()?;
-            let mut outcome = RollbackOutcome {
-                version: None,
-                production,
-                activation_time_us: sync.activation_time_us,
-            };
-            if dry_run {
-                return Ok(outcome);
+            rollback_in(tx, version, dry_run, discard_edits, true, by, now_us)
+        })
+    }
+
+    /// Makes production's content go live at now + the urgent window, or at the first
+    /// activation after the one staged now when that cannot be done safely (see
+    /// [`urgent_in`]). Clients long-polling are woken by the table's change.
+    pub fn urgent(
+        &self,
+        by: &str,
+        now_us: i64,
+        audit: AuditOf<UrgentOutcome>,
+    ) -> Result<UrgentOutcome> {
+        self.write_audited(audit, |tx| urgent_in(tx, by, now_us))
+    }
+
+    /// [`Store::apply`] and [`Store::urgent`] in one transaction: the changes go live at once
+    /// or not at all.
+    pub fn apply_urgent(
+        &self,
+        changes: &[Change],
+        by: &str,
+        now_us: i64,
+        audit: AuditOf<(u64, UrgentOutcome)>,
+    ) -> Result<(u64, UrgentOutcome)> {
+        self.write_audited(audit, |tx| {
+            let mut changed = 0u64;
+            for c in changes {
+                changed += u64::from(tx.write_production(c, by, now_us)?);
             }
-            if !discard_edits && !outcome.production.is_empty() {
-                return Err(StoreError::Conflict(format!(
-                    "production differs from version {version} in {} keys; a rollback would \
-                     discard those edits (preview with dry_run, or allow it with discard_edits)",
-                    outcome.production.added.len()
-                        + outcome.production.removed.len()
-                        + outcome.production.changed.len()
-                )));
+            if changed > 0 {
+                tx.bump_production_gen()?;
             }
-            tx.clear_production()?;
-            for (k, v) in &content {
-                tx.write_production(&Change::Put(k.clone(), v.clone()), by, now_us)?;
-            }
-            tx.bump_production_gen()?;
-            let (sync, gen) = tx.sync()?;
-            outcome.version = Some(staging::restage(
-                tx,
-                sync.staged_version,
-                &content,
-                gen,
-                now_us,
-                &format!("rollback to {version}"),
-            )?);
-            Ok(outcome)
+            Ok((changed, urgent_in(tx, by, now_us)?))
+        })
+    }
+
+    /// [`Store::rollback`], made live by [`Store::urgent`] in the same transaction.
+    pub fn rollback_urgent(
+        &self,
+        version: u64,
+        discard_edits: bool,
+        by: &str,
+        now_us: i64,
+        audit: AuditOf<(RollbackOutcome, UrgentOutcome)>,
+    ) -> Result<(RollbackOutcome, UrgentOutcome)> {
+        self.rotate_if_due(now_us, by)?;
+        self.write_audited(audit, |tx| {
+            rotation::rotate_if_due(tx, now_us, by, None)?;
+            let t = tx.sync()?.0.activation_time_us;
+            let stage = tx.urgent_activations(t, t)?.is_empty();
+            let mut out = rollback_in(tx, version, false, discard_edits, stage, by, now_us)?;
+            let urgent = urgent_in(tx, by, now_us)?;
+            out.activation_time_us = urgent.live_at_us;
+            Ok((out, urgent))
+        })
+    }
+
+    /// Sets how soon an urgent change goes live (1 ms to [`MAX_URGENT_WINDOW_US`]).
+    pub fn set_urgent_window(&self, window_us: i64, audit: AuditOf<i64>) -> Result<i64> {
+        if !(1_000..=MAX_URGENT_WINDOW_US).contains(&window_us) {
+            return Err(StoreError::BadRequest(format!(
+                "the urgent window must be 1ms to {}s",
+                MAX_URGENT_WINDOW_US / 1_000_000
+            )));
+        }
+        self.write_audited(audit, |tx| {
+            tx.set_urgent_window(window_us)?;
+            Ok(window_us)
         })
     }
 
@@ -1018,7 +1187,17 @@ impl Store {
 
     /// The rotation log, oldest first.
     pub fn rotations(&self) -> Result<Vec<RotationRecord>> {
-        self.read(|tx| tx.rotations())
+        self.read(|tx| {
+            let mut rotations = tx.rotations()?;
+            if let (Some(first), Some(last)) = (rotations.first(), rotations.last()) {
+                let urgent =
+                    tx.urgent_activations(first.activation_time_us, last.activation_time_us)?;
+                for r in &mut rotations {
+                    r.urgent = urgent.binary_search(&r.activation_time_us).is_ok();
+                }
+            }
+            Ok(rotations)
+        })
     }
 
     /// Remembers a check-in's switch report; written by [`Store::flush_batched`].
@@ -1057,7 +1236,10 @@ impl Store {
             let members = tx.farm(since)?;
             Ok(activated
                 .iter()
-                .map(|a| proof::prove(*a, sync.interval_us, &reports, &members))
+                .map(|a| ActivationProof {
+                    urgent: urgent.binary_search(&a.activation_us).is_ok(),
+                    ..proof::prove(*a, sync.interval_us, &reports, &members)
+                })
                 .collect())
         })
     }
@@ -1070,9 +1252,12 @@ impl Store {
     }
 
     /// The farm expiry for a table with this interval: never before a member has been shown
+            let (urgent_window_us, urgent_queued) = tx.urgent_state()?;
     /// stale for a check-in period.
     fn farm_expiry(&self, interval_us: i64) -> i64 {
         let configured = self
+                urgent_window_us,
+                urgent_queued,
             .farm_expiry_us
             .load(std::sync::atomic::Ordering::Relaxed);
         configured.max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
@@ -1113,3 +1298,4 @@ fn key_changes(old: &Content, new: &Content) -> KeyChanges {
     }
     out
 }
+            let urgent = tx.urgent_activations(oldest.activation_us, newest.activation_us)?;

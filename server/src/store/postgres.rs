@@ -170,6 +170,16 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT NOT NULL
     );
     "#,
+    // 5: SQLite's migration 7: urgent activations.
+    r#"
+    ALTER TABLE sync ADD COLUMN urgent_window_us BIGINT NOT NULL DEFAULT 1000000;
+    ALTER TABLE sync ADD COLUMN urgent_queued BOOLEAN NOT NULL DEFAULT false;
+    CREATE TABLE urgent_activations (
+        activation_us BIGINT PRIMARY KEY,
+        requested_us BIGINT NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    "#,
     // 6: SQLite's migration 8: the blob secret, 32 random bytes from two gen_random_uuid()s
     // (pg_strong_random; core since PostgreSQL 13, no pgcrypto), 244 of them random bits.
     r#"
@@ -1029,6 +1039,7 @@ impl Tx for PgTx<'_, '_> {
             .collect())
     }
 
+                urgent: false,
     fn rotation_count(&mut self) -> Result<u64> {
         self.count("SELECT COUNT(*) FROM rotations")
     }
@@ -1382,6 +1393,57 @@ impl Tx for PgTx<'_, '_> {
         Ok(self
             .tx
             .query_one("SELECT secret FROM blob_secret WHERE id = 1", &[])?
+    fn urgent_state(&mut self) -> Result<(i64, bool)> {
+        let r = self.tx.query_one(
+            "SELECT urgent_window_us, urgent_queued FROM sync WHERE id = 1",
+            &[],
+        )?;
+        Ok((r.get(0), r.get(1)))
+    }
+
+    fn set_urgent_window(&mut self, window_us: i64) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET urgent_window_us = $1 WHERE id = 1",
+            &[&window_us],
+        )?;
+        Ok(())
+    }
+
+    fn set_urgent_queued(&mut self, queued: bool) -> Result<()> {
+        self.exec(
+            "UPDATE sync SET urgent_queued = $1 WHERE id = 1",
+            &[&queued],
+        )?;
+        Ok(())
+    }
+
+    fn insert_urgent_activation(
+        &mut self,
+        activation_us: i64,
+        by: &str,
+        now_us: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO urgent_activations (activation_us, requested_us, requested_by)
+             VALUES ($1, $2, $3)",
+            &[&activation_us, &now_us, &by],
+        )?;
+        Ok(())
+    }
+
+    fn urgent_activations(&mut self, from_us: i64, until_us: i64) -> Result<Vec<i64>> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT activation_us FROM urgent_activations
+                 WHERE activation_us BETWEEN $1 AND $2 ORDER BY activation_us",
+                &[&from_us, &until_us],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
             .get(0))
     }
 }

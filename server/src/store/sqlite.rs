@@ -157,6 +157,17 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT NOT NULL
     );
     "#,
+    // 7: urgent activations (see `Store::urgent`): the window an urgent change goes live in,
+    // a request queued for the next rotation, and which activation times were urgent.
+    r#"
+    ALTER TABLE sync ADD COLUMN urgent_window_us INTEGER NOT NULL DEFAULT 1000000;
+    ALTER TABLE sync ADD COLUMN urgent_queued INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE urgent_activations (
+        activation_us INTEGER PRIMARY KEY,
+        requested_us INTEGER NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    "#,
     // 8: the blob secret (see `crate::blobs`): random, made once with the database, so that every
     // data server of it signs blob URLs alike. SQLite's randomblob draws on the OS's randomness.
     r#"
@@ -768,6 +779,7 @@ impl Tx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+                urgent: false,
     fn rotation_count(&mut self) -> Result<u64> {
         count(self.0, "SELECT COUNT(*) FROM rotations")
     }
@@ -1077,6 +1089,53 @@ impl Tx for SqliteTx<'_> {
             .0
             .query_row("SELECT secret FROM blob_secret WHERE id = 1", [], |r| {
                 r.get(0)
+    fn urgent_state(&mut self) -> Result<(i64, bool)> {
+        Ok(self.0.query_row(
+            "SELECT urgent_window_us, urgent_queued FROM sync WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+        )?)
+    }
+
+    fn set_urgent_window(&mut self, window_us: i64) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET urgent_window_us = ?1 WHERE id = 1",
+            params![window_us],
+        )?;
+        Ok(())
+    }
+
+    fn set_urgent_queued(&mut self, queued: bool) -> Result<()> {
+        self.0.execute(
+            "UPDATE sync SET urgent_queued = ?1 WHERE id = 1",
+            params![i64::from(queued)],
+        )?;
+        Ok(())
+    }
+
+    fn insert_urgent_activation(
+        &mut self,
+        activation_us: i64,
+        by: &str,
+        now_us: i64,
+    ) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO urgent_activations (activation_us, requested_us, requested_by)
+             VALUES (?1, ?2, ?3)",
+            params![activation_us, now_us, by],
+        )?;
+        Ok(())
+    }
+
+    fn urgent_activations(&mut self, from_us: i64, until_us: i64) -> Result<Vec<i64>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT activation_us FROM urgent_activations
+             WHERE activation_us BETWEEN ?1 AND ?2 ORDER BY activation_us",
+        )?;
+        let rows = stmt.query_map(params![from_us, until_us], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
             })?)
     }
 }
