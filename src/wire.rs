@@ -423,6 +423,9 @@ pub struct PutRequest {
     pub value: Blob,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// `POST /v1/admin/delete`: remove one key, now or at `at` (RFC 3339).
@@ -432,14 +435,14 @@ pub struct DeleteRequest {
     pub key: Blob,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// One key and value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub urgent: bool,
 pub struct Entry {
     pub key: Blob,
     pub value: Blob,
@@ -449,10 +452,10 @@ pub struct Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
+    pub entries: Vec<Entry>,
     /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub urgent: bool,
-    pub entries: Vec<Entry>,
 }
 
 /// `POST /v1/admin/interval`: durations written like `500ms`, `30s`, `10m`.
@@ -462,14 +465,14 @@ pub struct IntervalRequest {
     pub interval: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_window: Option<String>,
+    /// How soon an urgent change goes live (1ms to 10m); absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgent_window: Option<String>,
 }
 
 /// Answer to `POST /v1/admin/interval`: the sync table after the change, and what it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntervalResponse {
-    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub urgent: bool,
     #[serde(flatten)]
     pub sync: SyncTable,
     /// The activation time before the change; `sync.activation_time_us` is where it moved.
@@ -479,9 +482,6 @@ pub struct IntervalResponse {
 
 /// `POST /v1/admin/rollback`: stage a new version with the content of `version`; production
 /// becomes that content too, so edits made since are discarded from production.
-    /// How soon an urgent change goes live (1ms to 10m); absent: unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urgent_window: Option<String>,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
@@ -493,6 +493,9 @@ pub struct RollbackRequest {
     /// a preview are never discarded unseen. Absent: true.
     #[serde(default = "yes")]
     pub discard_edits: bool,
+    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 fn yes() -> bool {
@@ -507,27 +510,10 @@ pub struct RollbackResponse {
     pub version: Option<u64>,
     pub dry_run: bool,
     /// The activation the rolled-back content goes live at.
-    /// Goes live at now + the urgent window (see `POST /v1/admin/publish`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub urgent: bool,
     pub live_by_us: i64,
     /// How production changes: from its content now to the content of the version rolled
     /// back to (`old` is production's value, `new` the version's).
     pub production: KeyChanges,
-    pub message: String,
-}
-
-/// Answer to an admin write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteResponse {
-    /// Production entries changed (or scheduled changes recorded).
-    pub changed: u64,
-    /// When the change is due to go live at the latest, µs, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_by_us: Option<i64>,
-    /// A version number, for writes that create one (rollback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
     pub message: String,
 }
 
@@ -553,6 +539,20 @@ pub struct PublishResponse {
     pub queued: bool,
     /// Production's content was live already.
     pub already_live: bool,
+    pub message: String,
+}
+
+/// Answer to an admin write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// Production entries changed (or scheduled changes recorded).
+    pub changed: u64,
+    /// When the change is due to go live at the latest, µs, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_by_us: Option<i64>,
+    /// A version number, for writes that create one (rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     pub message: String,
 }
 
@@ -639,6 +639,10 @@ pub struct RotationRecord {
     pub next_activation_us: i64,
     /// Name of the client whose check-in performed it (the patent's "first web server").
     pub rotated_by: String,
+    /// The activation time was scheduled by an urgent request (`lockstep put --urgent`), off
+    /// the grid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// `GET /v1/admin/diff?a=A&b=B`: what changes from A to B.
@@ -653,10 +657,6 @@ pub struct DiffResponse {
 /// What changes from one content to another, key by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyChanges {
-    /// The activation time was scheduled by an urgent request (`lockstep put --urgent`), off
-    /// the grid.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub urgent: bool,
     pub added: Vec<Entry>,
     pub removed: Vec<Blob>,
     pub changed: Vec<ChangedEntry>,

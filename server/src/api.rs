@@ -402,6 +402,7 @@ pub fn router(state: Shared) -> Router {
         .route(wire::ADMIN_ROTATIONS, get(admin_rotations))
         .route(wire::ADMIN_ACTIVATIONS, get(admin_activations))
         .route(wire::ADMIN_AUDIT, get(admin_audit))
+        .route(wire::ADMIN_PUBLISH, post(admin_publish))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route(wire::PATH_HEALTH, get(health))
@@ -618,9 +619,25 @@ async fn apply_or_schedule(
     at: Option<String>,
     action: &str,
     what: String,
+    urgent: bool,
 ) -> ApiResult<Json<WriteResponse>> {
     let store = state.store.clone();
     let who = admin.who.clone();
+    if urgent {
+        if at.is_some() {
+            return Err(ApiError::bad_request(
+                "urgent goes live now: it cannot be given with at",
+            ));
+        }
+        return apply_urgent(
+            state,
+            admin,
+            vec![change],
+            &format!("{action}-urgent"),
+            what,
+        )
+        .await;
+    }
     match at {
         Some(at) => {
             let effective = parse_time(&at)?;
@@ -699,26 +716,10 @@ async fn admin_delete(
     let key = blob("key", req.key)?;
     check_key(&state.limits, &key)?;
     let what = shown(&key);
-    urgent: bool,
     let change = Change::Delete(key);
     apply_or_schedule(&state, &admin, change, req.at, "delete", what, req.urgent).await
 }
 
-    if urgent {
-        if at.is_some() {
-            return Err(ApiError::bad_request(
-                "urgent goes live now: it cannot be given with at",
-            ));
-        }
-        return apply_urgent(
-            state,
-            admin,
-            vec![change],
-            &format!("{action}-urgent"),
-            what,
-        )
-        .await;
-    }
 async fn admin_import(
     admin: Admin,
     State(state): State<Shared>,
@@ -736,6 +737,10 @@ async fn admin_import(
     .map(|(key, value)| Change::Put(key, value))
     .collect();
     let n = changes.len();
+    if req.urgent {
+        let what = format!("{n} entries");
+        return apply_urgent(&state, &admin, changes, "import-urgent", what).await;
+    }
     let store = state.store.clone();
     let base = audit_entry(&admin, "import", "");
     let audit_of = move |changed: &u64| {
@@ -759,6 +764,15 @@ async fn admin_interval(
 ) -> ApiResult<Json<IntervalResponse>> {
     let req: IntervalRequest = parse_json(body)?;
     let interval = parse_duration_us("interval", &req.interval)?;
+    if let Some(w) = req.urgent_window.as_deref() {
+        let window = parse_duration_us("urgent_window", w)?;
+        let store = state.store.clone();
+        let entry = audit_entry(&admin, "urgent-window", &format!("urgent window {w}"));
+        let audit_of = move |_: &i64| Some(entry.clone());
+        let of = audit_of.clone();
+        blocking(move || store.set_urgent_window(window, &of)).await?;
+        log_change(audit_of(&window));
+    }
     let window = req
         .min_window
         .as_deref()
@@ -816,12 +830,11 @@ async fn admin_rollback(
     admin: Admin,
     State(state): State<Shared>,
     body: Result<Bytes, BytesRejection>,
-    if req.urgent {
-        let what = format!("{n} entries");
-        return apply_urgent(&state, &admin, changes, "import-urgent", what).await;
-    }
 ) -> ApiResult<Json<RollbackResponse>> {
     let req: RollbackRequest = parse_json(body)?;
+    if req.urgent && !req.dry_run {
+        return rollback_urgent(&state, &admin, req).await;
+    }
     let store = state.store.clone();
     let base = audit_entry(&admin, "rollback", "");
     let target = req.version;
@@ -843,15 +856,6 @@ async fn admin_rollback(
     .await?;
     log_change(audit_of(&out));
     Ok(Json(RollbackResponse {
-    if let Some(w) = req.urgent_window.as_deref() {
-        let window = parse_duration_us("urgent_window", w)?;
-        let store = state.store.clone();
-        let entry = audit_entry(&admin, "urgent-window", &format!("urgent window {w}"));
-        let audit_of = move |_: &i64| Some(entry.clone());
-        let of = audit_of.clone();
-        blocking(move || store.set_urgent_window(window, &of)).await?;
-        log_change(audit_of(&window));
-    }
         version: out.version,
         dry_run: req.dry_run,
         live_by_us: out.activation_time_us,
@@ -860,89 +864,6 @@ async fn admin_rollback(
     }))
 }
 
-/// What a rollback to `target` did, or with a dry run would do, in one sentence.
-fn rollback_message(target: u64, out: &RollbackOutcome) -> String {
-    let at = format_us(out.activation_time_us);
-    let keys =
-        out.production.added.len() + out.production.removed.len() + out.production.changed.len();
-    match out.version {
-        Some(v) => format!(
-            "version {v} has the content of version {target}; it goes live at {at}; production \
-             changed in {keys} keys"
-        ),
-        None if keys == 0 => format!(
-            "dry run: production already has the content of version {target}; a rollback would \
-             only stage it for {at}"
-        ),
-        None => format!(
-            "dry run: a rollback to version {target} would change {keys} production keys and \
-             stage it for {at}"
-        ),
-    }
-}
-
-async fn admin_pin(
-    admin: Admin,
-    State(state): State<Shared>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<PinChange>> {
-    pin(state, admin, body, true).await
-}
-
-async fn admin_unpin(
-    admin: Admin,
-    State(state): State<Shared>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<PinChange>> {
-    pin(state, admin, body, false).await
-}
-
-/// Pins or unpins a version: retention keeps a pinned version's content.
-/// What a pin or unpin request may hold: the answer's other fields are not inputs.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PinRequest {
-    version: u64,
-}
-
-async fn pin(
-    state: Shared,
-    admin: Admin,
-    body: Result<Bytes, BytesRejection>,
-    pinned: bool,
-) -> ApiResult<Json<PinChange>> {
-    if req.urgent && !req.dry_run {
-        return rollback_urgent(&state, &admin, req).await;
-    }
-    let req: PinRequest = parse_json(body)?;
-    let version = req.version;
-    let store = state.store.clone();
-    let action = if pinned { "pin" } else { "unpin" };
-    let entry = audit_entry(&admin, action, &format!("version {version}"));
-    let audit_of = move |_: &()| Some(entry.clone());
-    let of = audit_of.clone();
-    blocking(move || store.pin(version, pinned, &of)).await?;
-    log_change(audit_of(&()));
-    let message = match pinned {
-        true => format!("version {version} is pinned: retention keeps its content"),
-        false => format!(
-            "version {version} is unpinned: retention drops its content once it is neither \
-             among the newest versions kept nor within the time kept"
-        ),
-    };
-    Ok(Json(PinChange {
-        version,
-        pinned,
-        message,
-    }))
-}
-
-async fn admin_status(_: Viewer, State(state): State<Shared>) -> ApiResult<Response> {
-    let store = state.store.clone();
-    Ok(Json(blocking(move || store.status(clock::now_us())).await?).into_response())
-}
-
-/// Query strings are exact too: a misspelt parameter is a 400, not silently ignored, and a
 /// What an urgent request did, in one sentence.
 fn urgent_message(out: &UrgentOutcome) -> String {
     let at = format_us(out.live_at_us);
@@ -1064,6 +985,86 @@ async fn admin_publish(
     Ok(Json(publish_response(&out)))
 }
 
+/// What a rollback to `target` did, or with a dry run would do, in one sentence.
+fn rollback_message(target: u64, out: &RollbackOutcome) -> String {
+    let at = format_us(out.activation_time_us);
+    let keys =
+        out.production.added.len() + out.production.removed.len() + out.production.changed.len();
+    match out.version {
+        Some(v) => format!(
+            "version {v} has the content of version {target}; it goes live at {at}; production \
+             changed in {keys} keys"
+        ),
+        None if keys == 0 => format!(
+            "dry run: production already has the content of version {target}; a rollback would \
+             only stage it for {at}"
+        ),
+        None => format!(
+            "dry run: a rollback to version {target} would change {keys} production keys and \
+             stage it for {at}"
+        ),
+    }
+}
+
+async fn admin_pin(
+    admin: Admin,
+    State(state): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PinChange>> {
+    pin(state, admin, body, true).await
+}
+
+async fn admin_unpin(
+    admin: Admin,
+    State(state): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PinChange>> {
+    pin(state, admin, body, false).await
+}
+
+/// Pins or unpins a version: retention keeps a pinned version's content.
+/// What a pin or unpin request may hold: the answer's other fields are not inputs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    version: u64,
+}
+
+async fn pin(
+    state: Shared,
+    admin: Admin,
+    body: Result<Bytes, BytesRejection>,
+    pinned: bool,
+) -> ApiResult<Json<PinChange>> {
+    let req: PinRequest = parse_json(body)?;
+    let version = req.version;
+    let store = state.store.clone();
+    let action = if pinned { "pin" } else { "unpin" };
+    let entry = audit_entry(&admin, action, &format!("version {version}"));
+    let audit_of = move |_: &()| Some(entry.clone());
+    let of = audit_of.clone();
+    blocking(move || store.pin(version, pinned, &of)).await?;
+    log_change(audit_of(&()));
+    let message = match pinned {
+        true => format!("version {version} is pinned: retention keeps its content"),
+        false => format!(
+            "version {version} is unpinned: retention drops its content once it is neither \
+             among the newest versions kept nor within the time kept"
+        ),
+    };
+    Ok(Json(PinChange {
+        version,
+        pinned,
+        message,
+    }))
+}
+
+async fn admin_status(_: Viewer, State(state): State<Shared>) -> ApiResult<Response> {
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.status(clock::now_us())).await?).into_response())
+}
+
+/// Query strings are exact too: a misspelt parameter is a 400, not silently ignored, and a
 /// limit is at least 1.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

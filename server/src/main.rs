@@ -177,11 +177,11 @@ enum Command {
         /// after it).
         #[arg(long, conflicts_with = "urgent")]
         at: Option<String>,
-    },
-    /// Remove a key from production, now or at a time (RFC 3339).
         /// Make production (with this change) live everywhere at now + the urgent window.
         #[arg(long)]
         urgent: bool,
+    },
+    /// Remove a key from production, now or at a time (RFC 3339).
     Rm {
         key: String,
         #[arg(long)]
@@ -215,11 +215,11 @@ enum Command {
         /// Default: half the interval when it changes, else the current window.
         #[arg(long)]
         min_window: Option<String>,
-    },
-    /// The sync table and the farm.
         /// How soon an urgent change (--urgent) goes live, 1ms to 10m (default 1s).
         #[arg(long)]
         urgent_window: Option<String>,
+    },
+    /// The sync table and the farm.
     Status,
     /// The newest versions, newest first.
     History {
@@ -239,11 +239,11 @@ enum Command {
         /// Roll back even if that discards production edits (the keys are listed).
         #[arg(long)]
         yes: bool,
-    },
-    /// The proof of the newest activations: per activation time the version, how many
         /// Make the rolled-back content live everywhere at now + the urgent window.
         #[arg(long)]
         urgent: bool,
+    },
+    /// The proof of the newest activations: per activation time the version, how many
     /// clients switched on time, late or not at all, and the spread of the switch instants.
     Activations {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -798,6 +798,7 @@ fn run_cli(args: Args) -> Result<(), CliError> {
             value,
             file,
             at,
+            urgent,
         } => {
             let value = match (value, file) {
                 (Some(v), None) => v.into_bytes(),
@@ -818,7 +819,6 @@ fn run_cli(args: Args) -> Result<(), CliError> {
             urgent_window,
         } => cli.interval(duration, min_window, urgent_window),
         Command::Status => cli.status(),
-            urgent,
         Command::History { limit, all } => cli.history(if all { None } else { Some(limit) }),
         Command::Diff { a, b } => cli.diff(a, b),
         Command::Rollback {

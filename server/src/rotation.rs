@@ -57,11 +57,6 @@ fn rotate(
     let due = sync.activation_time_us;
     let grid = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
         .ok_or_else(|| overflow("the next activation time"))?;
-
-    // 1. active ← staged, and the table moves on to the next activation time.
-    let active = sync.staged_version;
-    tx.mark_activated(active, due)?;
-    tx.set_active(active, next)?;
     // An urgent request queued for this rotation (see `Store::urgent`) takes now + the urgent
     // window instead of the grid point; the rotation there takes the grid again.
     let (urgent_window, queued) = tx.urgent_state()?;
@@ -78,6 +73,11 @@ fn rotate(
     }
     // A version built ahead for the grid point may hold scheduled changes due after `next`.
     let prepared = prepared.filter(|p| p.basis.next_us == next);
+
+    // 1. active ← staged, and the table moves on to the next activation time.
+    let active = sync.staged_version;
+    tx.mark_activated(active, due)?;
+    tx.set_active(active, next)?;
 
     // 2. Due scheduled changes → production: those effective by `next` enter production now
     //    and the staged version built next, so they go live at the first activation time at
@@ -116,6 +116,7 @@ fn rotate(
         staged_version: staged,
         rotated_by: by.to_owned(),
         next_activation_us: next,
+        urgent: false,
     })
 }
 
@@ -129,7 +130,6 @@ pub fn ceil_to_grid(t: i64, interval_us: i64) -> Option<i64> {
         Some(t)
     } else {
         t.checked_sub(r)?.checked_add(interval_us)
-        urgent: false,
     }
 }
 

@@ -301,17 +301,17 @@ pub struct Status {
     /// `pg_database_size`).
     #[serde(default)]
     pub database_bytes: u64,
-    /// Every process, in [`farm::sort_for_view`]'s order.
-    pub farm: Vec<Member>,
-    pub hosts: Vec<HostView>,
-}
-
     /// How soon an urgent change goes live, µs (see [`Store::urgent`]).
     #[serde(default)]
     pub urgent_window_us: i64,
     /// An urgent request waits for the rotation at the activation time.
     #[serde(default)]
     pub urgent_queued: bool,
+    /// Every process, in [`farm::sort_for_view`]'s order.
+    pub farm: Vec<Member>,
+    pub hosts: Vec<HostView>,
+}
+
 /// One row of `GET /v1/admin/history`: [`VersionInfo`] and how many times the version was
 /// downloaded (see [`crate::downloads`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1127,9 +1127,12 @@ impl Store {
             let mut members = tx.farm(now_us.saturating_sub(self.farm_expiry(sync.interval_us)))?;
             farm::mark_silence(&mut members, now_us, sync.interval_us);
             farm::sort_for_view(&mut members);
+            let (urgent_window_us, urgent_queued) = tx.urgent_state()?;
             Ok(Status {
                 sync,
                 server_time_us: now_us,
+                urgent_window_us,
+                urgent_queued,
                 production_keys: tx.production_count()?,
                 pending_scheduled: tx.scheduled_pending_count()?,
                 versions: tx.version_count()?,
@@ -1234,6 +1237,7 @@ impl Store {
                 .activation_us
                 .saturating_sub(farm::stale_after_us(sync.interval_us));
             let members = tx.farm(since)?;
+            let urgent = tx.urgent_activations(oldest.activation_us, newest.activation_us)?;
             Ok(activated
                 .iter()
                 .map(|a| ActivationProof {
@@ -1252,12 +1256,9 @@ impl Store {
     }
 
     /// The farm expiry for a table with this interval: never before a member has been shown
-            let (urgent_window_us, urgent_queued) = tx.urgent_state()?;
     /// stale for a check-in period.
     fn farm_expiry(&self, interval_us: i64) -> i64 {
         let configured = self
-                urgent_window_us,
-                urgent_queued,
             .farm_expiry_us
             .load(std::sync::atomic::Ordering::Relaxed);
         configured.max(farm::stale_after_us(interval_us) + rotation::checkin_period_us(interval_us))
@@ -1298,4 +1299,3 @@ fn key_changes(old: &Content, new: &Content) -> KeyChanges {
     }
     out
 }
-            let urgent = tx.urgent_activations(oldest.activation_us, newest.activation_us)?;

@@ -1035,11 +1035,11 @@ impl Tx for PgTx<'_, '_> {
                 staged_version: r.get::<_, i64>(3) as u64,
                 rotated_by: r.get(4),
                 next_activation_us: r.get(5),
+                urgent: false,
             })
             .collect())
     }
 
-                urgent: false,
     fn rotation_count(&mut self) -> Result<u64> {
         self.count("SELECT COUNT(*) FROM rotations")
     }
@@ -1389,10 +1389,6 @@ impl Tx for PgTx<'_, '_> {
             .collect())
     }
 
-    fn blob_secret(&mut self) -> Result<Vec<u8>> {
-        Ok(self
-            .tx
-            .query_one("SELECT secret FROM blob_secret WHERE id = 1", &[])?
     fn urgent_state(&mut self) -> Result<(i64, bool)> {
         let r = self.tx.query_one(
             "SELECT urgent_window_us, urgent_queued FROM sync WHERE id = 1",
@@ -1444,6 +1440,10 @@ impl Tx for PgTx<'_, '_> {
             .collect())
     }
 
+    fn blob_secret(&mut self) -> Result<Vec<u8>> {
+        Ok(self
+            .tx
+            .query_one("SELECT secret FROM blob_secret WHERE id = 1", &[])?
             .get(0))
     }
 }

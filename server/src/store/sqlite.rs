@@ -774,12 +774,12 @@ impl Tx for SqliteTx<'_> {
                 staged_version: r.get::<_, i64>(3)? as u64,
                 rotated_by: r.get(4)?,
                 next_activation_us: r.get(5)?,
+                urgent: false,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-                urgent: false,
     fn rotation_count(&mut self) -> Result<u64> {
         count(self.0, "SELECT COUNT(*) FROM rotations")
     }
@@ -1084,11 +1084,6 @@ impl Tx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    fn blob_secret(&mut self) -> Result<Vec<u8>> {
-        Ok(self
-            .0
-            .query_row("SELECT secret FROM blob_secret WHERE id = 1", [], |r| {
-                r.get(0)
     fn urgent_state(&mut self) -> Result<(i64, bool)> {
         Ok(self.0.query_row(
             "SELECT urgent_window_us, urgent_queued FROM sync WHERE id = 1",
@@ -1136,6 +1131,11 @@ impl Tx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    fn blob_secret(&mut self) -> Result<Vec<u8>> {
+        Ok(self
+            .0
+            .query_row("SELECT secret FROM blob_secret WHERE id = 1", [], |r| {
+                r.get(0)
             })?)
     }
 }
