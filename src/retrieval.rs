@@ -360,6 +360,9 @@ struct Retriever {
     table: Option<SyncTable>,
     /// Checksums the data server announced with the table: (version, checksum).
     announced: [(u64, Option<u64>); 2],
+    /// The delta the data server offered with the table from the active version to the
+    /// staged one: (staged version, path); empty when it offered none.
+    delta_path: (u64, String),
     /// Blob paths the data server gave with the table: (version, path); empty from a data
     /// server that predates them.
     blob_paths: [(u64, String); 2],
@@ -445,6 +448,7 @@ impl Retriever {
             table: None,
             announced: [(0, None); 2],
             blob_paths: Default::default(),
+            delta_path: Default::default(),
             etag: None,
             rng: fastrand::Rng::with_seed(pid as u64 ^ mono_ns() as u64 ^ wall_us() as u64),
             host: hostname(),
@@ -791,6 +795,7 @@ impl Retriever {
                     (r.sync.staged_version, r.staged_blob),
                     (r.sync.active_version, r.active_blob),
                 ];
+                self.delta_path = (r.sync.staged_version, r.staged_delta_from_active);
                 r.sync
             }
             304 => self
@@ -1003,7 +1008,7 @@ impl Retriever {
         let announced = self.announced_checksum(number);
         let shared = self.shared.clone();
         let Some(cache) = shared.cache.as_ref() else {
-            return self.download(number);
+            return self.fetch(number);
         };
         // Another process of the host may have fetched it already (a leader since gone).
         if let Some(checksum) = announced {
@@ -1014,7 +1019,7 @@ impl Retriever {
                 return Ok(v);
             }
         }
-        let v = self.download(number)?;
+        let v = self.fetch(number)?;
         match cache.publish(&v) {
             Ok(mapped) => Ok(mapped),
             Err(e) => {
@@ -1031,6 +1036,157 @@ impl Retriever {
             .iter()
             .find(|(v, _)| *v == number)
             .and_then(|(_, c)| *c)
+    }
+
+    /// Version `number` from the network: rebuilt from a delta when the data server offers
+    /// one that applies, else downloaded whole.
+    fn fetch(&mut self, number: u64) -> Result<Arc<Version>, String> {
+        match self.via_delta(number) {
+            Some(v) => Ok(v),
+            None => self.download(number),
+        }
+    }
+
+    /// Staged version `number` rebuilt from the active version this client holds and the
+    /// delta offered with the table. None means "download it whole": quietly when there is no
+    /// delta to use (none offered, not holding its base, the data server has none smaller),
+    /// and after any failure, which counts as a rejected version and stays in `last_error`.
+    fn via_delta(&mut self, number: u64) -> Option<Arc<Version>> {
+        let table = self.table?;
+        if number != table.staged_version || number == table.active_version {
+            return None;
+        }
+        let base_checksum = self.announced_checksum(table.active_version)?;
+        let base = self
+            .shared
+            .activation
+            .pin()
+            .filter(|v| v.number() == table.active_version && v.checksum() == base_checksum)?;
+        let path = self.delta_path(number, base_checksum)?;
+        match self.apply_delta(number, &base, &path) {
+            Ok(Some(v)) => {
+                self.shared.stats.deltas_applied.fetch_add(1, Relaxed);
+                Some(v)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.shared.stats.rejected_versions.fetch_add(1, Relaxed);
+                self.shared
+                    .set_error(&format!("{e}; downloading version {number} whole"));
+                None
+            }
+        }
+    }
+
+    /// The delta path offered for staged version `number`, if it is one: under
+    /// [`wire::PATH_DELTAS`], from `base_checksum` to this number with its announced checksum.
+    fn delta_path(&self, number: u64, base_checksum: u64) -> Option<String> {
+        let (staged, path) = &self.delta_path;
+        if *staged != number || path.is_empty() {
+            return None;
+        }
+        let segment = path.strip_prefix(wire::PATH_DELTAS)?.strip_prefix('/')?;
+        let (name, _) = wire::split_key(segment)?;
+        let (base, version, checksum) = wire::parse_delta_name(name)?;
+        (base == base_checksum
+            && version == number
+            && Some(checksum) == self.announced_checksum(number))
+        .then(|| path.clone())
+    }
+
+    /// Downloads the delta at `path` (through `blob_url` when set), applies it to `base` and
+    /// verifies the result completely, against the checksum the data server announced; Ok(None)
+    /// when the data server has no delta worth sending (404).
+    fn apply_delta(
+        &mut self,
+        number: u64,
+        base: &Version,
+        path: &str,
+    ) -> Result<Option<Arc<Version>>, String> {
+        let o = &self.shared.options;
+        let max = o.max_version_bytes;
+        let origin = o.blob_url.as_deref().unwrap_or(self.base_url());
+        let what = format!("delta to version {number}");
+        // No token: the URL is the capability, and a token would reach every cache on the way.
+        let mut resp = self
+            .agent
+            .get(&format!("{origin}{path}"))
+            .header("Accept-Encoding", "zstd")
+            .config()
+            .timeout_recv_body(Some(o.download_timeout))
+            .build()
+            .call()
+            .map_err(|e| format!("download of the {what} failed: {e}"))?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        if status != 200 {
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 16)
+                .read_to_vec()
+                .unwrap_or_default();
+            return Err(http_error(
+                &format!("download of the {what}"),
+                status,
+                &body,
+            ));
+        }
+        let zstd = match resp
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("identity") => false,
+            Some("zstd") => true,
+            Some(other) => return Err(format!("{what}: unrequested content-encoding '{other}'")),
+        };
+        let length = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|n| n > max) {
+            return Err(format!("{what} is larger than max_version_bytes ({max})"));
+        }
+        let mut body = Counted {
+            inner: resp
+                .body_mut()
+                .with_config()
+                .limit(max.saturating_add(1))
+                .reader(),
+            bytes: 0,
+        };
+        // A delta is smaller than the version it makes, so max_version_bytes caps it too.
+        let mut bytes = VersionBuf::new();
+        let read = match zstd {
+            false => bytes.read_capped(&mut body, length.map_or(max, |n| n.min(max)), length),
+            true => {
+                let mut decoder =
+                    zstd_decoder(&mut body, max).map_err(|e| format!("{what}: zstd: {e}"))?;
+                bytes.read_capped(&mut decoder, max, None)
+            }
+        };
+        let transferred = body.bytes;
+        self.shared
+            .stats
+            .bytes_downloaded
+            .fetch_add(transferred, Relaxed);
+        read.map_err(|e| format!("download of the {what} broke off: {e}"))?;
+        let rebuilt = crate::delta::apply(base.bytes(), &bytes, max)
+            .map_err(|e| format!("{what} rejected: {e}"))?;
+        let v =
+            Version::verify(rebuilt, Some(number)).map_err(|e| format!("{what} rejected: {e}"))?;
+        match self.announced_checksum(number) {
+            Some(c) if c == v.checksum() => Ok(Some(Arc::new(v))),
+            _ => Err(format!(
+                "{what} rejected: it makes checksum {}, not the one the data server announced",
+                wire::checksum_hex(v.checksum())
+            )),
+        }
     }
 
     /// One retrieval cycle; returns the monotonic instant of the next check-in.

@@ -64,6 +64,8 @@ pub struct AppState {
     pub open_farm: crate::farm_cap::OpenFarm,
     /// The blob secret and compressed blobs (see [`crate::blobs`]).
     pub blobs: Arc<crate::blobs::Blobs>,
+    /// Deltas made from one version to the next (see [`crate::deltas`]).
+    pub deltas: crate::deltas::Deltas,
 }
 
 type Shared = Arc<AppState>;
@@ -416,6 +418,10 @@ pub fn router(state: Shared) -> Router {
             &format!("{}/{{name}}", wire::PATH_BLOBS),
             get(crate::blobs::blob),
         )
+        .route(
+            &format!("{}/{{name}}", wire::PATH_DELTAS),
+            get(crate::deltas::delta),
+        )
         .nest(wire::PATH_ADMIN, admin)
         .merge(crate::ui::router())
         // A route layer: it sees the matched route's pattern.
@@ -532,7 +538,12 @@ async fn checkin_answer(
         active_checksum: wire::checksum_hex(active_checksum),
         staged_blob: state.blobs.blob_path(sync.staged_version, staged_checksum),
         active_blob: state.blobs.blob_path(sync.active_version, active_checksum),
-        staged_delta_from_active: String::new(),
+        staged_delta_from_active: state.deltas.path(
+            &state.store,
+            &state.blobs,
+            (sync.active_version, active_checksum),
+            (sync.staged_version, staged_checksum),
+        ),
     };
     Ok(([etag_header], Json(body)).into_response())
 }

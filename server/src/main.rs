@@ -6,6 +6,7 @@ mod backup;
 mod blobs;
 mod cli;
 mod clock;
+mod deltas;
 mod demo;
 mod downloads;
 mod farm;
@@ -489,6 +490,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 metrics: Arc::default(),
                 open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
                 blobs,
+                deltas: Default::default(),
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");

@@ -131,14 +131,17 @@ int main(int argc, char **argv) {
         printf("STATS offset_us=%lld error_us=%lld lagging=%u failures=%llu rejected=%llu "
                "max_read_ns=%lld active=%llu staged=%llu win_p999_ns=%lld win_max_ns=%lld "
                "role=%u unconfirmed=%u cache_failures=%llu checkin_us=%lld activated_ns=%lld "
-               "win_reads=%lld win_over_5ms=%lld\n",
+               "win_reads=%lld win_over_5ms=%lld bytes_downloaded=%llu deltas_applied=%llu "
+               "full_downloads=%llu\n",
                (long long)s.clock_offset_us, (long long)s.clock_error_us, s.lagging,
                (unsigned long long)s.consecutive_failures,
                (unsigned long long)s.rejected_versions, max_read_ns,
                (unsigned long long)s.active_version, (unsigned long long)s.staged_version,
                take_p999_ns(), win_max_ns, s.host_role, s.unconfirmed,
                (unsigned long long)s.cache_failures, (long long)s.last_checkin_us,
-               (long long)s.last_activation_mono_ns, win_reads, win_over_5ms);
+               (long long)s.last_activation_mono_ns, win_reads, win_over_5ms,
+               (unsigned long long)s.bytes_downloaded, (unsigned long long)s.deltas_applied,
+               (unsigned long long)s.full_downloads);
         win_reads = win_over_5ms = 0;
         fflush(stdout);
         win_max_ns = 0;
