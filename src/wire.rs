@@ -266,7 +266,21 @@ pub struct CheckinQuery {
     pub sw_error_us: i64,
     #[serde(default)]
     pub sw_late: u8,
+    /// Milliseconds the data server may hold this check-in when it would answer 304 (see
+    /// [`QUERY_WAIT_MS`]); 0: answer at once.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
+
+/// A long-poll check-in: with `If-None-Match` naming the sync table the data server holds now,
+/// it answers once the table changes (200) or after this many milliseconds (304), capped by
+/// [`MAX_WAIT_MS`]. A data server that predates it answers at once.
+pub const QUERY_WAIT_MS: &str = "wait_ms";
+/// The longest a data server holds a check-in.
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// Present (`1`) on a check-in answer the data server held: its time headers bracket the
+/// wait, so it is no clock sample.
+pub const HEADER_HELD: &str = "x-lockstep-held";
 
 /// Query parameters of a check-in's switch report ([`CheckinQuery`]'s `sw_*` fields).
 pub const QUERY_SINCE: &str = "since_us";

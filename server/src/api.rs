@@ -66,6 +66,8 @@ pub struct AppState {
     pub blobs: Arc<crate::blobs::Blobs>,
     /// Deltas made from one version to the next (see [`crate::deltas`]).
     pub deltas: crate::deltas::Deltas,
+    /// Long-poll check-ins held now, and what wakes them.
+    pub waiters: Arc<crate::waiters::Waiters>,
 }
 
 type Shared = Arc<AppState>;
@@ -486,31 +488,14 @@ async fn checkin_answer(
     query: Result<Query<CheckinQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let store = state.store.clone();
     let by = if q.name.is_empty() {
         "anonymous".to_owned()
     } else {
         q.name.clone()
     };
-    // Most check-ins find nothing due and a table this process read a moment ago: answer
-    // them without a blocking task or a database read.
-    let recent = store.recent_sync_table(clock::now_us()).and_then(|sync| {
-        let staged = store.known_checksum(sync.staged_version)?;
-        let active = store.known_checksum(sync.active_version)?;
-        Some((sync, false, staged, active))
-    });
-    let (sync, rotated, staged_checksum, active_checksum) = match recent {
-        Some(answer) => answer,
-        None => {
-            blocking(move || {
-                let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
-                let staged = store.version_checksum(sync.staged_version)?;
-                let active = store.version_checksum(sync.active_version)?;
-                Ok((sync, rotated, staged, active))
-            })
-            .await?
-        }
-    };
+    let wait_ms = q.wait_ms.min(wire::MAX_WAIT_MS);
+    let (sync, rotated, staged_checksum, active_checksum) = sync_answer(state, &by).await?;
+    // Recorded on arrival, held or not: a client waiting here is alive.
     let now = clock::now_us();
     if let Some(row) = proof::row_of_checkin(&q, now) {
         state.store.record_switch(row);
@@ -523,16 +508,70 @@ async fn checkin_answer(
     };
     state.store.record_checkin(members);
     let etag = sync.etag();
-    let etag_header = (
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("ascii etag"),
-    );
     if !rotated && if_none_match(headers, &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, [etag_header]).into_response());
+        if wait_ms > 0 {
+            return held_checkin(state, headers, &by, etag, wait_ms).await;
+        }
+        return Ok(not_modified(&etag));
     }
+    Ok(table_answer(
+        state,
+        sync,
+        rotated,
+        staged_checksum,
+        active_checksum,
+    ))
+}
+
+/// The sync table a check-in answers with (rotating first if due), whether this call rotated,
+/// and the staged and active versions' checksums.
+async fn sync_answer(state: &AppState, by: &str) -> ApiResult<(wire::SyncTable, bool, u64, u64)> {
+    let store = state.store.clone();
+    // Most check-ins find nothing due and a table this process read a moment ago: answer
+    // them without a blocking task or a database read.
+    let recent = store.recent_sync_table(clock::now_us()).and_then(|sync| {
+        let staged = store.known_checksum(sync.staged_version)?;
+        let active = store.known_checksum(sync.active_version)?;
+        Some((sync, false, staged, active))
+    });
+    match recent {
+        Some(answer) => Ok(answer),
+        None => {
+            let by = by.to_owned();
+            blocking(move || {
+                let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
+                let staged = store.version_checksum(sync.staged_version)?;
+                let active = store.version_checksum(sync.active_version)?;
+                Ok((sync, rotated, staged, active))
+            })
+            .await
+        }
+    }
+}
+
+fn etag_header(etag: &str) -> (header::HeaderName, HeaderValue) {
+    (
+        header::ETAG,
+        HeaderValue::from_str(etag).expect("ascii etag"),
+    )
+}
+
+fn not_modified(etag: &str) -> Response {
+    (StatusCode::NOT_MODIFIED, [etag_header(etag)]).into_response()
+}
+
+/// A check-in's 200: the sync table with the data server's clock.
+fn table_answer(
+    state: &AppState,
+    sync: wire::SyncTable,
+    rotated: bool,
+    staged_checksum: u64,
+    active_checksum: u64,
+) -> Response {
+    let etag = sync.etag();
     let body = CheckinResponse {
         sync,
-        server_time_us: now,
+        server_time_us: clock::now_us(),
         rotated,
         staged_checksum: wire::checksum_hex(staged_checksum),
         active_checksum: wire::checksum_hex(active_checksum),
@@ -545,7 +584,36 @@ async fn checkin_answer(
             (sync.staged_version, staged_checksum),
         ),
     };
-    Ok(([etag_header], Json(body)).into_response())
+    ([etag_header(&etag)], Json(body)).into_response()
+}
+
+/// A long-poll check-in whose client holds the current table: answered when the table
+/// changes (200) or after `wait_ms` (304). Either answer says it was held, so the client
+/// takes no clock sample from it.
+async fn held_checkin(
+    state: &AppState,
+    headers: &HeaderMap,
+    by: &str,
+    etag: String,
+    wait_ms: u64,
+) -> ApiResult<Response> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut hold = state.waiters.hold(etag.clone());
+    let mut answer = loop {
+        if hold.next(deadline).await == crate::waiters::Wake::Over {
+            break not_modified(&etag);
+        }
+        let (sync, rotated, staged, active) = sync_answer(state, by).await?;
+        if rotated || !if_none_match(headers, &sync.etag()) {
+            break table_answer(state, sync, rotated, staged, active);
+        }
+    };
+    drop(hold);
+    answer.headers_mut().insert(
+        header::HeaderName::from_static(wire::HEADER_HELD),
+        HeaderValue::from_static("1"),
+    );
+    Ok(answer)
 }
 
 pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
@@ -1275,6 +1343,7 @@ async fn metrics(_: Reader, State(state): State<Shared>) -> ApiResult<Response> 
         Ok((status, last))
     })
     .await?;
+    state.metrics.held_checkins(state.waiters.held());
     Ok((
         [(
             header::CONTENT_TYPE,

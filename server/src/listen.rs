@@ -122,6 +122,26 @@ const PRESSURE_IDLE: Duration = Duration::from_secs(1);
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    /// Requests being handled: a long-poll check-in moves no byte while it is held, and is
+    /// not idle.
+    handling: AtomicU64,
+}
+
+/// Counts one request in [`Activity::handling`] while it lives.
+struct Handling(Arc<Activity>);
+
+impl Handling {
+    fn new(activity: Arc<Activity>) -> Handling {
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(activity)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
@@ -131,6 +151,9 @@ impl Activity {
     }
 
     fn idle_for(&self) -> Duration {
+        if self.handling.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.base.elapsed().saturating_sub(last)
     }
@@ -404,6 +427,7 @@ pub async fn serve<A: Accept>(
             let activity = Arc::new(Activity {
                 base: Instant::now(),
                 last_ms: AtomicU64::new(0),
+                handling: AtomicU64::new(0),
             });
             let stream = Tracked {
                 inner: stream,
@@ -411,8 +435,18 @@ pub async fn serve<A: Accept>(
                 write_timeout: limits.write_timeout,
                 write_deadline: None,
             };
-            let service =
-                hyper::service::service_fn(move |req| handle(app.clone(), limits, peer, req));
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    let handling = Handling::new(activity.clone());
+                    let answer = handle(app.clone(), limits, peer, req);
+                    async move {
+                        let answer = answer.await;
+                        drop(handling);
+                        answer
+                    }
+                })
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)

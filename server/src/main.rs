@@ -22,6 +22,7 @@ mod tokens;
 mod ui;
 mod vacuum;
 mod version_cache;
+mod waiters;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -465,6 +466,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             },
         };
         let ready: Arc<OnceLock<axum::Router>> = Arc::default();
+        let waiters: Arc<waiters::Waiters> = Arc::default();
+        // Held check-ins are answered as the shutdown begins: it waits for open requests.
+        let shutdown = {
+            let waiters = waiters.clone();
+            async move {
+                shutdown_signal().await;
+                waiters.stop();
+            }
+        };
         let flusher = Mutex::new(None);
         // Everything the API needs once the database answers. It runs before the server says
         // it listens when the database answered at once, so that line still means ready (a
@@ -483,6 +493,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             let blobs = blobs::Blobs::load(&store)
                 .map_err(|e| format!("cannot read the blob secret: {e}"))?;
             let blobs = Arc::new(blobs);
+            waiters.spawn_watcher(store.clone());
             let state = Arc::new(api::AppState {
                 store,
                 tokens: tokens.clone(),
@@ -491,6 +502,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 open_farm: farm_cap::OpenFarm::new(max_open_farm_members, farm_expiry_us),
                 blobs,
                 deltas: Default::default(),
+                waiters: waiters.clone(),
             });
             let _ = ready.set(api::router(state));
             tracing::info!(%addr, db = %location, "data server ready");
@@ -523,14 +535,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 tls::Tls::new(resolver.clone())?,
                 app,
                 conn_limits,
-                shutdown_signal(),
+                shutdown,
             )),
             None => Box::pin(listen::serve(
                 listener,
                 listen::Plain,
                 app,
                 conn_limits,
-                shutdown_signal(),
+                shutdown,
             )),
         };
         let becoming_ready = async {

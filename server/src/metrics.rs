@@ -70,6 +70,7 @@ pub struct Metrics {
     activation_clients: Family<OutcomeLabel, Gauge>,
     clock_error: Family<QuantileLabel, Gauge<f64, AtomicU64>>,
     http: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    held_checkins: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,8 +96,14 @@ impl Metrics {
             activation_clients: Family::default(),
             clock_error: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
+            held_checkins: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "lockstep_held_checkins",
+            "Long-poll check-ins this instance holds now",
+            m.held_checkins.clone(),
+        );
         // Counters get `_total` appended by the encoder.
         registry.register(
             "lockstep_rotations",
@@ -172,6 +179,11 @@ impl Metrics {
             }));
         }
         Metrics { registry, ..m }
+    }
+
+    /// Long-poll check-ins held at scrape time.
+    pub fn held_checkins(&self, held: usize) {
+        self.held_checkins.set(held as i64);
     }
 
     pub fn checkin(&self, result: &str) {

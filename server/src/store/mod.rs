@@ -285,6 +285,9 @@ pub struct Store {
     switches: proof::Batch,
     /// Silence after which a member leaves the farm view (`serve --farm-expiry`).
     farm_expiry_us: std::sync::atomic::AtomicI64,
+    /// Told after every durable write of this process, which may have changed the sync
+    /// table: the long-poll watcher reads it again at once (see [`crate::waiters`]).
+    changed: tokio::sync::Notify,
 }
 
 /// `GET /v1/admin/status`: [`lockstep::wire::StatusResponse`]'s fields, its farm members
@@ -486,6 +489,7 @@ impl Store {
             downloads: Downloads::default(),
             switches: proof::Batch::default(),
             farm_expiry_us: std::sync::atomic::AtomicI64::new(farm::EXPIRE_AFTER_US),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -522,6 +526,7 @@ impl Store {
     fn write<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let out = self.write_with(Durability::Full, f);
         self.sync.expire();
+        self.changed.notify_one();
         out
     }
 
@@ -545,6 +550,11 @@ impl Store {
     /// [`crate::sync_cache`]).
     pub fn recent_sync_table(&self, now_us: i64) -> Option<SyncTable> {
         self.sync.recent(now_us)
+    }
+
+    /// Told after each durable write of this process (see [`crate::waiters`]).
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// A checksum already known to this process.
