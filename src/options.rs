@@ -37,6 +37,9 @@ pub struct Options {
     pub allow_not_ready: bool,
     /// Largest version accepted from the network.
     pub max_version_bytes: u64,
+    /// Between check-ins, ask the data server to hold a check-in until the sync table
+    /// changes (`long_poll=0`: sleep instead, as before long-poll existed).
+    pub long_poll: bool,
     /// Testing hook: pretend the local wall clock is this far off (µs), where libfaketime is
     /// not available. Activations never use the wall clock, so this changes only the offset
     /// reported to the farm view.
@@ -65,6 +68,7 @@ impl Default for Options {
             bootstrap_wait: Duration::from_secs(5),
             allow_not_ready: false,
             max_version_bytes: 4 << 30,
+            long_poll: true,
             clock_skew_us: 0,
             cache_dir: Some(crate::host_cache::default_root()),
             ca_file: None,
@@ -118,6 +122,7 @@ impl Options {
                 "download_timeout_ms" => o.download_timeout = ms(key, value)?,
                 "bootstrap_wait_ms" => o.bootstrap_wait = ms(key, value)?,
                 "allow_not_ready" => o.allow_not_ready = flag(key, value)?,
+                "long_poll" => o.long_poll = flag(key, value)?,
                 "max_version_bytes" => {
                     o.max_version_bytes = value.parse().map_err(|_| {
                         format!("option 'max_version_bytes' wants a number, got '{value}'")
@@ -161,6 +166,7 @@ const KEYS: &[&str] = &[
     "download_timeout_ms",
     "bootstrap_wait_ms",
     "allow_not_ready",
+    "long_poll",
     "max_version_bytes",
     "clock_skew_us",
     "cache_dir",

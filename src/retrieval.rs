@@ -283,6 +283,36 @@ impl Control {
         self.exited_cv.notify_all();
     }
 
+    /// Wakes the thread's wait in [`Control::wait_for`].
+    fn poke(&self) {
+        let _guard = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        self.cv.notify_all();
+    }
+
+    /// Waits until `slot` is filled (and takes it), monotonic `deadline_ns`, or a stop.
+    fn wait_for<T>(&self, slot: &Mutex<Option<T>>, deadline_ns: i64) -> Waited<T> {
+        let mut stopped = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stopped {
+                return Waited::Stopped;
+            }
+            // Checked under the stop lock, which `poke` takes after filling the slot: a fill
+            // cannot slip between this look and the wait.
+            if let Some(v) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Waited::Got(v);
+            }
+            let left = deadline_ns - mono_ns();
+            if left <= 0 {
+                return Waited::TimedOut;
+            }
+            stopped = self
+                .cv
+                .wait_timeout(stopped, Duration::from_nanos(left as u64))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Sleeps until monotonic `deadline_ns` or a stop; true if stopped.
     fn sleep_until(&self, deadline_ns: i64) -> bool {
         let mut stopped = self.stop.lock().unwrap_or_else(|e| e.into_inner());
@@ -323,6 +353,21 @@ pub fn spawn(shared: Arc<Shared>, control: Arc<Control>) -> std::io::Result<Join
     }
     result
 }
+
+enum Waited<T> {
+    Got(T),
+    TimedOut,
+    Stopped,
+}
+
+/// A long-poll check-in's outcome, as its thread hands it over.
+type Heard = Result<ureq::http::Response<ureq::Body>, ureq::Error>;
+
+/// The shortest wait worth a long-poll check-in; a shorter one is slept.
+const LONG_POLL_MIN_NS: i64 = 1_000_000_000;
+/// The longest one, jittered between the two so that a farm's held check-ins do not end
+/// together (the data server caps it at [`wire::MAX_WAIT_MS`]).
+const LONG_POLL_MAX_MS: std::ops::RangeInclusive<u64> = 30_000..=45_000;
 
 fn run(shared: Arc<Shared>, control: Arc<Control>) {
     run_until_stopped(shared, &control);
@@ -391,6 +436,15 @@ struct Retriever {
     switch: Option<Switch>,
     /// Set when the data server refused the token in the step under way.
     refused: bool,
+    /// A held check-in's 200 (the sync table changed): the next cycle takes its table
+    /// instead of checking in, and no clock sample from it.
+    heard: Option<ureq::http::Response<ureq::Body>>,
+    /// The slot of a long-poll check-in still under way after its wait was given up (see
+    /// [`Retriever::long_poll`]): no second one while it lasts.
+    polling: Option<Arc<Mutex<Option<Heard>>>>,
+    /// A data server (index into the `url` list) that answered a long-poll check-in at once,
+    /// without holding it: one that predates long-poll, which is slept for instead.
+    no_long_poll: Option<usize>,
 }
 
 /// A switch of what readers see, for the proof of activation (see [`wire::SwitchReport`]).
@@ -463,22 +517,27 @@ impl Retriever {
             since_us: 0,
             switch: None,
             refused: false,
+            heard: None,
+            polling: None,
+            no_long_poll: None,
             shared,
         }
     }
 
-    fn run(mut self, control: &Control) {
+    fn run(mut self, control: &Arc<Control>) {
         self.follow_loop(control);
         if let Some(cache) = &self.shared.cache {
             cache.remove_member(self.pid);
         }
     }
 
-    fn follow_loop(&mut self, control: &Control) {
+    fn follow_loop(&mut self, control: &Arc<Control>) {
         loop {
             self.promote_due();
             self.refused = false;
-            let wake = match self.step() {
+            let stepped = self.step();
+            self.heard = None;
+            let wake = match stepped {
                 Ok(next_checkin) => {
                     self.failures = 0;
                     self.shared.stats.consecutive_failures.store(0, Relaxed);
@@ -511,7 +570,14 @@ impl Retriever {
                     Some(at) if at < wake => at,
                     _ => wake,
                 };
-                if control.sleep_until(until) {
+                if self.may_long_poll(until) {
+                    match self.long_poll(control, until) {
+                        Waited::Stopped => return,
+                        // The sync table changed: a cycle now.
+                        Waited::Got(()) => break,
+                        Waited::TimedOut => {}
+                    }
+                } else if control.sleep_until(until) {
                     return;
                 }
                 if self.promote_due() && self.lead.is_some() {
@@ -521,6 +587,75 @@ impl Retriever {
                     break;
                 }
             }
+        }
+    }
+
+    /// Whether to wait until `until` in a long-poll check-in rather than asleep: only the
+    /// process that checks in for its host, only after a check-in that succeeded, and only
+    /// with a data server that holds check-ins.
+    fn may_long_poll(&self, until: i64) -> bool {
+        self.shared.options.long_poll
+            && (self.shared.cache.is_none() || self.lead.is_some())
+            && self.failures == 0
+            && self.etag.is_some()
+            && self.table.is_some()
+            && self.no_long_poll != Some(self.server)
+            && until - mono_ns() >= LONG_POLL_MIN_NS
+    }
+
+    /// Waits until monotonic `until` in a check-in the data server holds until the sync
+    /// table changes: `Got` if it did (the answer is in `heard` when the server held it),
+    /// `TimedOut` at `until`. The request runs on a thread of its own so that a stop is
+    /// never kept waiting by it: that thread ends when its request does.
+    fn long_poll(&mut self, control: &Arc<Control>, until: i64) -> Waited<()> {
+        if let Some(slot) = &self.polling {
+            if Arc::strong_count(slot) > 1 {
+                return sleep_rest(control, until);
+            }
+            self.polling = None;
+        }
+        let left_ms = ((until - mono_ns()) / 1_000_000).max(0) as u64;
+        let wait_ms = left_ms.min(self.rng.u64(LONG_POLL_MAX_MS));
+        let (req, _) = self.checkin_request(wait_ms);
+        let timeout = self.shared.options.checkin_timeout + Duration::from_millis(wait_ms);
+        let req = req.config().timeout_recv_response(Some(timeout)).build();
+        let slot: Arc<Mutex<Option<Heard>>> = Arc::default();
+        let (out, poke) = (slot.clone(), control.clone());
+        let spawned = std::thread::Builder::new()
+            .name("lockstep-long-poll".into())
+            .spawn(move || {
+                let heard = req.call();
+                *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(heard);
+                poke.poke();
+            });
+        if spawned.is_err() {
+            return sleep_rest(control, until);
+        }
+        let grace = self.shared.options.checkin_timeout.as_nanos() as i64;
+        match control.wait_for(&slot, until.saturating_add(grace)) {
+            Waited::Stopped => Waited::Stopped,
+            Waited::TimedOut => {
+                self.polling = Some(slot);
+                Waited::TimedOut
+            }
+            Waited::Got(Ok(resp)) => {
+                let held = resp.headers().contains_key(wire::HEADER_HELD);
+                match (resp.status().as_u16(), held) {
+                    (200, true) => {
+                        self.heard = Some(resp);
+                        Waited::Got(())
+                    }
+                    // Changed before it could be held: an ordinary check-in fetches it.
+                    (200, false) => Waited::Got(()),
+                    (304, false) => {
+                        self.no_long_poll = Some(self.server);
+                        sleep_rest(control, until)
+                    }
+                    // Its time ran out, or an error the planned check-in will meet.
+                    _ => sleep_rest(control, until),
+                }
+            }
+            Waited::Got(Err(_)) => sleep_rest(control, until),
         }
     }
 
@@ -682,7 +817,15 @@ impl Retriever {
             .map(|t| format!("Bearer {t}"))
     }
 
-    fn checkin(&mut self) -> Result<(SyncTable, Estimate), String> {
+    /// A check-in request; a long-poll one (`wait_ms` > 0) carries no switch report, which
+    /// an ordinary check-in sends with its clock estimate. Returns the report it carries.
+    fn checkin_request(
+        &self,
+        wait_ms: u64,
+    ) -> (
+        ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+        Option<(Switch, Estimate)>,
+    ) {
         let o = &self.shared.options;
         let stats = &self.shared.stats;
         let previous = self.clocks[self.server].estimate(mono_ns());
@@ -716,7 +859,7 @@ impl Retriever {
         }
         // The switch instant on the data server's clock, by the best offset estimate there
         // is now: the one the switch was armed with, or a better one measured since.
-        let report = self.switch.zip(previous);
+        let report = self.switch.zip(previous).filter(|_| wait_ms == 0);
         if let Some((sw, est)) = report {
             let at_us = sw.at_mono_ns.saturating_add(est.mono_offset_ns) / 1000;
             req = req
@@ -749,12 +892,30 @@ impl Retriever {
         if let (Some(etag), Some(_)) = (&self.etag, &self.table) {
             req = req.header("If-None-Match", etag);
         }
-        let sent_ns = mono_ns();
-        let skew = o.clock_skew_us;
-        let wall_sent = wall_us() + skew;
-        let result = req.call();
-        let received_ns = mono_ns();
-        let wall_received = wall_us() + skew;
+        if wait_ms > 0 {
+            req = req.query(wire::QUERY_WAIT_MS, wait_ms.to_string());
+        }
+        (req, report)
+    }
+
+    fn checkin(&mut self) -> Result<(SyncTable, Estimate), String> {
+        let stats = &self.shared.stats;
+        let base = self.base_url().to_owned();
+        // A held answer's time headers bracket the wait, not a round trip: no clock sample.
+        let (result, timing, report) = match self.heard.take() {
+            Some(heard) => (Ok(heard), None, None),
+            None => {
+                let (req, report) = self.checkin_request(0);
+                let skew = self.shared.options.clock_skew_us;
+                let sent_ns = mono_ns();
+                let wall_sent = wall_us() + skew;
+                let result = req.call();
+                let received_ns = mono_ns();
+                let wall_received = wall_us() + skew;
+                let timing = (sent_ns, received_ns, wall_sent, wall_received);
+                (result, Some(timing), report)
+            }
+        };
         let mut resp = result.map_err(|e| format!("check-in to {base} failed: {e}"))?;
         let status = resp.status().as_u16();
         let server_us = resp
@@ -815,13 +976,20 @@ impl Retriever {
         if self.since_us == 0 {
             self.since_us = server_us;
         }
-        let estimate = self.clocks[self.server].add(Sample {
-            sent_ns,
-            received_ns,
-            server_us,
-            server_received_us,
-            wall_mid_us: wall_sent + (wall_received - wall_sent) / 2,
-        });
+        let estimate = match timing {
+            Some((sent_ns, received_ns, wall_sent, wall_received)) => {
+                self.clocks[self.server].add(Sample {
+                    sent_ns,
+                    received_ns,
+                    server_us,
+                    server_received_us,
+                    wall_mid_us: wall_sent + (wall_received - wall_sent) / 2,
+                })
+            }
+            None => self.clocks[self.server]
+                .estimate(mono_ns())
+                .ok_or("a held check-in answered before any clock sample")?,
+        };
         self.table = Some(table);
         stats.checkins.fetch_add(1, Relaxed);
         stats.last_checkin_us.store(server_us, Relaxed);
@@ -1331,6 +1499,14 @@ fn zstd_decoder<'a>(
     let mut decoder = zstd::stream::read::Decoder::new(body)?;
     decoder.window_log_max(zstd_window_log(max_version_bytes))?;
     Ok(decoder)
+}
+
+fn sleep_rest(control: &Control, until: i64) -> Waited<()> {
+    if control.sleep_until(until) {
+        Waited::Stopped
+    } else {
+        Waited::TimedOut
+    }
 }
 
 /// The body of a check-in answer (200). Public for the `checkin` fuzz target, which feeds it

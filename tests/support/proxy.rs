@@ -36,7 +36,14 @@ pub enum Mode {
     /// archive is structurally invalid, and announce that checksum in check-ins: only the
     /// client's structural validation can catch it.
     ForgeStructure,
+    /// Pass everything through, but move the data server's clock headers of a held
+    /// (long-poll) answer [`HELD_SKEW_US`] ahead: a client that took it as a clock sample
+    /// would move its offset by that much.
+    SkewHeld,
 }
+
+/// How far [`Mode::SkewHeld`] moves a held answer's clock, µs.
+pub const HELD_SKEW_US: i64 = 5_000_000;
 
 pub struct Proxy {
     pub url: String,
@@ -214,6 +221,15 @@ fn serve(
         .limit(1 << 30)
         .reader()
         .read_to_end(&mut body);
+    if mode == Mode::SkewHeld && pass.iter().any(|(k, _)| k == lockstep::wire::HEADER_HELD) {
+        for (k, v) in pass.iter_mut() {
+            if k == lockstep::wire::HEADER_SERVER_TIME
+                || k == lockstep::wire::HEADER_SERVER_RECEIVED
+            {
+                *v = (v.parse::<i64>().unwrap_or(0) + HELD_SKEW_US).to_string();
+            }
+        }
+    }
     if mode == Mode::StallCheckin && path.starts_with("/v1/checkin") && status == 200 {
         stall_body(&mut stream, &pass, &body, stop);
         return;
@@ -339,6 +355,7 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
         | Mode::Garbage
         | Mode::Blackhole
         | Mode::StallBody
-        | Mode::StallCheckin => body,
+        | Mode::StallCheckin
+        | Mode::SkewHeld => body,
     }
 }
