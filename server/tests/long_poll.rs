@@ -1,0 +1,136 @@
+//! Long-poll check-ins on the data server, over plain HTTP: held until the sync table changes
+//! (also when another instance on the same database changes it), or until `wait_ms`; a
+//! shutdown answers them.
+
+#[path = "../../tests/support/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::each_backend;
+use common::*;
+use lockstep::wire;
+
+fn server(db: &std::path::Path) -> Server {
+    Server::start(db, &["--interval", "10m"])
+}
+
+/// The ETag of the table a check-in gets now.
+fn etag(s: &Server) -> String {
+    let a = get(
+        &format!("{}{}?name=probe", s.url, wire::PATH_CHECKIN),
+        None,
+        &[],
+    );
+    assert_eq!(a.status, 200);
+    a.headers.get("etag").unwrap().to_str().unwrap().to_owned()
+}
+
+/// A long-poll check-in: status, whether it says it was held, its ETag, how long it took.
+fn held_checkin(url: &str, etag: &str, wait_ms: u64) -> (u16, bool, String, Duration) {
+    let started = Instant::now();
+    let a = get(
+        &format!(
+            "{url}{}?name=lp&{}={wait_ms}",
+            wire::PATH_CHECKIN,
+            wire::QUERY_WAIT_MS
+        ),
+        None,
+        &[("If-None-Match", etag)],
+    );
+    let held = a.headers.get(wire::HEADER_HELD).is_some();
+    let tag = a
+        .headers
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (a.status, held, tag, started.elapsed())
+}
+
+fn held_now(s: &Server) -> i64 {
+    let a = get(&format!("{}/metrics", s.url), None, &[]);
+    String::from_utf8_lossy(&a.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("lockstep_held_checkins "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("lockstep_held_checkins in /metrics")
+}
+
+fn wait_held(s: &Server, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held_now(s) != n {
+        assert!(Instant::now() < deadline, "{} held, not {n}", held_now(s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_change_through_one_instance_answers_the_check_ins_another_holds() {
+    each_backend(|backend, db| {
+        let a = server(db);
+        let b = server(db);
+        let before = etag(&b);
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let (url, e) = (b.url.clone(), before.clone());
+                std::thread::spawn(move || held_checkin(&url, &e, 30_000))
+            })
+            .collect();
+        wait_held(&b, 5);
+        admin_post(
+            &a,
+            "/v1/admin/interval",
+            serde_json::json!({ "interval": "5m" }),
+        );
+        let changed = Instant::now();
+        for w in waiting {
+            let (status, held, tag, _) = w.join().unwrap();
+            assert_eq!(status, 200, "{backend:?}");
+            assert!(held, "{backend:?}: the answer does not say it was held");
+            assert_ne!(tag, before, "{backend:?}");
+        }
+        // Held for 30 s otherwise: B's watcher noticed A's change.
+        let took = changed.elapsed();
+        assert!(took < Duration::from_secs(5), "{backend:?}: {took:?}");
+        println!("{backend:?}: five check-ins held by B answered {took:?} after A's change");
+        wait_held(&b, 0);
+    });
+}
+
+#[test]
+fn a_held_check_in_times_out_with_304_and_a_stale_one_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("db"));
+    let now = etag(&s);
+    let (status, held, tag, took) = held_checkin(&s.url, &now, 300);
+    assert_eq!((status, held, tag.as_str()), (304, true, now.as_str()));
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // A client with another table gets the current one without waiting.
+    let (status, held, tag, took) = held_checkin(&s.url, "\"s1-1-1-1-1\"", 30_000);
+    assert_eq!((status, held, tag.as_str()), (200, false, now.as_str()));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Without wait_ms: today's 304 at once.
+    let (status, held, _, _) = held_checkin(&s.url, &now, 0);
+    assert_eq!((status, held), (304, false));
+}
+
+#[test]
+fn a_shutdown_answers_held_check_ins_instead_of_waiting_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server(&dir.path().join("db"));
+    let now = etag(&s);
+    let (url, e) = (s.url.clone(), now.clone());
+    let waiting = std::thread::spawn(move || held_checkin(&url, &e, 50_000));
+    wait_held(&s, 1);
+    let stopping = Instant::now();
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGTERM);
+    }
+    let (status, held, _, _) = waiting.join().unwrap();
+    assert_eq!((status, held), (304, true));
+    let exited = s.child.wait().unwrap();
+    let took = stopping.elapsed();
+    assert!(exited.success(), "{exited:?}");
+    assert!(took < Duration::from_secs(10), "the shutdown took {took:?}");
+}
