@@ -147,6 +147,12 @@ def test_variables_and_the_status_location_show_each_workers_handle(nginx_bin, w
         assert stats["pid"] > 0 and stats["checkins"] >= 0 and stats["host_role"] in (1, 2)
         assert stats["active_version"] >= active - 1 and stats["lagging"] is False
         assert stats["last_error"] == ""
+        # Transfer counters: a follower reads the leader's files and downloads nothing itself.
+        for k in ("bytes_downloaded", "deltas_applied", "full_downloads"):
+            assert isinstance(stats[k], int) and stats[k] >= 0, stats
+        if stats["host_role"] == 1:
+            assert stats["full_downloads"] + stats["deltas_applied"] >= 2, stats
+            assert stats["bytes_downloaded"] > 0, stats
 
         # The data server goes away: the leader's status says why, as valid JSON.
         server.stop()

@@ -358,3 +358,27 @@ def test_https_from_the_data_server_itself_with_ca_file_and_another_ca_refused(t
                             bootstrap_wait=2)
     finally:
         server.stop()
+
+
+def test_stats_count_bytes_full_downloads_and_an_applied_delta(tmp_path):
+    # A window long enough that the client holds the active version when the edit is staged,
+    # so it takes the delta rather than catching up with a full download.
+    server = Server(tmp_path, interval="2s", min_window="1s")
+    try:
+        entries = [{"key": "key:%04d" % i, "value": "value-%d" % i} for i in range(2000)]
+        server.admin("/v1/admin/import", {"entries": entries})
+        server.wait_active("key:0000", "value-0")
+        with lockstep.Client(server.url, name="pytest-delta", cache_dir="") as c:
+            s = c.stats()
+            assert s["full_downloads"] == 1 and s["deltas_applied"] == 0, s
+            first = s["bytes_downloaded"]
+            assert first > 2000 * 10, s
+            server.put("key:0000", "changed")
+            assert wait_for(lambda: c.get("key:0000") == b"changed", timeout=30)
+            s = c.stats()
+            assert s["deltas_applied"] == 1 and s["full_downloads"] == 1, s
+            assert s["rejected_versions"] == 0 and not s["lagging"], s
+            # One key of 2000 changed: the delta is a sliver of the version.
+            assert 0 < s["bytes_downloaded"] - first < first / 10, s
+    finally:
+        server.stop()
