@@ -706,6 +706,10 @@ fn start_prepare_thread(store: Arc<store::Store>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("prepare".into())
         .spawn(move || loop {
+            // First: a restage due is for the activation time the next build is for.
+            if let Err(e) = store.restage_stale(clock::now_us()) {
+                tracing::warn!("restaging production after a rotation failed: {e}");
+            }
             if let Err(e) = store.prepare_next(clock::now_us()) {
                 tracing::debug!("building the next version ahead failed: {e}");
             }

@@ -37,10 +37,15 @@ pub fn rotate_if_due(
     // activation leaves its window after now, not after the check-in came.
     let now_us = now_us.max(clock::now_us());
     let basis = prepare::basis(tx, now_us)?;
-    // A build that lacks an edit made since cannot be staged in its place with the edit left
-    // for the next one: this version goes live at the next activation, the second after the
-    // edit, which is as late as invariant 7 allows.
-    let prepared = prepared.filter(|p| p.basis == basis);
+    // A build for this activation time and version number is staged even if production (or
+    // the scheduled changes due) moved on since it was built: encoding here would hold every
+    // check-in of the herd for as long as the encode takes. Such a version is staged as
+    // [`prepare::STALE`], and production is restaged right after T in the background
+    // ([`crate::store::Store::restage_stale`]), so an edit made before T still goes live at
+    // T', the second activation after it, as invariant 7 requires.
+    let prepared = prepared
+        .filter(|p| p.basis.due_us == basis.due_us && p.basis.number == basis.number)
+        .map(|p| (p, p.basis == basis));
     rotate(tx, sync, production_gen, now_us, by, prepared)?;
     Ok((tx.sync()?.0, true))
 }
@@ -52,7 +57,7 @@ fn rotate(
     production_gen: i64,
     now_us: i64,
     by: &str,
-    prepared: Option<&Prepared>,
+    prepared: Option<(&Prepared, bool)>,
 ) -> Result<()> {
     let due = sync.activation_time_us;
     let grid = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
@@ -72,7 +77,7 @@ fn rotate(
         tx.insert_urgent_activation(u, by, now_us)?;
     }
     // A version built ahead for the grid point may hold scheduled changes due after `next`.
-    let prepared = prepared.filter(|p| p.basis.next_us == next);
+    let prepared = prepared.filter(|(p, _)| p.basis.next_us == next);
 
     // 1. active ← staged, and the table moves on to the next activation time.
     let active = sync.staged_version;
@@ -95,9 +100,17 @@ fn rotate(
     // 3. staged ← production: a new version only if production changed since the one that
     //    just became active was built. Its bytes were encoded and stored ahead of time when
     //    they could be (see `store::prepare`), so that this writes a version row naming them,
-    //    a few writes whatever the size of the data; it encodes here otherwise.
+    //    a few writes whatever the size of the data, even when production moved on since
+    //    (restaged after T then); it encodes here only when nothing was built for T.
     let ahead = match prepared {
-        Some(p) => staging::stage_prepared(tx, active, p, now_us)?,
+        Some((p, true)) => staging::stage_prepared(tx, active, p, now_us, "rotation")?,
+        Some((p, false)) => {
+            let v = staging::stage_prepared(tx, active, p, now_us, prepare::STALE)?;
+            if v.is_some() {
+                tx.set_restage_due(due, true)?;
+            }
+            v
+        }
         None => None,
     };
     let staged = match ahead {

@@ -1394,33 +1394,107 @@ fn a_rotation_stages_a_version_built_before_its_activation_time() {
     });
 }
 
+/// The history row of `version`.
+fn history_row(s: &Server, version: u64) -> serde_json::Value {
+    admin_get(s, "/v1/admin/history?limit=1000")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == version)
+        .unwrap_or_else(|| panic!("version {version} is not in history"))
+        .clone()
+}
+
 #[test]
-fn an_edit_made_after_the_next_version_was_built_ahead_is_in_the_version_staged() {
+fn an_edit_made_after_the_next_version_was_built_ahead_is_staged_for_the_activation_after_t() {
     each_backend(|_, db| {
-        // The next version is built from 1 s before the activation time on.
-        let s = Server::start(db, &["--interval", "2s", "--min-window", "1s"]);
+        let s = Server::start(
+            db,
+            &[
+                "--interval",
+                "6s",
+                "--min-window",
+                "2s",
+                "--max-body-bytes",
+                "100000000",
+            ],
+        );
+        // Enough data that a build takes longer than the last 300 ms before T, so that the
+        // edit below comes after the last build there is time for.
+        let entries: Vec<serde_json::Value> = (0..100_000)
+            .map(|i| serde_json::json!({"key": format!("key:{i:08}"), "value": format!("{i:032}")}))
+            .collect();
+        admin_post(
+            &s,
+            "/v1/admin/import",
+            serde_json::json!({ "entries": entries }),
+        );
         put(&s, "price", "early");
+        wait_active(&s, "price", "early");
         for round in 0..2 {
-            // Inside the last second before an activation, once the version is built ahead.
             let t = loop {
                 let sync = checkin(&s, "probe").sync;
                 let left = sync.activation_time_us - now_us();
-                if (250_000..450_000).contains(&left) {
+                if (250_000..350_000).contains(&left) {
                     break sync.activation_time_us;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             };
             let value = format!("late{round}");
             put(&s, "price", &value);
-            while now_us() < t + 50_000 {
+            assert!(now_us() < t, "the edit came after T: no test");
+            // The rotation at T stages what was built shortly before it (here nothing new:
+            // production was the staged version's then), encoding nothing under its lock, and
+            // production is restaged right after it, for T', the second activation after the
+            // edit (invariant 7), with the window still ahead for clients to download it.
+            let restaged = "rotation, restaged with the edits made after its build";
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let (sync, row) = loop {
+                let sync = checkin(&s, "probe").sync;
+                if sync.activation_time_us > t && sync.staged_version != sync.active_version {
+                    let row = history_row(&s, sync.staged_version);
+                    if row["reason"] == restaged {
+                        break (sync, row);
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    let log = admin_get(&s, "/v1/admin/rotations");
+                    let log = log.as_array().unwrap();
+                    let history = admin_get(&s, "/v1/admin/history?limit=4");
+                    panic!(
+                        "round {round}: the edit made before {t} was never restaged; rotations \
+                         {:?}; history {history}",
+                        &log[log.len().saturating_sub(3)..]
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(20));
-            }
-            let sync = checkin(&s, "probe").sync;
-            assert!(sync.activation_time_us > t);
+            };
+            let t_next = sync.activation_time_us;
+            let staged_us = row["staged_us"].as_i64().unwrap();
+            assert!(
+                staged_us <= t_next - 2_000_000,
+                "restaged {} ms before T', inside the minimum window: {row}",
+                (t_next - staged_us) / 1000
+            );
             assert_eq!(
                 value_in_version(&s, "price", sync.staged_version).as_deref(),
-                Some(value.as_str()),
-                "the rotation at {t} staged a version built before the edit"
+                Some(value.as_str())
+            );
+            let log = admin_get(&s, "/v1/admin/rotations");
+            let at_t = log
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["activation_time_us"] == t)
+                .expect("no rotation at T")
+                .clone();
+            assert_eq!(at_t["next_activation_us"], t_next, "staged for a later T'");
+            // The log names what goes live at T'.
+            assert_eq!(at_t["staged_version"], sync.staged_version);
+            // The version that went live at T does not have it.
+            assert_ne!(
+                value_in_version(&s, "price", at_t["active_version"].as_u64().unwrap()).as_deref(),
+                Some(value.as_str())
             );
         }
     });

@@ -224,4 +224,18 @@ pub trait Tx {
     // Blob URLs (see `crate::blobs`).
     /// The secret blob keys are made with, created by a migration.
     fn blob_secret(&mut self) -> Result<Vec<u8>>;
+
+    // The restage after a rotation that staged a build production had moved on from (see
+    // `store::prepare::STALE`).
+    /// Makes the rotation log's entry for `activation_us` name `to` as the version it staged
+    /// where it names `from`: `to` replaced it before its activation.
+    fn relog_staged(&mut self, activation_us: i64, from: u64, to: u64) -> Result<()>;
+    /// The rotation log's entry for `activation_us`: the versions it activated and staged,
+    /// and the activation time it set.
+    fn rotation_at(&mut self, activation_us: i64) -> Result<Option<(u64, u64, i64)>>;
+    /// Records (or clears) that the rotation of `activation_us` staged what was built before
+    /// production's last changes, so that production is to be restaged after it. Recording
+    /// forgets the rotations before it.
+    fn set_restage_due(&mut self, activation_us: i64, due: bool) -> Result<()>;
+    fn restage_due(&mut self, activation_us: i64) -> Result<bool>;
 }

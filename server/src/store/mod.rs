@@ -274,6 +274,8 @@ pub struct Store {
     prepared: std::sync::Mutex<Option<prepare::Prepared>>,
     /// How long the last build of [`Store::prepare_next`] took, µs (0: none yet).
     prepare_took_us: std::sync::atomic::AtomicI64,
+    /// The last basis [`Store::restage_stale`] built for, so that it builds once per state.
+    restaged: std::sync::Mutex<Option<prepare::Basis>>,
     /// Held by the one request of this process that goes on to the write transaction of a
     /// due rotation (see [`Store::rotate_if_due`]), with when and why the last one failed.
     rotating: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -482,6 +484,7 @@ impl Store {
             db,
             prepared: std::sync::Mutex::new(None),
             prepare_took_us: std::sync::atomic::AtomicI64::new(0),
+            restaged: std::sync::Mutex::new(None),
             rotating: std::sync::Mutex::new(None),
             sync: SyncCache::default(),
             versions: VersionCache::default(),
@@ -608,6 +611,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let started = std::time::Instant::now();
         let rotated = self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()));
         *turn = match &rotated {
             Err(StoreError::Unavailable(e)) => Some((std::time::Instant::now(), e.clone())),
@@ -620,11 +624,19 @@ impl Store {
                 by,
                 active = rotated.0.active_version,
                 staged = rotated.0.staged_version,
-                "rotation: version {} active since {}; version {} staged for {}",
+                "rotation: version {} active since {}; version {} staged for {} ({} ms; built \
+                 ahead: {})",
                 rotated.0.active_version,
                 clock::format_us(sync.activation_time_us),
                 rotated.0.staged_version,
-                clock::format_us(rotated.0.activation_time_us)
+                clock::format_us(rotated.0.activation_time_us),
+                started.elapsed().as_millis(),
+                match &prepared {
+                    None => "no",
+                    Some(p) if p.stored_us.is_some() => "yes, stored",
+                    Some(p) if p.bytes.is_empty() => "nothing to build then",
+                    Some(_) => "yes, not stored",
+                }
             );
         }
         Ok(rotated)
@@ -676,15 +688,28 @@ impl Store {
             }
         })?
         else {
+            // Nothing to build: production is the staged version's. Held all the same, so
+            // that an edit too late to build for does not make the rotation encode.
+            let unchanged = self.read(|tx| match prepare::basis(tx, basis.due_us)? == basis {
+                true => prepare::unchanged(tx, basis).map(Some),
+                false => Ok(None),
+            })?;
+            if let Some(unchanged) = unchanged {
+                *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(unchanged);
+            }
             return Ok(false);
         };
         // Stored now, in a durable transaction of its own, so that the rotation at T neither
         // writes nor syncs these bytes. (Batched, the fsync of SQLite's log would fall on the
         // rotation's commit instead.) Unordered: PostgreSQL takes no sync row lock for it, as
         // the rotation checks the basis and that the bytes are there before naming them.
-        // Built on a state that has moved on since: no rotation would name these bytes. (Read
-        // outside the write, which takes no lock for it: the rotation checks under its lock.)
-        let moved = self.read(|tx| prepare::basis(tx, built.basis.due_us))? != built.basis;
+        // Built for a rotation or a version number that has moved on since: no rotation would
+        // name these bytes. (An edit or a schedule since does not make them useless: the
+        // rotation stages them and production is restaged after it, see `restage_stale`.)
+        // (Read outside the write, which takes no lock for it: the rotation checks under its
+        // lock.)
+        let now = self.read(|tx| prepare::basis(tx, built.basis.due_us))?;
+        let moved = (now.due_us, now.number) != (built.basis.due_us, built.basis.number);
         let stored = match moved {
             true => Ok(None),
             false => self.write_with(Durability::Unordered, |tx| {
@@ -706,6 +731,17 @@ impl Store {
             clock::now_us().saturating_sub(started),
             std::sync::atomic::Ordering::Relaxed,
         );
+        tracing::debug!(
+            "the version for {} was built in {} ms: {}",
+            clock::format_us(built.basis.due_us),
+            (clock::now_us() - started) / 1000,
+            match &stored {
+                Ok(None) if moved => "not stored, the rotation or version number moved on",
+                Ok(None) => "not stored, too late for its activation time",
+                Ok(Some(_)) => "stored",
+                Err(_) => "not stored, the database did not take it",
+            }
+        );
         match stored {
             Ok(None) => return Ok(false),
             Ok(Some(at)) => {
@@ -717,6 +753,72 @@ impl Store {
         }
         *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) = Some(built);
         Ok(true)
+    }
+
+    /// Restages production in place of a staged version that a rotation staged from a build
+    /// production had moved on from ([`prepare::STALE`]), before the activation time it goes
+    /// live at, so that the edits it lacks go live then too. Encodes outside any lock, stores
+    /// the bytes in a transaction of their own, then writes the version row naming them if the
+    /// staged version and production are still what it was built from (a normal restage,
+    /// checked under the sync row's lock). Any instance may do it; the first one does.
+    /// Returns whether it restaged.
+    pub fn restage_stale(&self, now_us: i64) -> Result<bool> {
+        let Some(basis) = self.read(|tx| prepare::restage_basis(tx, now_us))? else {
+            return Ok(false);
+        };
+        {
+            let mut tried = self.restaged.lock().unwrap_or_else(|e| e.into_inner());
+            if *tried == Some(basis) {
+                return Ok(false);
+            }
+            *tried = Some(basis);
+        }
+        let still = |tx: &mut dyn Tx| -> Result<bool> {
+            Ok(prepare::restage_basis(tx, clock::now_us())? == Some(basis))
+        };
+        let Some(mut built) = self.read(|tx| match still(tx)? {
+            true => prepare::prepare_restage(tx, basis),
+            false => Ok(None),
+        })?
+        else {
+            return Ok(false);
+        };
+        let stored = self.write_with(Durability::Unordered, |tx| {
+            if let Some(stored) = tx.blob_stored(built.checksum)? {
+                return Ok(stored);
+            }
+            let at = clock::now_us();
+            tx.insert_blob(built.checksum, &built.bytes, basis.next_us, at)?;
+            tx.insert_changeset(built.checksum, built.base, &built.changes)?;
+            Ok(at)
+        })?;
+        built.stored_us = Some(stored);
+        built.bytes = Vec::new();
+        let restaged = self.write(|tx| {
+            if !still(tx)? {
+                return Ok(None);
+            }
+            let (sync, _) = tx.sync()?;
+            let at = clock::now_us();
+            let v =
+                staging::stage_prepared(tx, sync.staged_version, &built, at, prepare::RESTAGED)?;
+            // The rotation log names what goes live at T', so that its chain stays whole.
+            if let Some(v) = v.filter(|v| *v != sync.staged_version) {
+                tx.relog_staged(basis.due_us, sync.staged_version, v)?;
+            }
+            // Once: edits after this one wait for the next rotation, as after any other.
+            tx.set_restage_due(basis.due_us, false)?;
+            Ok(v)
+        })?;
+        if let Some(v) = restaged {
+            tracing::info!(
+                "version {v} restaged for {} in {} ms: the version the rotation staged was \
+                 built before the last edits",
+                clock::format_us(basis.next_us),
+                (clock::now_us() - now_us) / 1000
+            );
+        }
+        Ok(restaged.is_some())
     }
 
     /// Validates nothing: callers check key and value limits first. Returns how many changes

@@ -190,6 +190,10 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO blob_secret (id, secret) VALUES (1, decode(
         replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
     "#,
+    // 7: SQLite's migration 9: the rotations whose staged version is restaged after them.
+    r#"
+    CREATE TABLE restage_due (activation_us BIGINT PRIMARY KEY);
+    "#,
 ];
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -1445,5 +1449,61 @@ impl Tx for PgTx<'_, '_> {
             .tx
             .query_one("SELECT secret FROM blob_secret WHERE id = 1", &[])?
             .get(0))
+    }
+
+    fn relog_staged(&mut self, activation_us: i64, from: u64, to: u64) -> Result<()> {
+        self.exec(
+            "UPDATE rotations SET staged_version = $3
+             WHERE activation_us = $1 AND staged_version = $2",
+            &[&activation_us, &to_i64(from), &to_i64(to)],
+        )?;
+        Ok(())
+    }
+
+    fn rotation_at(&mut self, activation_us: i64) -> Result<Option<(u64, u64, i64)>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT active_version, staged_version, next_activation_us FROM rotations
+                 WHERE activation_us = $1",
+                &[&activation_us],
+            )?
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0) as u64,
+                    r.get::<_, i64>(1) as u64,
+                    r.get(2),
+                )
+            }))
+    }
+
+    fn set_restage_due(&mut self, activation_us: i64, due: bool) -> Result<()> {
+        match due {
+            true => {
+                self.exec(
+                    "DELETE FROM restage_due WHERE activation_us < $1",
+                    &[&activation_us],
+                )?;
+                self.exec(
+                    "INSERT INTO restage_due (activation_us) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&activation_us],
+                )?
+            }
+            false => self.exec(
+                "DELETE FROM restage_due WHERE activation_us = $1",
+                &[&activation_us],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn restage_due(&mut self, activation_us: i64) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT 1 FROM restage_due WHERE activation_us = $1",
+                &[&activation_us],
+            )?
+            .is_some())
     }
 }

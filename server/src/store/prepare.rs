@@ -124,6 +124,108 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Option<Prepared>> {
     }))
 }
 
+/// Why a version was made, for one that a rotation staged from a build that production had
+/// moved on from (an edit or a schedule after the build): production is restaged right after
+/// its activation time ([`restage_basis`]).
+pub const STALE: &str = "rotation, built before the last edits (restaged after)";
+
+/// Why a version was made, for the restage that replaces a [`STALE`] one.
+pub const RESTAGED: &str = "rotation, restaged with the edits made after its build";
+
+/// The basis of the restage of production after the rotation of the activation time before
+/// the table's, at `now_us`, if one is due: that rotation staged what was built shortly before
+/// T while production moved on since (an edit or a schedule too late to build for: a
+/// [`STALE`] version, or the staged version kept, see [`unchanged`]), and the staged version
+/// is still the one it staged. Only while clients have the minimum window left to download
+/// the restaged version before its activation time. `due_us` is the activation time the
+/// rotation was for, `next_us` the one the restaged version goes live at. A few small reads.
+pub fn restage_basis(tx: &mut dyn Tx, now_us: i64) -> Result<Option<Basis>> {
+    let (sync, production_gen) = tx.sync()?;
+    if now_us.saturating_add(sync.min_window_us) > sync.activation_time_us {
+        return Ok(None);
+    }
+    let Some(due_us) = tx.last_rotation()? else {
+        return Ok(None);
+    };
+    let Some((_, staged, next_us)) = tx.rotation_at(due_us)? else {
+        return Ok(None);
+    };
+    if next_us != sync.activation_time_us
+        || staged != sync.staged_version
+        || !tx.restage_due(due_us)?
+    {
+        tracing::trace!(next_us, staged, "no restage due");
+        return Ok(None);
+    }
+    let (_, staged_gen) = super::staging::version_digest(tx, staged)?;
+    if staged_gen == production_gen {
+        tracing::trace!(staged_gen, "no restage due: production unchanged");
+        return Ok(None);
+    }
+    Ok(Some(Basis {
+        production_gen,
+        max_scheduled_id: tx.max_scheduled_id()?,
+        due_us,
+        next_us,
+        number: tx.next_version_number()?,
+    }))
+}
+
+/// What a rotation of `basis` stages when production is the staged version's (as a build
+/// shortly before T found it): the staged version itself. Held as the build ahead, so that a
+/// rotation after an edit that came too late to build for keeps the staged version instead
+/// of encoding under its lock, and production is restaged after T ([`restage_basis`]).
+pub fn unchanged(tx: &mut dyn Tx, basis: Basis) -> Result<Prepared> {
+    let (sync, _) = tx.sync()?;
+    let (digest, production_gen) = super::staging::version_digest(tx, sync.staged_version)?;
+    Ok(Prepared {
+        basis,
+        production_gen,
+        digest,
+        bytes: Vec::new(),
+        size: 0,
+        checksum: 0,
+        entries: 0,
+        created_us: basis.due_us,
+        base: sync.staged_version,
+        changes: Vec::new(),
+        stored_us: None,
+    })
+}
+
+/// Encodes production as the version that replaces the [`STALE`] staged one (`basis` from
+/// [`restage_basis`]); `None` if its content is the staged version's. The scheduled changes
+/// due by `basis.next_us` are in production already: the rotation applied them.
+pub fn prepare_restage(tx: &mut dyn Tx, basis: Basis) -> Result<Option<Prepared>> {
+    let (sync, _) = tx.sync()?;
+    let (staged_digest, _) = super::staging::version_digest(tx, sync.staged_version)?;
+    let content: Content = tx.production()?;
+    let digest = format::content_digest(&content);
+    if digest == staged_digest {
+        return Ok(None);
+    }
+    // From the basis, as in `prepare`: every instance makes the same bytes.
+    let created_us = basis.due_us;
+    let bytes = format::encode(basis.number, created_us, &content)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
+    let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
+    Ok(Some(Prepared {
+        basis,
+        production_gen: basis.production_gen,
+        digest,
+        checksum: header.checksum,
+        entries: content.len() as u64,
+        size: bytes.len() as u64,
+        bytes: bytes.to_vec(),
+        created_us,
+        base: sync.staged_version,
+        changes,
+        stored_us: None,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Change, Location, Store, SyncSettings};
@@ -174,16 +276,100 @@ mod tests {
         );
     }
 
+    fn newest_reason(s: &Store) -> String {
+        s.history(1).unwrap().remove(0).info.reason
+    }
+
     #[test]
-    fn a_version_built_ahead_is_not_stored_once_production_changed_after_it() {
+    fn the_herd_rotation_encodes_nothing_when_an_edit_came_after_the_build() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         put(&s, "a");
         let t = s.sync_table().unwrap().activation_time_us;
         assert!(s.prepare_next(t - S).unwrap());
         put(&s, "b");
-        let (_, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        let encoded = super::super::staging::encoded_on_this_thread();
+        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
         assert!(rotated);
+        assert_eq!(
+            super::super::staging::encoded_on_this_thread(),
+            encoded,
+            "the rotation encoded a version under the write lock"
+        );
+        // The build, as it was: production is restaged after T, before T'.
+        assert_eq!(staged_price(&s), b"a");
+        assert_eq!(newest_reason(&s), super::STALE);
+        let t_next = sync.activation_time_us;
+        assert!(
+            !s.restage_stale(t_next - S).unwrap(),
+            "restaged inside the window"
+        );
+        assert!(s.restage_stale(t + 2).unwrap());
+        let after = s.sync_table().unwrap();
+        assert_eq!(staged_price(&s), b"b");
+        assert_eq!(newest_reason(&s), super::RESTAGED);
+        assert_eq!(
+            after.activation_time_us, t_next,
+            "the activation time moved"
+        );
+        assert_eq!(after.active_version, sync.active_version);
+        assert!(after.staged_version > sync.staged_version);
+        // The rotation log names what goes live at T', so its chain stays whole.
+        let logged = s.rotations().unwrap();
+        let at_t = logged.iter().find(|r| r.activation_time_us == t).unwrap();
+        assert_eq!(at_t.staged_version, after.staged_version);
+        // Once: a restaged version is not restaged again.
+        assert!(!s.restage_stale(t + 3).unwrap());
+    }
+
+    #[test]
+    fn a_rotation_after_an_edit_too_late_to_build_for_keeps_the_staged_version_and_restages_after_t(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        s.rotate_if_due(t + 1, "test").unwrap();
+        let t2 = s.sync_table().unwrap().activation_time_us;
+        // Production is the staged version's shortly before T: nothing to build.
+        assert!(!s.prepare_next(t2 - S).unwrap());
+        put(&s, "b");
+        let encoded = super::super::staging::encoded_on_this_thread();
+        let (sync, rotated) = s.rotate_if_due(t2 + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(
+            super::super::staging::encoded_on_this_thread(),
+            encoded,
+            "the rotation encoded a version under the write lock"
+        );
+        assert_eq!(sync.staged_version, sync.active_version);
+        // Not once the minimum window before T' has begun: clients could not download it.
+        assert!(!s.restage_stale(sync.activation_time_us - S).unwrap());
+        assert!(s.restage_stale(t2 + 2).unwrap());
+        let after = s.sync_table().unwrap();
+        assert_eq!(staged_price(&s), b"b");
+        assert_eq!(after.activation_time_us, sync.activation_time_us);
+        let logged = s.rotations().unwrap();
+        let at_t2 = logged.iter().find(|r| r.activation_time_us == t2).unwrap();
+        assert_eq!(at_t2.staged_version, after.staged_version);
+        assert!(!s.restage_stale(t2 + 3).unwrap());
+    }
+
+    #[test]
+    fn a_restage_after_t_gives_way_to_a_staged_version_changed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let other = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        s.rotate_if_due(t + 1, "test").unwrap();
+        // Another instance restages first: this one finds nothing left to do.
+        assert!(other.restage_stale(t + 2).unwrap());
+        let staged = s.sync_table().unwrap().staged_version;
+        assert!(!s.restage_stale(t + 3).unwrap());
+        assert_eq!(s.sync_table().unwrap().staged_version, staged);
         assert_eq!(staged_price(&s), b"b");
     }
 
@@ -206,6 +392,7 @@ mod tests {
         .unwrap();
         put(&s, "b");
         s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(s.restage_stale(t + 2).unwrap());
         assert_eq!(staged_price(&s), b"scheduled");
     }
 

@@ -177,6 +177,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO blob_secret (id, secret) VALUES (1, randomblob(32));
     "#,
+    // 9: the rotations that staged what was built before production's last changes, whose
+    // staged version is restaged after them (see `store::prepare::restage_basis`).
+    r#"
+    CREATE TABLE restage_due (activation_us INTEGER PRIMARY KEY);
+    "#,
 ];
 
 /// Read connections kept open between requests; more than this many concurrent reads open
@@ -1137,5 +1142,61 @@ impl Tx for SqliteTx<'_> {
             .query_row("SELECT secret FROM blob_secret WHERE id = 1", [], |r| {
                 r.get(0)
             })?)
+    }
+
+    fn relog_staged(&mut self, activation_us: i64, from: u64, to: u64) -> Result<()> {
+        self.0.execute(
+            "UPDATE rotations SET staged_version = ?3
+             WHERE activation_us = ?1 AND staged_version = ?2",
+            params![activation_us, to_i64(from), to_i64(to)],
+        )?;
+        Ok(())
+    }
+
+    fn rotation_at(&mut self, activation_us: i64) -> Result<Option<(u64, u64, i64)>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .0
+            .query_row(
+                "SELECT active_version, staged_version, next_activation_us FROM rotations
+                 WHERE activation_us = ?1",
+                params![activation_us],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    fn set_restage_due(&mut self, activation_us: i64, due: bool) -> Result<()> {
+        match due {
+            true => {
+                self.0.execute(
+                    "DELETE FROM restage_due WHERE activation_us < ?1",
+                    params![activation_us],
+                )?;
+                self.0.execute(
+                    "INSERT OR IGNORE INTO restage_due (activation_us) VALUES (?1)",
+                    params![activation_us],
+                )?
+            }
+            false => self.0.execute(
+                "DELETE FROM restage_due WHERE activation_us = ?1",
+                params![activation_us],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn restage_due(&mut self, activation_us: i64) -> Result<bool> {
+        Ok(self.0.query_row(
+            "SELECT COUNT(*) FROM restage_due WHERE activation_us = ?1",
+            params![activation_us],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
     }
 }

@@ -6,6 +6,17 @@ use lockstep::format::{self, Content};
 use super::backend::{NewVersion, Tx};
 use super::{changeset, Result, StoreError};
 
+thread_local! {
+    /// Versions this thread encoded in [`insert_version`]: what the rotation path would encode
+    /// under the write lock, counted so that a test can tell it did not.
+    static ENCODED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many versions this thread has encoded in [`insert_version`].
+pub fn encoded_on_this_thread() -> u64 {
+    ENCODED.with(|n| n.get())
+}
+
 /// Encodes `content` as a new immutable version and stores it. Returns its number.
 pub fn insert_version(
     tx: &mut dyn Tx,
@@ -16,6 +27,7 @@ pub fn insert_version(
     reason: &str,
 ) -> Result<u64> {
     let number = tx.next_version_number()?;
+    ENCODED.with(|n| n.set(n.get() + 1));
     let bytes =
         format::encode(number, now_us, content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -75,15 +87,16 @@ fn record_changes(tx: &mut dyn Tx, v: u64, base: u64, content: &Content) -> Resu
 }
 
 /// Makes a version built ahead of the rotation (its basis checked by the caller) the staged
-/// version, where `staged` is the staged version now. Its bytes were stored ahead, so this
-/// writes only a version row that names them; if they were not (the database was out of reach
-/// then) the bytes held in memory are written here. `None` if neither is there: the caller
-/// encodes.
+/// version, where `staged` is the staged version now, giving `reason` as why it was made. Its
+/// bytes were stored ahead, so this writes only a version row that names them; if they were
+/// not (the database was out of reach then) the bytes held in memory are written here. `None`
+/// if neither is there: the caller encodes.
 pub fn stage_prepared(
     tx: &mut dyn Tx,
     staged: u64,
     p: &super::prepare::Prepared,
     now_us: i64,
+    reason: &str,
 ) -> Result<Option<u64>> {
     let (staged_digest, _) = version_digest(tx, staged)?;
     if p.digest == staged_digest {
@@ -97,7 +110,7 @@ pub fn stage_prepared(
         production_gen: p.production_gen,
         entries: p.entries,
         created_us: p.created_us,
-        reason: "rotation",
+        reason,
     };
     let stored = match p.stored_us {
         Some(_) => tx.blob_stored(p.checksum)?,
