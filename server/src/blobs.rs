@@ -277,6 +277,60 @@ mod tests {
         assert_eq!(k, blob_key(b"secret one", "1-00000000000000ab"));
     }
 
+    fn blobs() -> Blobs {
+        Blobs {
+            secret: b"a test secret of some length".to_vec(),
+            zstd: Mutex::default(),
+        }
+    }
+
+    async fn answer(blobs: &Blobs, name: &str, bytes: &[u8], headers: &[(&str, &str)]) -> Response {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let bytes = Bytes::copy_from_slice(bytes);
+        blobs
+            .immutable_response(&h, name, "00000000000000ab", bytes)
+            .await
+    }
+
+    #[tokio::test]
+    async fn zstd_is_served_only_when_asked_for_and_smaller() {
+        let blobs = blobs();
+        let repetitive = b"the same price again ".repeat(1000);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let random: Vec<u8> = (0..20_000).map(|_| rng.u8(..)).collect();
+        let zstd = [("accept-encoding", "zstd")];
+        let encoding = |r: &Response| r.headers().get(header::CONTENT_ENCODING).cloned();
+        let etag = |r: &Response| r.headers()[header::ETAG].to_str().unwrap().to_owned();
+
+        let r = answer(&blobs, "1-00000000000000ab", &repetitive, &zstd).await;
+        assert_eq!(encoding(&r).unwrap(), "zstd");
+        assert_eq!(etag(&r), "\"00000000000000ab-zstd\"");
+        let r = answer(&blobs, "1-00000000000000ab", &repetitive, &[]).await;
+        assert_eq!(encoding(&r), None);
+        assert_eq!(etag(&r), "\"00000000000000ab\"");
+        // Random bytes do not shrink: sent as they are, whatever the request accepts.
+        let r = answer(&blobs, "2-00000000000000ab", &random, &zstd).await;
+        assert_eq!(encoding(&r), None);
+        assert_eq!(r.status(), StatusCode::OK);
+        // 304 only for the form this request would get.
+        let plain_tag = [("if-none-match", "\"00000000000000ab\"")];
+        let r = answer(&blobs, "1-00000000000000ab", &repetitive, &plain_tag).await;
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        let both = [zstd[0], plain_tag[0]];
+        let r = answer(&blobs, "1-00000000000000ab", &repetitive, &both).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "a zstd request revalidated a plain copy"
+        );
+    }
+
     #[test]
     fn zstd_is_accepted_only_with_a_positive_weight() {
         let with = |v: &str| {
