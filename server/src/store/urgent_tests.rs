@@ -292,3 +292,30 @@ fn a_pending_urgent_activation_is_never_moved_even_by_a_shorter_urgent_window() 
         assert_eq!(staged_price(s).as_deref(), Some("two"));
     });
 }
+
+#[test]
+fn a_queued_urgent_rotation_never_stages_a_version_built_ahead_for_the_grid_point() {
+    each_backend(|s| {
+        let t = s.sync_table().unwrap().activation_time_us;
+        // Due after T and before the grid point after it: a rotation at T for the grid point
+        // stages it; one for T + the urgent window must not.
+        s.schedule(
+            &price("later"),
+            t + 120 * S,
+            "test",
+            clock::now_us(),
+            &unaudited,
+        )
+        .unwrap();
+        let out = urgent_put(s, "urgent", t - 10 * S);
+        assert!(out.queued, "{out:?}");
+        assert!(s.prepare_next(t - S).unwrap(), "nothing built ahead");
+        rotate(s);
+        let u = s.sync_table().unwrap().activation_time_us;
+        assert!(u < t + 2 * S, "not an urgent activation: {u}");
+        assert_eq!(staged_price(s).as_deref(), Some("urgent"));
+        // At U the grid point comes next, with the scheduled change.
+        rotate(s);
+        assert_eq!(staged_price(s).as_deref(), Some("later"));
+    });
+}
