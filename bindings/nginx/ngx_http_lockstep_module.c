@@ -7,6 +7,7 @@
  *       lockstep_name web-1;                  # shown in `lockstep status`, with the pid
  *       # lockstep_token secret;  lockstep_bootstrap_wait 2s;  lockstep_cache_dir off;
  *       # lockstep_ca_file /etc/lockstep/ca.pem;  (an https:// url's authorities)
+ *       # lockstep_blob_url http://cache:8080;  (downloads through an HTTP cache)
  *       server {
  *           location /prices/ { lockstep_serve; }     # GET /prices/<key> -> the value
  *           location = /lockstep { lockstep_status; } # this worker's handle, as JSON
@@ -43,6 +44,7 @@ typedef struct {
     ngx_msec_t    bootstrap_wait;
     ngx_str_t     cache_dir;   /* unset: the library's default; "off": no host cache */
     ngx_str_t     ca_file;     /* unset: the system's roots for an https:// data server */
+    ngx_str_t     blob_url;    /* unset: downloads from the data server itself */
 } ngx_http_lockstep_main_conf_t;
 
 
@@ -126,6 +128,13 @@ static ngx_command_t  ngx_http_lockstep_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_lockstep_main_conf_t, ca_file),
+      NULL },
+
+    { ngx_string("lockstep_blob_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_lockstep_main_conf_t, blob_url),
       NULL },
 
     { ngx_string("lockstep_serve"),
@@ -322,6 +331,10 @@ ngx_http_lockstep_init_process(ngx_cycle_t *cycle)
 
     if (lmcf->ca_file.len) {
         p = ngx_slprintf(p, last, ";ca_file=%V", &lmcf->ca_file);
+    }
+
+    if (lmcf->blob_url.len) {
+        p = ngx_slprintf(p, last, ";blob_url=%V", &lmcf->blob_url);
     }
 
     if (p == last) {

@@ -11,9 +11,10 @@
  *
  * Configuration is read from ini settings at that first use:
  *   lockstep.url, lockstep.token, lockstep.name, lockstep.bootstrap_wait_ms,
- *   lockstep.allow_not_ready, lockstep.cache_dir, lockstep.ca_file
- * lockstep.url, lockstep.token and lockstep.ca_file are PHP_INI_SYSTEM (php.ini or FPM's
- * php_admin_value; ini_set() cannot change them), and phpinfo() shows the token as ********.
+ *   lockstep.allow_not_ready, lockstep.cache_dir, lockstep.ca_file, lockstep.blob_url
+ * lockstep.url, lockstep.token, lockstep.ca_file and lockstep.blob_url are PHP_INI_SYSTEM
+ * (php.ini or FPM's php_admin_value; ini_set() cannot change them), and phpinfo() shows the
+ * token as ********.
  * and `new Lockstep\Client([...])` overrides any of them. Clients made with the same settings
  * share one handle; a process holds at most LOCKSTEP_MAX_HANDLES different ones.
  *
@@ -77,6 +78,7 @@ PHP_INI_ENTRY_EX("lockstep.token", "", PHP_INI_SYSTEM, NULL, lockstep_display_se
 /* A PEM file of the authorities an https:// data server is verified against (unset: the
  * system's roots). */
 PHP_INI_ENTRY("lockstep.ca_file", NULL, PHP_INI_SYSTEM, NULL)
+PHP_INI_ENTRY("lockstep.blob_url", NULL, PHP_INI_SYSTEM, NULL)
 PHP_INI_ENTRY("lockstep.name", "php", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.bootstrap_wait_ms", "5000", PHP_INI_ALL, NULL)
 PHP_INI_ENTRY("lockstep.allow_not_ready", "0", PHP_INI_ALL, NULL)
@@ -177,6 +179,7 @@ static sync_handle *lockstep_handle_for(const lockstep_settings *st) {
   zend_long lazy = st->lazy_set ? st->lazy : INI_INT("lockstep.allow_not_ready");
   const char *cache_dir = st->cache_dir_set ? ZSTR_VAL(st->cache_dir) : INI_STR("lockstep.cache_dir");
   const char *ca_file = INI_STR("lockstep.ca_file");
+  const char *blob_url = INI_STR("lockstep.blob_url");
   /* Compared without the pid: a fork()ed child keeps using the handle it inherited, which
    * the library carries across fork. */
   char options[LOCKSTEP_OPTIONS_MAX];
@@ -184,12 +187,13 @@ static sync_handle *lockstep_handle_for(const lockstep_settings *st) {
   int len = 0;
   for (int pass = 0; pass < 2; pass++) {
     len = snprintf(pass ? options : key, LOCKSTEP_OPTIONS_MAX,
-                   "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s%s%s",
+                   "url=%s;name=%s-%ld;bootstrap_wait_ms=%ld;allow_not_ready=%d%s%s%s%s%s%s%s%s",
                    url ? url : "", name && *name ? name : "php", pass ? (long)getpid() : 0L,
                    (long)wait, lazy ? 1 : 0, token && *token ? ";token=" : "",
                    token && *token ? token : "", cache_dir ? ";cache_dir=" : "",
                    cache_dir ? cache_dir : "", ca_file && *ca_file ? ";ca_file=" : "",
-                   ca_file && *ca_file ? ca_file : "");
+                   ca_file && *ca_file ? ca_file : "", blob_url && *blob_url ? ";blob_url=" : "",
+                   blob_url && *blob_url ? blob_url : "");
     if (len < 0 || len >= LOCKSTEP_OPTIONS_MAX) {
       zend_throw_exception(lockstep_exception_ce, "lockstep settings are too long",
                            SYNC_BAD_OPTION);

@@ -1,5 +1,6 @@
 """Fan-out through a standard HTTP cache: a real nginx with proxy_cache between several client
-processes (each on its own, no host cache, so each downloads) and one `lockstep serve`. The
+processes (Python clients and the workers of an nginx with the lockstep module, each on its
+own, no host cache, so each downloads) and one `lockstep serve`. The
 data server serves each blob once; every client activates the version the farm did, verified
 against the announced checksum; blob URLs need no token while check-ins do; a wrong key is 404.
 """
@@ -46,37 +47,54 @@ http {{
 }}
 """
 
-# One client process: waits until `price` reads the target value, then prints what it serves
-# and its download counters as JSON.
+# One client process (the Python binding, its own handle): waits until `price` reads the
+# target value, then prints what it serves and its download counters as JSON.
 CLIENT = r"""
-import ctypes, json, sys, time
-from lockstep._native import load_library, sync_stats
-options, target = sys.argv[1].encode(), sys.argv[2].encode()
-lib = load_library(None)
-h = ctypes.c_void_p()
-rc = lib.sync_open(options, len(options), ctypes.byref(h))
-assert rc == 0, f"sync_open: {rc}"
-buf = ctypes.create_string_buffer(256)
-n = ctypes.c_size_t(0)
+import json, sys, time
+import lockstep
+url, cache, token, name, target = sys.argv[1:]
+c = lockstep.Client(url, token=token, name=name, cache_dir="", blob_url=cache,
+                    bootstrap_wait=30, download_timeout=30)
 deadline = time.time() + 60
-value = b""
-while time.time() < deadline:
-    if lib.sync_get(h, b"price", 5, buf, len(buf), ctypes.byref(n)) == 0:
-        value = buf.raw[:n.value]
-        if value == target:
-            break
+while time.time() < deadline and c.get_str("price") != target:
     time.sleep(0.02)
-v = ctypes.c_uint64(0)
-lib.sync_active_version(h, ctypes.byref(v))
-s = sync_stats()
-s.struct_size = ctypes.sizeof(sync_stats)
-lib.sync_stats_get(h, ctypes.byref(s))
-err = ctypes.create_string_buffer(1024)
-lib.sync_last_error(h, err, len(err), ctypes.byref(n))
-print(json.dumps({"value": value.decode(), "version": v.value,
-                  "full_downloads": s.full_downloads, "bytes_downloaded": s.bytes_downloaded,
-                  "rejected": s.rejected_versions, "last_error": err.value.decode()}))
-lib.sync_close(h)
+s = c.stats()
+print(json.dumps({"value": c.get_str("price"), "version": c.active_version,
+                  "full_downloads": s["full_downloads"],
+                  "bytes_downloaded": s["bytes_downloaded"],
+                  "rejected": s["rejected_versions"], "last_error": c.last_error()}))
+c.close()
+"""
+
+MODULE = os.path.join(REPO, "target", "nginx-module", "ngx_http_lockstep_module.so")
+WORKERS = 2
+
+# nginx with the lockstep module as a web server of the farm: each worker its own handle (no
+# host cache), downloading through the caching nginx (lockstep_blob_url).
+WEB_CONF = """
+load_module {module};
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  lockstep_url {upstream};
+  lockstep_token {token};
+  lockstep_name web;
+  lockstep_bootstrap_wait 30s;
+  lockstep_cache_dir off;
+  lockstep_blob_url {cache};
+  server {{
+    # reuseport: fresh connections reach every worker, not the one that accepts first.
+    listen 127.0.0.1:{port} reuseport;
+    location /prices/ {{
+      lockstep_serve;
+      add_header X-Worker $pid always;
+    }}
+  }}
+}}
 """
 
 
@@ -125,6 +143,33 @@ def start_nginx(nginx_bin, workdir, upstream):
     return d, f"http://127.0.0.1:{port}"
 
 
+def start_web(nginx_bin, workdir, upstream, cache_url):
+    web = workdir / "web"
+    web.mkdir()
+    os.chmod(web, 0o755)
+    port = free_port()
+    conf = web / "nginx.conf"
+    conf.write_text(WEB_CONF.format(module=MODULE, workers=WORKERS, dir=web, port=port,
+                                    upstream=upstream, token=READ, cache=cache_url))
+    d = Daemon([nginx_bin, "-c", str(conf), "-p", str(web)], web / "nginx.out")
+    return d, port
+
+
+def workers_serving(port, value, timeout=60):
+    """The worker pids seen serving `value`, once every worker has (or the timeout passed)."""
+    seen = set()
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(seen) < WORKERS:
+        try:
+            status, body, headers = get(f"http://127.0.0.1:{port}/prices/price")
+        except OSError:
+            status = 0
+        if status == 200 and body.decode() == value:
+            seen.add(headers.get("X-Worker"))
+        time.sleep(0.01)
+    return seen
+
+
 def _status(url):
     try:
         return get(url)[0]
@@ -155,12 +200,13 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
         nginx, cache_url = start_nginx(nginx_bin, workdir, server.url)
         before = downloads_total(server)
 
-        # Clients on their own (no host cache), started together; the edit comes while they
-        # boot, so they download the version active now and then the one staged for it.
-        options = (f"url={server.url};blob_url={cache_url};token={READ};cache_dir=;"
-                   "bootstrap_wait_ms=30000;download_timeout_ms=30000")
+        # Clients on their own (no host cache), started together, and nginx web workers; the
+        # edit comes while they boot, so they download the version active now and then the
+        # one staged for it.
+        web, web_port = start_web(nginx_bin, workdir, server.url, cache_url)
         env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "bindings", "python"))
-        procs = [subprocess.Popen([sys.executable, "-c", CLIENT, f"{options};name=c{i}", "2"],
+        procs = [subprocess.Popen([sys.executable, "-c", CLIENT, server.url, cache_url, READ,
+                                   f"c{i}", "2"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
                  for i in range(CLIENTS)]
         server.put("price", "2")
@@ -169,6 +215,10 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
             out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err.decode()
             results.append(json.loads(out))
+        serving = workers_serving(web_port, "2")
+        assert len(serving) == WORKERS, \
+            (serving, (workdir / "web" / "nginx-error.log").read_text()[-2000:])
+        web.stop()
         final = checkin(server)
 
         # Every client serves the farm's active version, downloaded whole through the cache
@@ -184,7 +234,8 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
                                      if status == 200 and cache == "MISS")
         print("blob requests through nginx:", dict(blobs), "misses:", dict(misses))
         assert final["active_blob"] in blobs, (final, blobs)
-        assert blobs[final["active_blob"]] == CLIENTS, "every client fetched the new version"
+        assert blobs[final["active_blob"]] == CLIENTS + WORKERS, \
+            "every client and web worker fetched the new version once, through the cache"
         # The data server served each blob once: one miss per blob, and its own count agrees.
         assert all(misses[uri] == 1 for uri in blobs), (blobs, misses)
         served = downloads_total(server) - before

@@ -47,6 +47,7 @@ class Client:
                  download_timeout: Optional[float] = None,
                  cache_dir: Optional[Union[str, os.PathLike]] = None,
                  ca_file: Optional[Union[str, os.PathLike]] = None,
+                 blob_url: Optional[str] = None,
                  library: Optional[str] = None) -> None:
         """Opens a handle; waits up to ``bootstrap_wait`` for the version active now.
 
@@ -60,7 +61,9 @@ class Client:
         ``cache_dir``: the host cache shared by this host's processes (None: the library's
         default, ``$LOCKSTEP_CACHE_DIR`` or ``/var/tmp/lockstep-<uid>``; ``""``: off, this
         process on its own). ``ca_file``: a PEM file of the certificate authorities an
-        ``https://`` data server is verified against (None: the system's roots). ``library``:
+        ``https://`` data server is verified against (None: the system's roots). ``blob_url``:
+        an HTTP cache in front of the data servers that version downloads go through (None:
+        the data server itself; check-ins always go there). ``library``:
         the path of liblockstep.so (None: the one in this
         package, or ``$LOCKSTEP_LIBRARY``; see :func:`load_library`).
 
@@ -76,6 +79,8 @@ class Client:
             pairs.append(("token", token))
         if ca_file is not None:
             pairs.append(("ca_file", str(ca_file)))
+        if blob_url:
+            pairs.append(("blob_url", blob_url))
         if name:
             pairs.append(("name", name))
         for key, value in (("connect_timeout_ms", connect_timeout),
