@@ -1599,3 +1599,47 @@ mod backoff_tests {
         assert!(longest <= 30_000 * MS && longest > 27_000 * MS);
     }
 }
+
+#[cfg(test)]
+mod zstd_tests {
+    use super::{zstd_decoder, zstd_window_log};
+    use crate::buffer::AlignedBuf;
+    use std::io::Write;
+
+    /// A zstd stream of `len` zeros whose frame asks for a window of 2^`window_log` bytes
+    /// (streamed without a pledged size, so the header states the window, not the size).
+    fn frame(len: usize, window_log: u32) -> Vec<u8> {
+        let mut e = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        e.window_log(window_log).unwrap();
+        e.write_all(&vec![0u8; len]).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn decode(body: &[u8], max_version_bytes: u64) -> Result<usize, String> {
+        let mut body: &[u8] = body;
+        let mut decoder = zstd_decoder(&mut body, max_version_bytes).map_err(|e| e.to_string())?;
+        let mut buf = AlignedBuf::new();
+        buf.read_capped(&mut decoder, max_version_bytes, None)
+            .map_err(|e| e.to_string())?;
+        Ok(buf.len())
+    }
+
+    #[test]
+    fn the_window_follows_max_version_bytes_within_zstds_limits() {
+        assert_eq!(zstd_window_log(1), 10);
+        assert_eq!(zstd_window_log(1 << 20), 20);
+        assert_eq!(zstd_window_log((1 << 20) + 1), 21);
+        assert_eq!(zstd_window_log(4 << 30), 27);
+    }
+
+    #[test]
+    fn a_frame_asking_for_a_window_past_the_limit_is_refused_before_it_allocates_one() {
+        // 1 MiB of output allowed: a window of 1 MiB decodes, one of 8 MiB is refused.
+        assert_eq!(decode(&frame(1 << 20, 20), 1 << 20), Ok(1 << 20));
+        let e = decode(&frame(1 << 20, 23), 1 << 20).unwrap_err();
+        assert!(e.contains("memory") || e.contains("window"), "{e}");
+        // And output past the cap is refused whatever the window.
+        let e = decode(&frame((1 << 20) + 1, 20), 1 << 20).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+    }
+}
