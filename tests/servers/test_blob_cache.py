@@ -32,8 +32,8 @@ http {{
                    use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
-    # Only blobs: check-ins stay on the data servers.
-    location /v1/blobs/ {{
+    # Only blobs and deltas: check-ins stay on the data servers.
+    location ~ ^/v1/(blobs|deltas)/ {{
       proxy_pass {upstream};
       proxy_http_version 1.1;
       proxy_cache blobs;
@@ -60,7 +60,7 @@ while time.time() < deadline and c.get_str("price") != target:
     time.sleep(0.02)
 s = c.stats()
 print(json.dumps({"value": c.get_str("price"), "version": c.active_version,
-                  "full_downloads": s["full_downloads"],
+                  "full_downloads": s["full_downloads"], "deltas": s["deltas_applied"],
                   "bytes_downloaded": s["bytes_downloaded"],
                   "rejected": s["rejected_versions"], "last_error": c.last_error()}))
 c.close()
@@ -228,16 +228,18 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
             assert r["version"] == final["active_version"], (results, final)
             assert r["full_downloads"] >= 1 and r["rejected"] == 0, results
 
-        log = [e for e in access_log(workdir) if e[0].startswith("/v1/blobs/")]
-        blobs = collections.Counter(uri for uri, status, _, _ in log if status == 200)
+        log = [e for e in access_log(workdir) if e[0].startswith(("/v1/blobs/", "/v1/deltas/"))]
+        fetched = collections.Counter(uri for uri, status, _, _ in log if status == 200)
         misses = collections.Counter(uri for uri, status, cache, _ in log
                                      if status == 200 and cache == "MISS")
-        print("blob requests through nginx:", dict(blobs), "misses:", dict(misses))
-        assert final["active_blob"] in blobs, (final, blobs)
-        assert blobs[final["active_blob"]] == CLIENTS + WORKERS, \
-            "every client and web worker fetched the new version once, through the cache"
-        # The data server served each blob once: one miss per blob, and its own count agrees.
-        assert all(misses[uri] == 1 for uri in blobs), (blobs, misses)
+        print("blob and delta requests through nginx:", dict(fetched), "misses:", dict(misses))
+        # Everyone fetched the new version once through the cache, whole or as a delta.
+        new = f"-{final['active_version']}-{final['active_checksum']}-"
+        assert sum(n for uri, n in fetched.items() if new in uri) == CLIENTS + WORKERS, fetched
+        # The data server served each blob and delta once: one miss per URL, and its own
+        # download count (of full versions) agrees.
+        assert all(misses[uri] == 1 for uri in fetched), (fetched, misses)
+        blobs = [uri for uri in fetched if uri.startswith("/v1/blobs/")]
         served = downloads_total(server) - before
         assert served == len(blobs), f"data server served {served} for {len(blobs)} blobs"
         # No token travels to the cache: blob URLs are the capability.
@@ -246,8 +248,8 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
         # zstd through the cache: fewer bytes than the version holds.
         raw = len(get(server.url + final["active_blob"])[1])
         total = sum(r["bytes_downloaded"] for r in results)
-        fulls = sum(r["full_downloads"] for r in results)
-        assert total < fulls * raw * 0.6, (total, fulls, raw)
+        got = sum(r["full_downloads"] + r["deltas"] for r in results)
+        assert total < got * raw * 0.6, (total, got, raw)
 
         # A blob URL needs no token; a check-in and the old version route still do.
         assert get(cache_url + final["active_blob"])[0] == 200
