@@ -248,8 +248,9 @@ def test_nginx_proxy_cache_fans_blobs_out_and_the_data_server_serves_each_once(n
         # zstd through the cache: fewer bytes than the version holds.
         raw = len(get(server.url + final["active_blob"])[1])
         total = sum(r["bytes_downloaded"] for r in results)
-        got = sum(r["full_downloads"] + r["deltas"] for r in results)
-        assert total < got * raw * 0.6, (total, got, raw)
+        fulls = sum(r["full_downloads"] for r in results)
+        # Deltas add little: the bytes stay well under what the full versions weigh raw.
+        assert total < fulls * raw * 0.6, (total, fulls, raw)
 
         # A blob URL needs no token; a check-in and the old version route still do.
         assert get(cache_url + final["active_blob"])[0] == 200
