@@ -20,6 +20,8 @@
 # Debian's postgresql package, as the postgres user when run as root), with fsync on, as
 # SQLite's synchronous=FULL. INTERVAL (default 10s) is the cycle the herds come at; DURATION
 # (default 5s) is each wrk run.
+# HERD_LOGS=FILE keeps the data servers' rotation and restage log lines (each rotation's time
+# and whether its version was built ahead), which say why a rotating check-in was slow.
 # Needs: scripts/bench-setup.sh (wrk), and Debian's postgresql package (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,7 @@ KEYS=${KEYS:-"1000 100000"}
 CLIENTS=${CLIENTS:-1000}
 INTERVAL=${INTERVAL:-10s}
 . benches/lib.sh
+export LOCKSTEP_LOG=warn,lockstep::store=debug
 ulimit -n "$(ulimit -Hn)"
 
 herd_client=$(cargo bench -p lockstep --bench herd_client --no-run 2>&1 |
@@ -37,6 +40,9 @@ pids=()
 pg_ctl_as=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "${HERD_LOGS:-}" ]; then
+    grep -h "rotation:\|restaged\|built in" "$dir"/out.*.err > "$HERD_LOGS" 2>/dev/null || true
+  fi
   [ ${#pg_ctl_as[@]} -gt 0 ] && "${pg_ctl_as[@]}" stop -m immediate > /dev/null 2>&1
   rm -rf "$dir"
 }
@@ -61,7 +67,7 @@ start_instance() {
   local out="$dir/out.$RANDOM$RANDOM" u
   : > "$out" # before the server's shell opens it, so the first read below finds it
   ./target/release/lockstep serve --db "$1" --listen 127.0.0.1:0 --interval "$INTERVAL" \
-    --max-body-bytes 1000000000 > "$out" &
+    --max-body-bytes 1000000000 > "$out" 2> "$out.err" &
   pids+=($!)
   for _ in $(seq 100); do
     u=$(sed -n 's/lockstep: listening on //p' "$out")

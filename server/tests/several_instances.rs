@@ -504,3 +504,277 @@ fn an_edit_whose_commit_loses_its_connection_runs_again_once_the_database_says_i
         "the edit is not in production"
     );
 }
+
+#[test]
+fn three_instances_ride_out_a_database_restart_that_spans_an_activation_time() {
+    let Some(cluster) = Cluster::own() else {
+        return;
+    };
+    let db = PathBuf::from(cluster.new_database());
+    let args = ["--interval", "2s", "--min-window", "1s"];
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(&db, &args)).collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    put(&servers[0], "price", "p0");
+    wait_active(&servers[0], "price", "p0");
+    let observers: Vec<Observer> = (0..3)
+        .map(|i| Observer::start(&urls.join(","), &format!("web{i}"), "price", 120.0, None))
+        .collect();
+    for o in &observers {
+        o.wait_value("p0", Duration::from_secs(20));
+    }
+    // Just after a rotation, so that the database goes down before the next activation time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let sync = checkin(&servers[0], "probe").sync;
+        if sync.activation_time_us - now_us() > 1_200_000 {
+            break sync.activation_time_us;
+        }
+        assert!(Instant::now() < deadline, "no rotation seen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_us = now_us();
+    cluster.stop();
+    assert!(
+        now_us() < t,
+        "the database stopped after the activation time: no test"
+    );
+    let lines: Vec<usize> = observers.iter().map(|o| o.report().stats_lines).collect();
+    // Down across T: a check-in that finds the rotation due gets a 503 that says why (no
+    // instance rotates without the database), and the clients keep serving.
+    while now_us() < t + 1_500_000 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in &servers {
+        let c = get(&format!("{}/v1/checkin?name=probe", s.url), None, &[]);
+        assert_eq!(c.status, 503, "{}", String::from_utf8_lossy(&c.body));
+        let message = c.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains("database"), "unclear 503: {message}");
+    }
+    for (o, before) in observers.iter().zip(&lines) {
+        let r = o.report();
+        assert!(
+            r.stats_lines > before + 3,
+            "{} stopped serving reads",
+            o.name
+        );
+        assert!(
+            r.stat("max_read_ns").unwrap() < 10_000_000,
+            "a read blocked"
+        );
+    }
+    let restarted_us = now_us();
+    cluster.restart();
+
+    // Back up: every instance takes edits again by itself, T is rotated once, after the
+    // restart, and the farm follows the edits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, s) in servers.iter().enumerate() {
+        let body = format!(r#"{{"key": "from{i}", "value": "v"}}"#);
+        loop {
+            let r = post(
+                &format!("{}/v1/admin/put", s.url),
+                Some(TOKEN),
+                body.as_bytes(),
+            );
+            if r.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {i} never reconnected: {}",
+                r.status
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    put(&servers[2], "price", "after");
+    for o in &observers {
+        o.wait_value("after", Duration::from_secs(30));
+        let r = o.report();
+        assert_eq!(r.stat("rejected"), Some(0), "{}", o.name);
+        assert!(
+            r.stat("max_read_ns").unwrap() < 10_000_000,
+            "a read blocked"
+        );
+    }
+    let log = assert_rotation_log_whole(&servers[1]);
+    let at_t: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|r| r["activation_time_us"] == t)
+        .collect();
+    assert_eq!(at_t.len(), 1, "T rotated {} times: {at_t:?}", at_t.len());
+    assert!(
+        at_t[0]["rotated_at_us"].as_i64().unwrap() >= restarted_us,
+        "T rotated while the database was down (stopped at {stopped_us}): {}",
+        at_t[0]
+    );
+    let keys = production(&servers[0]);
+    assert!((0..3).all(|i| keys.contains(&format!("from{i}"))));
+}
+
+/// A TCP proxy between a data server and PostgreSQL that, once armed, relays the `COMMIT` of
+/// the next transaction that sent `marker` (in a statement) to the database and then cuts the
+/// connection both ways: the transaction commits, and its answer never reaches the data server.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    cut: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    fn start(upstream_port: u16, marker: &'static str) -> CommitCutter {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cutter = CommitCutter {
+            port,
+            armed: Arc::new(AtomicBool::new(false)),
+            cut: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        let (armed, cut) = (cutter.armed.clone(), cutter.cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (armed, cut) = (armed.clone(), cut.clone());
+                std::thread::spawn(move || relay_cutting(client, server, marker, &armed, &cut));
+            }
+        });
+        cutter
+    }
+}
+
+fn relay_cutting(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    marker: &str,
+    armed: &AtomicBool,
+    cut: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    let dropping = Arc::new(AtomicBool::new(false));
+    {
+        let (mut from, mut to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+        let dropping = dropping.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                if dropping.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+    let (mut from, mut to) = (client, server);
+    // The startup message (after an SSL or GSS request, if any) has no type byte.
+    loop {
+        let mut len = [0u8; 4];
+        if from.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        if from.read_exact(&mut body).is_err() || to.write_all(&len).is_err() {
+            return;
+        }
+        if to.write_all(&body).is_err() {
+            return;
+        }
+        let code = body
+            .get(..4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()));
+        if !matches!(code, Some(80877103 | 80877104)) {
+            break;
+        }
+    }
+    let mut wrote = false;
+    loop {
+        let mut head = [0u8; 5];
+        if from.read_exact(&mut head).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if from.read_exact(&mut body).is_err() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&body);
+        wrote |= matches!(head[0], b'P' | b'Q') && text.contains(marker);
+        let commit = head[0] == b'Q'
+            && text
+                .trim_end_matches('\0')
+                .trim()
+                .eq_ignore_ascii_case("COMMIT");
+        let cutting = commit && wrote && armed.swap(false, Ordering::SeqCst);
+        if cutting {
+            dropping.store(true, Ordering::SeqCst);
+            cut.fetch_add(1, Ordering::SeqCst);
+        }
+        if to.write_all(&head).is_err() || to.write_all(&body).is_err() {
+            return;
+        }
+        if cutting {
+            // The commit is the database's to finish now; then neither side hears more.
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            return;
+        }
+        if commit {
+            wrote = false;
+        }
+    }
+}
+
+#[test]
+fn an_edit_whose_commit_succeeded_but_whose_answer_was_lost_is_not_run_twice() {
+    let Some(db) = database() else { return };
+    let cluster = common::postgres::cluster().unwrap();
+    let name = database_name(&db);
+    // A scheduled change: each run of its transaction inserts a row, so a second run shows
+    // (a plain put run twice writes the same value, and no second audit entry).
+    let cutter = CommitCutter::start(cluster.port, "INSERT INTO scheduled");
+    let via = PathBuf::from(format!(
+        "postgres://postgres@127.0.0.1:{}/{name}",
+        cutter.port
+    ));
+    let s = Server::start(&via, &["--interval", "1h"]);
+    let at = time::OffsetDateTime::from_unix_timestamp(now_us() / 1_000_000 + 86_400)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let schedule = |value: &str| {
+        post(
+            &format!("{}/v1/admin/put", s.url),
+            Some(TOKEN),
+            serde_json::json!({"key": "price", "value": value, "at": at})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    assert_eq!(schedule("p0").status, 200);
+    assert_eq!(cutter.cut.load(Ordering::SeqCst), 0);
+    cutter.armed.store(true, Ordering::SeqCst);
+    let answer = schedule("p1");
+    assert_eq!(
+        cutter.cut.load(Ordering::SeqCst),
+        1,
+        "no commit's answer was cut"
+    );
+    // txid_status says committed: the change is reported done, and was not run again.
+    assert_eq!(
+        answer.status,
+        200,
+        "the change whose commit's answer was lost: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let rows = cluster.psql(
+        &name,
+        "SELECT count(*) FROM scheduled WHERE value = convert_to('p1', 'UTF8')",
+    );
+    assert_eq!(rows, "1", "the change ran {rows} times");
+    let all = cluster.psql(&name, "SELECT count(*) FROM scheduled");
+    assert_eq!(all, "2");
+}

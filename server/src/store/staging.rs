@@ -13,6 +13,7 @@ thread_local! {
 }
 
 /// How many versions this thread has encoded in [`insert_version`].
+#[cfg(test)]
 pub fn encoded_on_this_thread() -> u64 {
     ENCODED.with(|n| n.get())
 }
