@@ -57,6 +57,27 @@ fn wait_activation(
     }
 }
 
+/// Waits until `n` check-ins are held by the data server (`lockstep_held_checkins`): every
+/// client has done its first cycles and long-polls, as in steady state.
+fn wait_held(s: &Server, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = String::from_utf8(get(&format!("{}/metrics", s.url), None, &[]).body).unwrap();
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lockstep_held_checkins "))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if held.is_some_and(|h| h >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} check-ins never held: {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn signal(o: &Observer, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &o.pid().to_string()])
@@ -68,20 +89,27 @@ fn signal(o: &Observer, sig: &str) {
 
 #[test]
 fn an_urgent_put_is_live_on_every_client_within_3s_in_lockstep_and_a_stopped_one_lags() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("db"), &["--interval", "10m"]);
+    support::postgres::each_backend_alone(|backend, db| {
+        eprintln!("backend {backend:?}");
+        urgent_put_end_to_end(db);
+    });
+}
+
+fn urgent_put_end_to_end(db: &std::path::Path) {
+    let s = Server::start(db, &["--interval", "10m"]);
     let set = cli(&s, &["interval", "10m", "--urgent-window", "1s"]);
     assert_eq!(set["interval_us"], 600_000_000, "{set:#}");
     put(&s, "price", "p0");
     let observers: Vec<Observer> = ["a", "b", "c", "d"]
         .iter()
-        .map(|n| Observer::start(&s.url, &format!("urgent-{n}"), "price", 300.0, None))
+        .map(|n| Observer::start(&s.url, &format!("urgent-{n}"), "price", 120.0, None))
         .collect();
     for o in &observers {
         o.wait_ready();
     }
 
     // Production's p0 goes live long before the grid point, 5 to 10 minutes away.
+    wait_held(&s, 4);
     let published = cli(&s, &["publish", "--urgent"]);
     assert_eq!(published["queued"], false, "{published:#}");
     for o in &observers {
@@ -102,6 +130,7 @@ fn an_urgent_put_is_live_on_every_client_within_3s_in_lockstep_and_a_stopped_one
     }
 
     // The fourth client cannot download (nor even hear) before the urgent activation.
+    wait_held(&s, 4);
     signal(&observers[3], "-STOP");
     let asked_ns = mono_ns();
     let asked_us = now_us();
