@@ -39,7 +39,7 @@ fn wait_held(s: &Server, n: i64) {
 /// A change of the sync table: the interval, alternately 10 and 5 minutes (each moves the
 /// table's interval, so its ETag).
 fn change_interval(s: &Server, round: usize) {
-    let interval = if round % 2 == 0 { "5m" } else { "10m" };
+    let interval = if round.is_multiple_of(2) { "5m" } else { "10m" };
     admin_post(
         s,
         "/v1/admin/interval",

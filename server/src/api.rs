@@ -452,6 +452,12 @@ async fn time_request(State(state): State<Shared>, request: Request, next: Next)
         .to_owned();
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
+    // A held check-in takes as long as nothing changes: apart, so that it does not hide how
+    // fast check-ins are answered.
+    let route = match response.headers().contains_key(wire::HEADER_HELD) {
+        true => format!("{route} (held)"),
+        false => route,
+    };
     state.metrics.request(
         &route,
         &method,

@@ -112,6 +112,20 @@ fn a_held_check_in_times_out_with_304_and_a_stale_one_is_answered_at_once() {
     // Without wait_ms: today's 304 at once.
     let (status, held, _, _) = held_checkin(&s.url, &now, 0);
     assert_eq!((status, held), (304, false));
+    // The held one's duration is timed apart from the check-ins answered at once.
+    let metrics = get(&format!("{}/metrics", s.url), None, &[]);
+    let text = String::from_utf8_lossy(&metrics.body);
+    let count = |route: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("lockstep_http_request_duration_seconds_count")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains("status=\"304\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(count("/v1/checkin (held)"), Some(1), "{text}");
+    assert_eq!(count("/v1/checkin"), Some(1), "{text}");
 }
 
 #[test]
