@@ -230,3 +230,39 @@ fn held_check_ins_outlive_the_header_and_write_timeouts_and_are_not_idle_near_th
         );
     }
 }
+
+#[test]
+fn a_held_check_in_puts_its_client_in_the_farm_view_when_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir.path().join("db"));
+    let now = etag(&s);
+    let url = s.url.clone();
+    let waiting = std::thread::spawn(move || held_checkin(&url, &now, 20_000));
+    wait_held(&s, 1);
+    // Farm rows are written once a second: the member shows long before its answer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = admin_get(&s, "/v1/admin/status");
+        let names: Vec<String> = status["farm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect();
+        if names.iter().any(|n| n == "lp") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held client is not in the farm view: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(held_now(&s), 1, "answered before its time");
+    admin_post(
+        &s,
+        "/v1/admin/interval",
+        serde_json::json!({ "interval": "5m" }),
+    );
+    assert_eq!(waiting.join().unwrap().0, 200);
+}
