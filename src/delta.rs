@@ -33,11 +33,11 @@
 //! allocated for it, and the version it makes against `max_version_bytes`, so hostile bytes
 //! cost at most a pass over themselves.
 
-use std::collections::TryReserveError;
+use std::collections::{BTreeMap, TryReserveError};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::format::{self, Content, FormatError, VersionBuf};
+use crate::format::{self, FormatError, VersionBuf};
 
 /// First eight bytes of every delta.
 pub const MAGIC: &[u8; 8] = b"LKSTEPD1";
@@ -337,7 +337,21 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
             actual: base_header.checksum,
         });
     }
-    let (_, mut content): (_, Content) = format::decode(base).map_err(DeltaError::Base)?;
+    // The content as borrowed slices: keys and values stay where they lie, in the base and
+    // in the delta, until the encoder copies them into the new version.
+    let aligned;
+    let base = if (base.as_ptr() as usize + format::HEADER_LEN).is_multiple_of(format::ALIGN) {
+        base
+    } else {
+        aligned = format::aligned_copy(base);
+        &aligned[..]
+    };
+    let (_, entries) = format::validate(base).map_err(DeltaError::Base)?;
+    let mut content: BTreeMap<&[u8], &[u8]> = entries
+        .map
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
     for key in &d.deletes {
         if content.remove(*key).is_none() {
             return Err(DeltaError::DoesNotFit(
@@ -346,18 +360,7 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
         }
     }
     for (key, value) in &d.upserts {
-        let mut v = Vec::new();
-        v.try_reserve_exact(value.len())?;
-        v.extend_from_slice(value);
-        match content.get_mut(*key) {
-            Some(old) => *old = v,
-            None => {
-                let mut k = Vec::new();
-                k.try_reserve_exact(key.len())?;
-                k.extend_from_slice(key);
-                content.insert(k, v);
-            }
-        }
+        content.insert(key, value);
     }
     if content.len() as u64 != h.entries {
         return Err(DeltaError::DoesNotFit(
@@ -374,8 +377,12 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
             h.target_len
         )));
     }
-    let out = format::encode(h.version, h.created_us, &content)
-        .map_err(|e| DeltaError::WrongResult(e.to_string()))?;
+    let out = format::encode_sorted(
+        h.version,
+        h.created_us,
+        content.iter().map(|(k, v)| (*k, *v)),
+    )
+    .map_err(|e| DeltaError::WrongResult(e.to_string()))?;
     if out.len() as u64 != h.target_len {
         return Err(DeltaError::WrongResult(format!(
             "{} bytes where {} were named",
@@ -398,6 +405,7 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Content;
 
     const MAX: u64 = 1 << 30;
 

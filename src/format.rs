@@ -183,17 +183,50 @@ pub unsafe fn entries_unchecked(bytes: &[u8]) -> &ArchivedEntries {
     unsafe { rkyv::access_unchecked::<ArchivedEntries>(&bytes[HEADER_LEN..]) }
 }
 
-/// [`Entries`] archived straight from a [`Content`], in key order, without a copy into a
-/// `HashMap`. The archive is the same type; what changes is that the bytes depend on the
-/// content alone. Through a `HashMap` they depended on its random iteration order, so two
-/// encodings of one content differed, and a client that rebuilds a version from a delta
-/// (see [`crate::delta`]) must encode exactly the bytes the data server encoded.
-struct SortedEntries<'a>(&'a Content);
+/// [`Entries`] archived straight from key-ordered pairs, without a copy into a `HashMap`. The
+/// archive is the same type; what changes is that the bytes depend on the content alone.
+/// Through a `HashMap` they depended on its random iteration order, so two encodings of one
+/// content differed, and a client that rebuilds a version from a delta (see
+/// [`crate::delta`]) must encode exactly the bytes the data server encoded.
+struct SortedEntries<I>(I);
+
+/// Borrowed bytes archived exactly as a `Vec<u8>` is (the same bytes, the same hash), so that
+/// a version can be encoded from slices of other buffers without copying them first.
+#[derive(PartialEq, Eq)]
+struct Slice<'a>(&'a [u8]);
+
+impl std::hash::Hash for Slice<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // What `Vec<u8>`'s `Hash` does: the slice's.
+        self.0.hash(state)
+    }
+}
+
+impl rkyv::Archive for Slice<'_> {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: rkyv::vec::VecResolver, out: rkyv::Place<ArchivedVec<u8>>) {
+        ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for Slice<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<rkyv::vec::VecResolver, S::Error> {
+        ArchivedVec::<u8>::serialize_from_slice(self.0, serializer)
+    }
+}
 
 /// rkyv's own load factor for a `HashMap`, kept so that lookups probe as before.
 const LOAD_FACTOR: (usize, usize) = (7, 8);
 
-impl rkyv::Archive for SortedEntries<'_> {
+impl<'a, I> rkyv::Archive for SortedEntries<I>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + ExactSizeIterator + Clone,
+{
     type Archived = ArchivedEntries;
     type Resolver = HashMapResolver;
 
@@ -203,28 +236,54 @@ impl rkyv::Archive for SortedEntries<'_> {
     }
 }
 
-impl<S> rkyv::Serialize<S> for SortedEntries<'_>
+impl<'a, I, S> rkyv::Serialize<S> for SortedEntries<I>
 where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + ExactSizeIterator + Clone,
     S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized,
     S::Error: rancor::Source,
 {
     fn serialize(&self, serializer: &mut S) -> Result<HashMapResolver, S::Error> {
+        let pairs = self.0.clone().map(|(k, v)| (Slice(k), Slice(v)));
         ArchivedHashMap::<ArchivedVec<u8>, ArchivedVec<u8>>::serialize_from_iter::<
             _,
             _,
             _,
-            Vec<u8>,
-            Vec<u8>,
+            Slice,
+            Slice,
             _,
-        >(self.0.iter(), LOAD_FACTOR, serializer)
+        >(pairs, LOAD_FACTOR, serializer)
     }
 }
 
-/// Encodes a version. Called once per version, by the data server at rotation, and by a
-/// client rebuilding a version from a delta: the same content always gives the same bytes.
+/// Encodes a version. Called once per version, by the data server at rotation: the same
+/// content always gives the same bytes.
 pub fn encode(version: u64, created_us: i64, entries: &Content) -> Result<VersionBuf, FormatError> {
-    let root = SortedEntries(entries);
-    let mut buf = VersionBuf::try_with_capacity(HEADER_LEN + estimate_payload(entries))
+    encode_sorted(
+        version,
+        created_us,
+        entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+    )
+}
+
+/// [`encode`] from borrowed pairs, which must be in strictly ascending key order (as a
+/// `BTreeMap` iterates): a client rebuilding a version from a delta encodes the keys and values
+/// where they lie, in the version it holds and in the delta, without copying them.
+pub fn encode_sorted<'a, I>(
+    version: u64,
+    created_us: i64,
+    pairs: I,
+) -> Result<VersionBuf, FormatError>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + ExactSizeIterator + Clone,
+{
+    let count = pairs.len();
+    let estimate = pairs
+        .clone()
+        .map(|(k, v)| k.len() + v.len() + 32)
+        .sum::<usize>()
+        + 64;
+    let root = SortedEntries(pairs);
+    let mut buf = VersionBuf::try_with_capacity(HEADER_LEN + estimate)
         .map_err(|e| FormatError::Encode(e.to_string()))?;
     buf.try_extend_from_slice(&[0u8; HEADER_LEN])
         .map_err(|e| FormatError::Encode(e.to_string()))?;
@@ -239,20 +298,12 @@ pub fn encode(version: u64, created_us: i64, entries: &Content) -> Result<Versio
         h[16..24].copy_from_slice(&version.to_le_bytes());
         h[24..32].copy_from_slice(&created_us.to_le_bytes());
         h[32..40].copy_from_slice(&payload_len.to_le_bytes());
-        h[40..48].copy_from_slice(&(entries.len() as u64).to_le_bytes());
+        h[40..48].copy_from_slice(&(count as u64).to_le_bytes());
         h[48..56].copy_from_slice(&0u64.to_le_bytes());
     }
     let sum = checksum_of(&buf[..56], &buf[HEADER_LEN..]);
     buf[56..64].copy_from_slice(&sum.to_le_bytes());
     Ok(buf)
-}
-
-fn estimate_payload(entries: &Content) -> usize {
-    entries
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 32)
-        .sum::<usize>()
-        + 64
 }
 
 /// Copies bytes into a buffer with the alignment [`validate`] needs.
