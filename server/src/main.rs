@@ -713,7 +713,7 @@ fn start_prepare_thread(store: Arc<store::Store>) -> Result<(), String> {
             if let Err(e) = store.prepare_next(clock::now_us()) {
                 tracing::debug!("building the next version ahead failed: {e}");
             }
-            std::thread::sleep(store.prepare_poll(clock::now_us()));
+            store.prepare_wait(store.prepare_poll(clock::now_us()));
         })
         .map(drop)
         .map_err(|e| format!("cannot start the preparing thread: {e}"))

@@ -276,6 +276,9 @@ pub struct Store {
     prepare_took_us: std::sync::atomic::AtomicI64,
     /// The last basis [`Store::restage_stale`] built for, so that it builds once per state.
     restaged: std::sync::Mutex<Option<prepare::Basis>>,
+    /// Set (and told) after a rotation of this process: the preparing thread looks for a
+    /// restage at once rather than at its next poll (see [`Store::prepare_wait`]).
+    rotated: (std::sync::Mutex<bool>, std::sync::Condvar),
     /// Held by the one request of this process that goes on to the write transaction of a
     /// due rotation (see [`Store::rotate_if_due`]), with when and why the last one failed.
     rotating: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -485,6 +488,7 @@ impl Store {
             prepared: std::sync::Mutex::new(None),
             prepare_took_us: std::sync::atomic::AtomicI64::new(0),
             restaged: std::sync::Mutex::new(None),
+            rotated: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
             rotating: std::sync::Mutex::new(None),
             sync: SyncCache::default(),
             versions: VersionCache::default(),
@@ -620,6 +624,9 @@ impl Store {
         let rotated = rotated?;
         self.sync.remember(rotated.0);
         if rotated.1 {
+            // A restage due after it has only the window before T' to be downloaded in.
+            *self.rotated.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.rotated.1.notify_all();
             tracing::info!(
                 by,
                 active = rotated.0.active_version,
@@ -640,6 +647,20 @@ impl Store {
             );
         }
         Ok(rotated)
+    }
+
+    /// The preparing thread's sleep between two rounds: `timeout`, or until this process
+    /// rotates.
+    pub fn prepare_wait(&self, timeout: std::time::Duration) {
+        let (flag, told) = &self.rotated;
+        let mut rotated = flag.lock().unwrap_or_else(|e| e.into_inner());
+        if !*rotated {
+            rotated = told
+                .wait_timeout(rotated, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *rotated = false;
     }
 
     /// How long the preparing thread may sleep between two calls of [`Store::prepare_next`].
