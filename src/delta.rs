@@ -233,18 +233,50 @@ pub fn parse(bytes: &[u8], max_version_bytes: u64) -> Result<Delta<'_>, DeltaErr
 /// Encodes the changes that turn `base` into `target` (both encoded versions). The data
 /// server calls this once per pair and caches the bytes.
 pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let (base_header, old) = format::decode(base).map_err(DeltaError::Base)?;
-    let (target_header, new) = format::decode(target).map_err(DeltaError::Base)?;
-    let deletes: Vec<&[u8]> = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .map(Vec::as_slice)
-        .collect();
-    let upserts: Vec<(&[u8], &[u8])> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
+    let (base_copy, target_copy);
+    let base = match is_aligned(base) {
+        true => base,
+        false => {
+            base_copy = format::aligned_copy(base);
+            &base_copy[..]
+        }
+    };
+    let target = match is_aligned(target) {
+        true => target,
+        false => {
+            target_copy = format::aligned_copy(target);
+            &target_copy[..]
+        }
+    };
+    let (base_header, old) = sorted_pairs(base)?;
+    let (target_header, new) = sorted_pairs(target)?;
+    // Both lists in key order: one merge pass finds what went and what came or changed.
+    let (mut deletes, mut upserts) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(&(ok, _)), Some(&(nk, _))) if ok < nk => {
+                deletes.push(ok);
+                i += 1;
+            }
+            (Some(&(ok, ov)), Some(&(nk, nv))) if ok == nk => {
+                if ov != nv {
+                    upserts.push((nk, nv));
+                }
+                i += 1;
+                j += 1;
+            }
+            (_, Some(&pair)) => {
+                upserts.push(pair);
+                j += 1;
+            }
+            (Some(&(ok, _)), None) => {
+                deletes.push(ok);
+                i += 1;
+            }
+            (None, None) => unreachable!("the loop runs while either list has more"),
+        }
+    }
     encode(
         &Header {
             base_checksum: base_header.checksum,
@@ -260,6 +292,26 @@ pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
         &deletes,
         &upserts,
     )
+}
+
+fn is_aligned(version: &[u8]) -> bool {
+    (version.as_ptr() as usize + format::HEADER_LEN).is_multiple_of(format::ALIGN)
+}
+
+/// A validated version's keys and values, borrowed from its bytes, in key order.
+#[allow(clippy::type_complexity)]
+fn sorted_pairs(version: &[u8]) -> Result<(format::Header, Vec<(&[u8], &[u8])>), DeltaError> {
+    let (header, entries) = format::validate(version).map_err(DeltaError::Base)?;
+    let mut pairs = Vec::new();
+    pairs.try_reserve_exact(entries.map.len())?;
+    pairs.extend(
+        entries
+            .map
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice())),
+    );
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    Ok((header, pairs))
 }
 
 /// Lays out a delta from its parts (`header.deletes`, `upserts` and `body_len` are taken from
@@ -340,7 +392,7 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
     // The content as borrowed slices: keys and values stay where they lie, in the base and
     // in the delta, until the encoder copies them into the new version.
     let aligned;
-    let base = if (base.as_ptr() as usize + format::HEADER_LEN).is_multiple_of(format::ALIGN) {
+    let base = if is_aligned(base) {
         base
     } else {
         aligned = format::aligned_copy(base);
