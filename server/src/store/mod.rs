@@ -787,13 +787,21 @@ impl Store {
         let Some(basis) = self.read(|tx| prepare::restage_basis(tx, now_us))? else {
             return Ok(false);
         };
-        {
-            let mut tried = self.restaged.lock().unwrap_or_else(|e| e.into_inner());
-            if *tried == Some(basis) {
-                return Ok(false);
-            }
-            *tried = Some(basis);
+        if *self.restaged.lock().unwrap_or_else(|e| e.into_inner()) == Some(basis) {
+            return Ok(false);
         }
+        // Remembered only once it ends (restaged, or gave way): an error on the way (a busy
+        // database, a reconnect) is tried again at the next round, or the edits it carries
+        // would wait for T''.
+        let out = self.restage_basis_once(basis, now_us);
+        if out.is_ok() {
+            *self.restaged.lock().unwrap_or_else(|e| e.into_inner()) = Some(basis);
+        }
+        out
+    }
+
+    /// [`Store::restage_stale`] for `basis`, once.
+    fn restage_basis_once(&self, basis: prepare::Basis, now_us: i64) -> Result<bool> {
         let still = |tx: &mut dyn Tx| -> Result<bool> {
             Ok(prepare::restage_basis(tx, clock::now_us())? == Some(basis))
         };

@@ -356,6 +356,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restage_after_t_that_failed_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        s.rotate_if_due(t + 1, "test").unwrap();
+        // The database refuses the version row once (as a busy database or a reconnect
+        // would fail the transaction), after the bytes were stored.
+        let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+        db.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON versions
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+        let err = s.restage_stale(t + 2).unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        db.execute_batch("DROP TRIGGER refuse").unwrap();
+        assert!(
+            s.restage_stale(t + 3).unwrap(),
+            "the failed restage was not tried again"
+        );
+        assert_eq!(staged_price(&s), b"b");
+        assert_eq!(newest_reason(&s), super::RESTAGED);
+    }
+
+    #[test]
     fn a_restage_after_t_gives_way_to_a_staged_version_changed_since() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
