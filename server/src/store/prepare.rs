@@ -137,11 +137,19 @@ pub const RESTAGED: &str = "rotation, restaged with the edits made after its bui
 /// T while production moved on since (an edit or a schedule too late to build for: a
 /// [`STALE`] version, or the staged version kept, see [`unchanged`]), and the staged version
 /// is still the one it staged. Only while clients have the minimum window left to download
-/// the restaged version before its activation time. `due_us` is the activation time the
-/// rotation was for, `next_us` the one the restaged version goes live at. A few small reads.
+/// the restaged version before its activation time, and a check-in period to hear of it.
+/// `due_us` is the activation time the rotation was for, `next_us` the one the restaged
+/// version goes live at. A few small reads.
 pub fn restage_basis(tx: &mut dyn Tx, now_us: i64) -> Result<Option<Basis>> {
     let (sync, production_gen) = tx.sync()?;
-    if now_us.saturating_add(sync.min_window_us) > sync.activation_time_us {
+    // A client that does not long-poll hears of the restage at its next check-in, up to a
+    // check-in period away: later than that before T', it may activate the version staged
+    // now while the rest switch to the restaged one. The version then stays as staged and
+    // the edits it lacks go live at the activation after T'.
+    let lead = sync
+        .min_window_us
+        .max(rotation::checkin_period_us(sync.interval_us));
+    if now_us.saturating_add(lead) > sync.activation_time_us {
         return Ok(None);
     }
     let Some(due_us) = tx.last_rotation()? else {
@@ -381,6 +389,33 @@ mod tests {
         );
         assert_eq!(staged_price(&s), b"b");
         assert_eq!(newest_reason(&s), super::RESTAGED);
+    }
+
+    #[test]
+    fn no_restage_after_t_later_than_a_checkin_period_before_its_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        // Clients check in every 15 s; the minimum window is 1 s.
+        let settings = SyncSettings {
+            interval_us: 60 * S,
+            min_window_us: S,
+        };
+        let at = Location::Sqlite(dir.path().join("db"));
+        let s = Store::open(&at, settings, crate::clock::now_us()).unwrap();
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S / 2).unwrap());
+        put(&s, "b");
+        let (sync, _) = s.rotate_if_due(t + 1, "test").unwrap();
+        let t_next = sync.activation_time_us;
+        // Inside the window's lead but not a check-in period's: a client that checked in
+        // just before would activate the version staged now at T'.
+        assert!(
+            !s.restage_stale(t_next - 10 * S).unwrap(),
+            "restaged less than a check-in period before its activation"
+        );
+        assert_eq!(staged_price(&s), b"a");
+        assert!(s.restage_stale(t_next - 16 * S).unwrap());
+        assert_eq!(staged_price(&s), b"b");
     }
 
     #[test]
