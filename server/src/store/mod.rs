@@ -149,6 +149,10 @@ pub struct UrgentOutcome {
     pub already_live: bool,
 }
 
+/// Why a version was made, for a change scheduled for the staged activation while a restage
+/// after T was due (see [`Store::schedule`]).
+pub const SCHEDULED_RESTAGE: &str = "scheduled, with the edits made after the rotation's build";
+
 /// The longest urgent window: an urgent change that may take longer is an ordinary one.
 pub const MAX_URGENT_WINDOW_US: i64 = 10 * 60 * 1_000_000;
 
@@ -906,13 +910,38 @@ impl Store {
                     })?;
                 return Ok(live.max(sync.activation_time_us));
             }
-            let mut content = staging::version_content(tx, sync.staged_version)?;
-            change.apply_to(&mut content);
-            tx.write_production(change, by, now_us)?;
-            tx.bump_production_gen()?;
-            // The restaged version is not production (other edits may wait in production for
-            // the next rotation), so it gets a generation no production state has.
-            let v = staging::restage(tx, sync.staged_version, &content, -1, now_us, "scheduled")?;
+            // A restage after T that is due carries production's edits to T' (the staged
+            // version is a build production moved on from): built on the staged version, this
+            // one would cancel it and those edits would wait for T''.
+            let v = match prepare::restage_basis(tx, now_us)? {
+                Some(basis) => {
+                    tx.write_production(change, by, now_us)?;
+                    tx.bump_production_gen()?;
+                    let gen = tx.sync()?.1;
+                    let v = staging::restage_production(
+                        tx,
+                        sync.staged_version,
+                        gen,
+                        now_us,
+                        SCHEDULED_RESTAGE,
+                    )?;
+                    if v != sync.staged_version {
+                        tx.relog_staged(basis.due_us, sync.staged_version, v)?;
+                    }
+                    tx.set_restage_due(basis.due_us, false)?;
+                    v
+                }
+                None => {
+                    let mut content = staging::version_content(tx, sync.staged_version)?;
+                    change.apply_to(&mut content);
+                    tx.write_production(change, by, now_us)?;
+                    tx.bump_production_gen()?;
+                    // The restaged version is not production (other edits may wait in
+                    // production for the next rotation), so it gets a generation no
+                    // production state has.
+                    staging::restage(tx, sync.staged_version, &content, -1, now_us, "scheduled")?
+                }
+            };
             tx.mark_applied(id, v)?;
             Ok(sync.activation_time_us)
         })

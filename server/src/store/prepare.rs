@@ -419,6 +419,39 @@ mod tests {
     }
 
     #[test]
+    fn a_change_scheduled_for_t_next_while_a_restage_is_due_keeps_the_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        let (sync, _) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert_eq!(newest_reason(&s), super::STALE);
+        // Before the restage: a change for T', which rebuilds the staged version.
+        let change = Change::Put(b"fee".to_vec(), b"scheduled".to_vec());
+        let live = s
+            .schedule(&change, t + 3 * S, "test", t + 2, &super::super::unaudited)
+            .unwrap();
+        assert_eq!(live, sync.activation_time_us);
+        let after = s.sync_table().unwrap();
+        let content = s.version_content(after.staged_version).unwrap();
+        assert_eq!(
+            content[&b"price"[..]],
+            b"b",
+            "the edit after the build waits for T''"
+        );
+        assert_eq!(content[&b"fee"[..]], b"scheduled");
+        assert_eq!(after.activation_time_us, sync.activation_time_us);
+        let logged = s.rotations().unwrap();
+        let at_t = logged.iter().find(|r| r.activation_time_us == t).unwrap();
+        assert_eq!(at_t.staged_version, after.staged_version);
+        // Nothing left for the preparing thread.
+        assert!(!s.restage_stale(t + 3).unwrap());
+        assert_eq!(s.sync_table().unwrap().staged_version, after.staged_version);
+    }
+
+    #[test]
     fn a_restage_after_t_gives_way_to_a_staged_version_changed_since() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
