@@ -166,11 +166,21 @@ pub const MAX_URGENT_WINDOW_US: i64 = 10 * 60 * 1_000_000;
 ///   live before its time);
 /// - otherwise the request is queued: the rotation at T takes now + the window as its next
 ///   activation instead of the grid point (see [`rotation`]), with production staged for it.
-fn urgent_in(tx: &mut dyn Tx, by: &str, now_us: i64) -> Result<UrgentOutcome> {
+///
+/// With `may_restage` false it queues rather than restages. A restage whose encode took so long
+/// that T is no longer a check-in period after U (counted from the encode's end) clears it and
+/// fails, so that the caller runs the transaction again, queued (see [`Store::write_urgent`]).
+fn urgent_in(
+    tx: &mut dyn Tx,
+    by: &str,
+    now_us: i64,
+    may_restage: &mut bool,
+) -> Result<UrgentOutcome> {
     // A due rotation first: its activation has happened for every client already.
     rotation::rotate_if_due(tx, now_us, by, None)?;
     // The write lock may have been waited for.
-    let now_us = now_us.max(clock::now_us());
+    let started = clock::now_us();
+    let now_us = now_us.max(started);
     let (sync, gen) = tx.sync()?;
     let (window, _) = tx.urgent_state()?;
     let t = sync.activation_time_us;
@@ -198,8 +208,24 @@ fn urgent_in(tx: &mut dyn Tx, by: &str, now_us: i64) -> Result<UrgentOutcome> {
         // Staged for T already, which is sooner than a queued request could be.
         return Ok(out);
     }
-    if heard_before_t && !pending && !tx.scheduled_within(u, t)? {
+    if *may_restage && heard_before_t && !pending && !tx.scheduled_within(u, t)? {
         out.version = staging::restage_production(tx, sync.staged_version, gen, now_us, "urgent")?;
+        // Reading production and encoding it take seconds at a million keys, longer than
+        // the window: U counts from their end, so that it is still ahead when clients hear
+        // of it. A later U holds fewer scheduled changes before T, but may leave less than a
+        // check-in period.
+        let u = u
+            .checked_add(clock::now_us().saturating_sub(started).max(0))
+            .ok_or_else(|| overflow("the urgent activation time"))?;
+        if u.checked_add(rotation::checkin_period_us(sync.interval_us))
+            .is_none_or(|heard| heard > t)
+        {
+            *may_restage = false;
+            return Err(StoreError::Conflict(
+                "the urgent restage took too long for the staged activation time; it is queued"
+                    .into(),
+            ));
+        }
         tx.set_cycle(sync.interval_us, sync.min_window_us, u)?;
         tx.insert_urgent_activation(u, by, now_us)?;
         // A request queued before is in production too, and goes live sooner here.
@@ -1065,7 +1091,22 @@ impl Store {
         now_us: i64,
         audit: AuditOf<UrgentOutcome>,
     ) -> Result<UrgentOutcome> {
-        self.write_audited(audit, |tx| urgent_in(tx, by, now_us))
+        self.write_urgent(audit, |tx, may| urgent_in(tx, by, now_us, may))
+    }
+
+    /// [`Store::write_audited`] of an urgent request: run again, queued, if its restage
+    /// took too long (see [`urgent_in`]).
+    fn write_urgent<T>(
+        &self,
+        audit: AuditOf<T>,
+        mut f: impl FnMut(&mut dyn Tx, &mut bool) -> Result<T>,
+    ) -> Result<T> {
+        let mut may_restage = true;
+        let first = self.write_audited(audit, |tx| f(tx, &mut may_restage));
+        if first.is_ok() || may_restage {
+            return first;
+        }
+        self.write_audited(audit, |tx| f(tx, &mut may_restage))
     }
 
     /// [`Store::apply`] and [`Store::urgent`] in one transaction: the changes go live at once
@@ -1077,7 +1118,7 @@ impl Store {
         now_us: i64,
         audit: AuditOf<(u64, UrgentOutcome)>,
     ) -> Result<(u64, UrgentOutcome)> {
-        self.write_audited(audit, |tx| {
+        self.write_urgent(audit, |tx, may| {
             let mut changed = 0u64;
             for c in changes {
                 changed += u64::from(tx.write_production(c, by, now_us)?);
@@ -1085,7 +1126,7 @@ impl Store {
             if changed > 0 {
                 tx.bump_production_gen()?;
             }
-            Ok((changed, urgent_in(tx, by, now_us)?))
+            Ok((changed, urgent_in(tx, by, now_us, may)?))
         })
     }
 
@@ -1099,12 +1140,12 @@ impl Store {
         audit: AuditOf<(RollbackOutcome, UrgentOutcome)>,
     ) -> Result<(RollbackOutcome, UrgentOutcome)> {
         self.rotate_if_due(now_us, by)?;
-        self.write_audited(audit, |tx| {
+        self.write_urgent(audit, |tx, may| {
             rotation::rotate_if_due(tx, now_us, by, None)?;
             let t = tx.sync()?.0.activation_time_us;
             let stage = tx.urgent_activations(t, t)?.is_empty();
             let mut out = rollback_in(tx, version, false, discard_edits, stage, by, now_us)?;
-            let urgent = urgent_in(tx, by, now_us)?;
+            let urgent = urgent_in(tx, by, now_us, may)?;
             out.activation_time_us = urgent.live_at_us;
             Ok((out, urgent))
         })

@@ -319,3 +319,60 @@ fn a_queued_urgent_rotation_never_stages_a_version_built_ahead_for_the_grid_poin
         assert_eq!(staged_price(s).as_deref(), Some("later"));
     });
 }
+
+/// A SQLite store whose production holds `keys` keys (the urgent restage reads and encodes
+/// them all, which takes long in a debug build), staged and active before the edit.
+fn sqlite_with_keys(dir: &std::path::Path, keys: u32) -> Store {
+    let settings = SyncSettings {
+        interval_us: INTERVAL,
+        min_window_us: WINDOW,
+    };
+    let s = Store::open(&Location::Sqlite(dir.join("db")), settings, clock::now_us()).unwrap();
+    let changes: Vec<Change> = (0..keys)
+        .map(|i| Change::Put(format!("key-{i:08}").into_bytes(), vec![b'v'; 32]))
+        .collect();
+    s.apply(&changes, "test", clock::now_us(), &unaudited)
+        .unwrap();
+    s
+}
+
+#[test]
+fn the_urgent_time_counts_from_the_end_of_the_encode() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sqlite_with_keys(dir.path(), 200_000);
+    s.set_urgent_window(7 * S / 10, &unaudited).unwrap();
+    let asked = clock::now_us();
+    let out = urgent_put(&s, "urgent", asked);
+    let answered = clock::now_us();
+    assert!(!out.queued, "{out:?}");
+    let u = s.sync_table().unwrap().activation_time_us;
+    eprintln!(
+        "urgent request took {} ms; U is {} ms after the answer",
+        (answered - asked) / 1000,
+        (u - answered) / 1000
+    );
+    // Clients hear of U only after the commit: it must still be ahead then.
+    assert!(
+        u > answered,
+        "U passed before the commit: {u} <= {answered}"
+    );
+    assert_eq!(out.live_at_us, u);
+}
+
+#[test]
+fn an_urgent_restage_that_took_too_long_for_t_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sqlite_with_keys(dir.path(), 20_000);
+    let before = s.sync_table().unwrap();
+    let t = before.activation_time_us;
+    // U + a check-in period (15 s at a 10-minute interval) is 1 ms short of T when the
+    // request starts, and after the restage's reads and encode it is past T.
+    let now = t - 15 * S - S - 1_000;
+    let out = urgent_put(&s, "urgent", now);
+    assert!(out.queued, "{out:?}");
+    let after = s.sync_table().unwrap();
+    assert_eq!(after.activation_time_us, t, "the activation time moved");
+    assert_eq!(after.staged_version, before.staged_version);
+    assert_eq!(staged_price(&s), None);
+    assert!(s.production_get(b"price").unwrap().is_some());
+}
