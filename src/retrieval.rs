@@ -419,6 +419,9 @@ struct Retriever {
     /// In a `fork()` child until its first check-in: the parent's disarmed versions, which
     /// may be re-armed without a download if the data server still means them.
     inherited: Option<Vec<Arc<Version>>>,
+    /// A staged version downloaded for a table read too long before (see
+    /// [`check_in_before_arming`]): armed after the next check-in if it still names it.
+    downloaded: Option<Arc<Version>>,
     /// Leadership of the host cache, once this handle has it.
     lead: Option<LeaderLock>,
     /// When to try for the leadership next (CLOCK_MONOTONIC ns).
@@ -475,6 +478,36 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// The longest a client goes between check-ins while it follows a table with this interval
+/// (ns); the data server counts on it (see `wire::CHECKIN_PERIOD_MIN_US`).
+fn checkin_period_ns(interval_us: i64) -> i64 {
+    clamp_ns(
+        interval_us.saturating_mul(1000) / 4,
+        wire::CHECKIN_PERIOD_MIN_US * 1000,
+        wire::CHECKIN_PERIOD_MAX_US * 1000,
+    )
+}
+
+/// Whether a staged version downloaded for a table read at `read_ns` must wait for another
+/// check-in before it is armed for `at_ns` (all monotonic ns; `poll_ns` the check-in period,
+/// `error_ns` the clock error). The data server replaces a staged version (a restage, an
+/// urgent activation) only while every client has a check-in period left to hear of it, so
+/// one that was read less than that before its activation time needs no second look. Armed
+/// now with its activation less than a period away (or past), the next check-in comes only
+/// after it: if the read was longer before it than that, the data server may have replaced
+/// the version during the download, and arming it would activate what the farm does not.
+fn check_in_before_arming(
+    read_ns: i64,
+    now_ns: i64,
+    at_ns: i64,
+    poll_ns: i64,
+    error_ns: i64,
+) -> bool {
+    let hears_before = at_ns.saturating_sub(now_ns) >= poll_ns;
+    let replaceable_since_read = at_ns.saturating_sub(read_ns).saturating_add(error_ns) > poll_ns;
+    !hears_before && replaceable_since_read
+}
+
 fn clamp_ns(v: i64, lo: i64, hi: i64) -> i64 {
     v.max(lo).min(hi)
 }
@@ -509,6 +542,7 @@ impl Retriever {
             pid,
             failures: 0,
             inherited,
+            downloaded: None,
             lead: None,
             next_lead_try_ns: 0,
             next_member_ns: 0,
@@ -1413,6 +1447,7 @@ impl Retriever {
         });
         self.shared.activation.disarm_others(keep, mono_ns());
 
+        let downloaded = self.downloaded.take();
         if table.staged_version != table.active_version {
             let at = est.mono_at(table.activation_time_us);
             let armed = self
@@ -1420,13 +1455,25 @@ impl Retriever {
                 .activation
                 .armed_version(table.staged_version)
                 .filter(|(v, _)| self.announced_matches(v));
-            let version = match armed {
-                Some((v, _)) => v,
-                None if held == table.staged_version => {
+            let downloaded = downloaded
+                .filter(|v| v.number() == table.staged_version && self.announced_matches(v));
+            let version = match (armed, downloaded) {
+                (Some((v, _)), _) => v,
+                (None, _) if held == table.staged_version => {
                     // Already active (we are a hair ahead of the data server).
                     return Ok(now + 10_000_000 + self.rng.i64(0..10_000_000));
                 }
-                None => self.obtain(table.staged_version)?,
+                // Downloaded in the last cycle, and this check-in still names it.
+                (None, Some(v)) => v,
+                (None, None) => {
+                    let v = self.obtain(table.staged_version)?;
+                    let poll = checkin_period_ns(table.interval_us);
+                    if check_in_before_arming(now, mono_ns(), at, poll, est.error_us * 1000) {
+                        self.downloaded = Some(v);
+                        return Ok(mono_ns());
+                    }
+                    v
+                }
             };
             let before = self.shared.activation.current_number();
             self.shared
@@ -1451,11 +1498,7 @@ impl Retriever {
         let at = est.mono_at(table.activation_time_us);
         // The data server counts on this cadence (see `wire::CHECKIN_PERIOD_MIN_US`) when it
         // moves an activation earlier and when it decides a member has gone silent.
-        let poll = clamp_ns(
-            table.interval_us * 1000 / 4,
-            wire::CHECKIN_PERIOD_MIN_US * 1000,
-            wire::CHECKIN_PERIOD_MAX_US * 1000,
-        );
+        let poll = checkin_period_ns(table.interval_us);
         // Spread the check-ins that follow an activation so the farm does not stampede the
         // data server; the first one to arrive performs the rotation.
         let spread = clamp_ns(table.min_window_us * 1000 / 10, 1_000_000, 1_000_000_000);
@@ -1597,6 +1640,66 @@ mod backoff_tests {
             .max()
             .unwrap();
         assert!(longest <= 30_000 * MS && longest > 27_000 * MS);
+    }
+}
+
+#[cfg(test)]
+mod arming_tests {
+    use super::{check_in_before_arming, checkin_period_ns};
+
+    const MS: i64 = 1_000_000;
+
+    #[test]
+    fn a_long_download_checks_in_again_before_arming_a_version_that_may_be_replaced() {
+        // A 10 s interval: check-ins every 2.5 s.
+        let poll = checkin_period_ns(10_000_000);
+        assert_eq!(poll, 2_500 * MS);
+        let read = 1_000_000 * MS;
+        let at = read + 8_000 * MS;
+        // A quick download, T still 8 s off: the next check-in comes before T.
+        assert!(!check_in_before_arming(read, read + 50 * MS, at, poll, MS));
+        // A download of 6 s: T is 2 s off, the next check-in only after it, and the data
+        // server could have replaced the version from 2.5 s after the read on.
+        assert!(check_in_before_arming(
+            read,
+            read + 6_000 * MS,
+            at,
+            poll,
+            MS
+        ));
+        // T passed during the download.
+        assert!(check_in_before_arming(
+            read,
+            read + 9_000 * MS,
+            at,
+            poll,
+            MS
+        ));
+        // Read less than a check-in period before T: nothing could replace it since.
+        let soon = read + 2_000 * MS;
+        assert!(!check_in_before_arming(
+            read,
+            read + 1_000 * MS,
+            soon,
+            poll,
+            MS
+        ));
+        // The clock error counts against it.
+        let edge = read + poll;
+        assert!(!check_in_before_arming(
+            read,
+            read + 100 * MS,
+            edge,
+            poll,
+            0
+        ));
+        assert!(check_in_before_arming(
+            read,
+            read + 100 * MS,
+            edge,
+            poll,
+            MS
+        ));
     }
 }
 
