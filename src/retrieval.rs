@@ -368,6 +368,11 @@ const LONG_POLL_MIN_NS: i64 = 1_000_000_000;
 /// The longest one, jittered between the two so that a farm's held check-ins do not end
 /// together (the data server caps it at [`wire::MAX_WAIT_MS`]).
 const LONG_POLL_MAX_MS: std::ops::RangeInclusive<u64> = 30_000..=45_000;
+/// A data server that answered a long-poll check-in at once is slept for this many check-in
+/// periods, at most [`NO_LONG_POLL_MAX_NS`], then tried again: an upgrade is noticed, and an
+/// old one costs a long-poll answered at once every few minutes.
+const NO_LONG_POLL_INTERVALS: i64 = 20;
+const NO_LONG_POLL_MAX_NS: i64 = 300_000_000_000;
 
 fn run(shared: Arc<Shared>, control: Arc<Control>) {
     run_until_stopped(shared, &control);
@@ -446,8 +451,9 @@ struct Retriever {
     /// [`Retriever::long_poll`]): no second one while it lasts.
     polling: Option<Arc<Mutex<Option<Heard>>>>,
     /// A data server (index into the `url` list) that answered a long-poll check-in at once,
-    /// without holding it: one that predates long-poll, which is slept for instead.
-    no_long_poll: Option<usize>,
+    /// without holding it: one that predates long-poll, which is slept for instead until the
+    /// monotonic instant given (it may be upgraded meanwhile).
+    no_long_poll: Option<(usize, i64)>,
 }
 
 /// A switch of what readers see, for the proof of activation (see [`wire::SwitchReport`]).
@@ -633,7 +639,9 @@ impl Retriever {
             && self.failures == 0
             && self.etag.is_some()
             && self.table.is_some()
-            && self.no_long_poll != Some(self.server)
+            && !self
+                .no_long_poll
+                .is_some_and(|(server, until)| server == self.server && mono_ns() < until)
             && until - mono_ns() >= LONG_POLL_MIN_NS
     }
 
@@ -673,16 +681,20 @@ impl Retriever {
                 Waited::TimedOut
             }
             Waited::Got(Ok(resp)) => {
-                let held = resp.headers().contains_key(wire::HEADER_HELD);
-                match (resp.status().as_u16(), held) {
+                let held = resp.headers().get(wire::HEADER_HELD);
+                // Busy: it holds as many as it may; long-poll again after the next check-in.
+                let busy = held.is_some_and(|v| v == wire::HELD_BUSY);
+                match (resp.status().as_u16(), held.is_some() && !busy) {
                     (200, true) => {
                         self.heard = Some(resp);
                         Waited::Got(())
                     }
                     // Changed before it could be held: an ordinary check-in fetches it.
                     (200, false) => Waited::Got(()),
-                    (304, false) => {
-                        self.no_long_poll = Some(self.server);
+                    (304, false) if !busy => {
+                        let retry = (NO_LONG_POLL_INTERVALS * self.interval_ns())
+                            .clamp(LONG_POLL_MIN_NS, NO_LONG_POLL_MAX_NS);
+                        self.no_long_poll = Some((self.server, mono_ns() + retry));
                         sleep_rest(control, until)
                     }
                     // Its time ran out, or an error the planned check-in will meet.

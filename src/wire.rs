@@ -281,6 +281,12 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// Present (`1`) on a check-in answer the data server held: its time headers bracket the
 /// wait, so it is no clock sample.
 pub const HEADER_HELD: &str = "x-lockstep-held";
+/// [`HEADER_HELD`]'s value on an answer the data server held.
+pub const HELD_YES: &str = "1";
+/// [`HEADER_HELD`]'s value on a long-poll check-in's 304 answered at once because the data
+/// server holds as many as it may (`--max-held-checkins`): not a server without long-poll;
+/// the client sleeps until its next check-in and long-polls again after it.
+pub const HELD_BUSY: &str = "0";
 
 /// Query parameters of a check-in's switch report ([`CheckinQuery`]'s `sw_*` fields).
 pub const QUERY_SINCE: &str = "since_us";

@@ -50,7 +50,12 @@ fn change_interval(s: &Server, round: usize) {
 /// A data server with a 10-minute interval whose version active and staged holds k=one
 /// (reached with a 1 s interval first).
 fn slow_server(dir: &std::path::Path) -> Server {
-    let s = Server::start(&dir.join("lp.db"), &["--interval", "1s"]);
+    slow_server_with(dir, &[])
+}
+
+fn slow_server_with(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let args: Vec<&str> = ["--interval", "1s"].iter().chain(extra).copied().collect();
+    let s = Server::start(&dir.join("lp.db"), &args);
     put(&s, "k", "one");
     wait_active(&s, "k", "one");
     admin_post(
@@ -251,4 +256,67 @@ fn closing_a_handle_does_not_wait_for_its_held_check_in_and_nothing_is_left_behi
         std::thread::sleep(Duration::from_millis(20));
     }
     wait_held(&s, 0);
+}
+
+/// Check-ins answered 304 under `route` (`/v1/checkin`, or `/v1/checkin (held)`).
+fn not_modified_count(s: &Server, route: &str) -> u64 {
+    let a = get(&format!("{}/metrics", s.url), None, &[]);
+    String::from_utf8_lossy(&a.body)
+        .lines()
+        .find(|l| {
+            l.starts_with("lockstep_http_request_duration_seconds_count")
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains("status=\"304\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_refused_a_hold_because_the_server_is_busy_long_polls_again_at_its_next_check_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = slow_server_with(dir.path(), &["--max-held-checkins", "1"]);
+    // Built before the slot's time starts.
+    support::observer::observer_exe();
+    let etag = get(&format!("{}/v1/checkin?name=probe", s.url), None, &[])
+        .headers
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The one hold the server allows, for 28 s (the test agent gives up at 30 s).
+    let slot_taken = Instant::now();
+    let url = format!("{}/v1/checkin?name=slot&wait_ms=28000", s.url);
+    let slot = std::thread::spawn(move || get(&url, None, &[("If-None-Match", &etag)]).status);
+    wait_held(&s, 1);
+    let o = Observer::start(&s.url, "lp-busy", "k", 60.0, None);
+    o.wait_ready();
+    // Its long-poll after the first cycle was answered at once: the server was busy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while not_modified_count(&s, "/v1/checkin") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never long-polled ({:?} since the slot was taken)",
+            slot_taken.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "refused as busy {:?} after the slot was taken",
+        slot_taken.elapsed()
+    );
+    assert_eq!(slot.join().unwrap(), 304);
+    // Its next check-in comes within 15 s (a quarter of the interval, capped); after it, it
+    // long-polls again. Taken for a server without long-poll, it would sleep for minutes.
+    let freed = Instant::now();
+    let deadline = freed + Duration::from_secs(40);
+    while held(&s) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "a client refused a hold as busy did not long-poll again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("held again {:?} after the slot was freed", freed.elapsed());
 }

@@ -454,7 +454,8 @@ async fn time_request(State(state): State<Shared>, request: Request, next: Next)
     let response = next.run(request).await;
     // A held check-in takes as long as nothing changes: apart, so that it does not hide how
     // fast check-ins are answered.
-    let route = match response.headers().contains_key(wire::HEADER_HELD) {
+    let held = response.headers().get(wire::HEADER_HELD);
+    let route = match held.is_some_and(|v| v == wire::HELD_YES) {
         true => format!("{route} (held)"),
         false => route,
     };
@@ -595,7 +596,7 @@ fn table_answer(
 
 /// A long-poll check-in whose client holds the current table: answered when the table
 /// changes (200) or after `wait_ms` (304). Either answer says it was held, so the client
-/// takes no clock sample from it.
+/// takes no clock sample from it. Past `--max-held-checkins`, a 304 at once that says so.
 async fn held_checkin(
     state: &AppState,
     headers: &HeaderMap,
@@ -604,7 +605,20 @@ async fn held_checkin(
     wait_ms: u64,
 ) -> ApiResult<Response> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
-    let mut hold = state.waiters.hold(etag.clone());
+    let Some(mut hold) = state.waiters.hold(etag.clone()) else {
+        // Held ones would take every connection: admin writes, downloads and new clients
+        // must still get one.
+        let mut busy = not_modified(&etag);
+        busy.headers_mut().insert(
+            header::HeaderName::from_static(wire::HEADER_HELD),
+            HeaderValue::from_static(wire::HELD_BUSY),
+        );
+        busy.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::waiters::BUSY_RETRY_AFTER_S),
+        );
+        return Ok(busy);
+    };
     let mut answer = loop {
         if hold.next(deadline).await == crate::waiters::Wake::Over {
             break not_modified(&etag);
@@ -617,7 +631,7 @@ async fn held_checkin(
     drop(hold);
     answer.headers_mut().insert(
         header::HeaderName::from_static(wire::HEADER_HELD),
-        HeaderValue::from_static("1"),
+        HeaderValue::from_static(wire::HELD_YES),
     );
     Ok(answer)
 }

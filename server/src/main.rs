@@ -160,6 +160,16 @@ struct ServeArgs {
     /// limit (raised to its hard limit at start).
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
+    /// Long-poll check-ins held at once (default: three quarters of --max-connections, at
+    /// most one less). A held check-in keeps its connection; past this one is answered 304 at
+    /// once with `x-lockstep-held: 0`, and its client checks in as without long-poll until
+    /// its next check-in, so admin writes, downloads and new clients always find a connection.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_held_checkins: Option<u64>,
+    /// How often the long-poll watcher reads the sync table while check-ins are held (tests
+    /// only: they tell a wake by this poll from one by a write of this process).
+    #[arg(long, hide = true, default_value = "40ms")]
+    long_poll_watch_poll: String,
 }
 
 #[derive(Subcommand)]
@@ -397,6 +407,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         max_connections: max_connections as usize,
         max_body_bytes: args.max_body_bytes,
     };
+    let max_held = args
+        .max_held_checkins
+        .unwrap_or(max_connections * 3 / 4)
+        .min(max_connections.saturating_sub(1));
+    let watch_poll = clock::parse_duration_us(&args.long_poll_watch_poll)
+        .map(|us| Duration::from_micros(us as u64))
+        .map_err(|e| format!("bad --long-poll-watch-poll: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -466,7 +483,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             },
         };
         let ready: Arc<OnceLock<axum::Router>> = Arc::default();
-        let waiters: Arc<waiters::Waiters> = Arc::default();
+        let waiters = Arc::new(waiters::Waiters::new(max_held as usize, watch_poll));
         // Held check-ins are answered as the shutdown begins: it waits for open requests.
         let shutdown = {
             let waiters = waiters.clone();

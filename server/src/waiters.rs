@@ -20,23 +20,34 @@ use crate::store::Store;
 
 /// How often the watcher reads the sync table while requests are held. Below the sync table
 /// cache's lifetime, so the table the woken requests look at is always in memory.
-const POLL: Duration = Duration::from_millis(40);
+pub const POLL: Duration = Duration::from_millis(40);
+
+/// `Retry-After` on a long-poll check-in refused because [`Waiters::hold`] is at its cap; the
+/// client sleeps until its next planned check-in anyway.
+pub const BUSY_RETRY_AFTER_S: u64 = 30;
 
 /// The held check-ins of this process and what wakes them.
 pub struct Waiters {
     /// The sync table's ETag as the watcher last read it (`None` before its first read).
     published: watch::Sender<Option<String>>,
     held: AtomicUsize,
+    /// Most check-ins held at once: a held check-in keeps its connection, and held ones must
+    /// leave connections for everything else.
+    max_held: usize,
+    /// [`POLL`] but in tests that must tell the poll's wake from a write's.
+    poll: Duration,
     /// Told when the first request is held, so an idle watcher starts polling.
     kick: Notify,
     stopping: watch::Sender<bool>,
 }
 
-impl Default for Waiters {
-    fn default() -> Self {
+impl Waiters {
+    pub fn new(max_held: usize, poll: Duration) -> Self {
         Waiters {
             published: watch::channel(None).0,
             held: AtomicUsize::new(0),
+            max_held,
+            poll,
             kick: Notify::new(),
             stopping: watch::channel(false).0,
         }
@@ -74,17 +85,22 @@ impl Waiters {
         self.stopping.send_replace(true);
     }
 
-    /// Holds a check-in whose client has the table with `etag`.
-    pub fn hold(self: &Arc<Self>, etag: String) -> Hold {
-        self.held.fetch_add(1, Ordering::Relaxed);
+    /// Holds a check-in whose client has the table with `etag`; `None` when as many are held
+    /// as may be.
+    pub fn hold(self: &Arc<Self>, etag: String) -> Option<Hold> {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_held).then_some(n + 1)
+            })
+            .ok()?;
         self.kick.notify_one();
-        Hold {
+        Some(Hold {
             waiters: self.clone(),
             rx: self.published.subscribe(),
             stop: self.stopping.subscribe(),
             etag,
             first: true,
-        }
+        })
     }
 
     /// Starts the watcher on the runtime this is called from.
@@ -103,7 +119,7 @@ impl Waiters {
             tokio::select! {
                 () = store.changed().notified() => {}
                 () = self.kick.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(self.poll) => {}
             }
             let s = store.clone();
             let read = tokio::task::spawn_blocking(move || {
@@ -123,7 +139,7 @@ impl Waiters {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!("long-poll watcher cannot read the sync table: {e}");
-                    tokio::time::sleep(POLL).await;
+                    tokio::time::sleep(self.poll.min(POLL)).await;
                 }
                 Err(e) => tracing::warn!("long-poll watcher's read failed: {e}"),
             }

@@ -38,7 +38,10 @@ fn held_checkin(url: &str, etag: &str, wait_ms: u64) -> (u16, bool, String, Dura
         None,
         &[("If-None-Match", etag)],
     );
-    let held = a.headers.get(wire::HEADER_HELD).is_some();
+    let held = a
+        .headers
+        .get(wire::HEADER_HELD)
+        .is_some_and(|v| v == wire::HELD_YES);
     let tag = a
         .headers
         .get("etag")
@@ -167,6 +170,15 @@ fn raw_held(addr: &str, etag: &str, wait_ms: u64) -> (std::net::TcpStream, Strin
 
 /// Reads one answer's head (a 304 or an answer without a body is all head); its first line.
 fn read_head(c: &mut std::net::TcpStream) -> String {
+    read_full_head(c)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads one answer; its head.
+fn read_full_head(c: &mut std::net::TcpStream) -> String {
     use std::io::Read;
     let mut head = Vec::new();
     let mut byte = [0u8];
@@ -188,7 +200,7 @@ fn read_head(c: &mut std::net::TcpStream) -> String {
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     let _ = c.read_exact(&mut body);
-    text.lines().next().unwrap_or_default().to_owned()
+    text
 }
 
 #[test]
@@ -205,6 +217,8 @@ fn held_check_ins_outlive_the_header_and_write_timeouts_and_are_not_idle_near_th
             "1s",
             "--max-connections",
             "20",
+            "--max-held-checkins",
+            "19",
         ],
     );
     let now = etag(&s);
@@ -265,4 +279,74 @@ fn a_held_check_in_puts_its_client_in_the_farm_view_when_it_arrives() {
         serde_json::json!({ "interval": "5m" }),
     );
     assert_eq!(waiting.join().unwrap().0, 200);
+}
+
+#[test]
+fn past_max_held_checkins_a_long_poll_is_answered_at_once_and_connections_stay_free() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default cap: three quarters of the connections, 6 of 8.
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "10m", "--max-connections", "8"],
+    );
+    let now = etag(&s);
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+    // As many long-poll check-ins as connections: held, they would take every one for 60 s.
+    let mut pending: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, e) = (addr.clone(), now.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                write!(
+                    c,
+                    "GET {}?name=raw&{}=60000 HTTP/1.1\r\nHost: x\r\nIf-None-Match: {e}\r\n\r\n",
+                    wire::PATH_CHECKIN,
+                    wire::QUERY_WAIT_MS
+                )
+                .unwrap();
+                read_full_head(&mut c).to_ascii_lowercase()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut busy = Vec::new();
+    while busy.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no long-poll check-in past the cap was answered at once: all 8 connections held"
+        );
+        if let Some(i) = pending.iter().position(|h| h.is_finished()) {
+            busy.push(pending.swap_remove(i).join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for head in &busy {
+        assert!(head.starts_with("http/1.1 304"), "{head}");
+        assert!(
+            head.contains(&format!("{}: {}\r\n", wire::HEADER_HELD, wire::HELD_BUSY)),
+            "{head}"
+        );
+        assert!(head.contains("retry-after: "), "{head}");
+    }
+    wait_held(&s, 6);
+    // With the cap reached, another long-poll, a check-in and an admin write are answered;
+    // each would wait for a held check-in to end (60 s) without the cap.
+    let started = Instant::now();
+    let (status, held, _, took) = held_checkin(&s.url, &now, 60_000);
+    assert_eq!((status, held), (304, false));
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(checkin(&s, "newcomer").sync.interval_us, 600_000_000);
+    put(&s, "k", "v");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    admin_post(
+        &s,
+        "/v1/admin/interval",
+        serde_json::json!({ "interval": "5m" }),
+    );
+    for h in pending {
+        let head = h.join().unwrap();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
 }
