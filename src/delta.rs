@@ -33,7 +33,7 @@
 //! allocated for it, and the version it makes against `max_version_bytes`, so hostile bytes
 //! cost at most a pass over themselves.
 
-use std::collections::{BTreeMap, TryReserveError};
+use std::collections::TryReserveError;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -173,56 +173,105 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Validates a delta completely (header, checksum, every length, key order) and checks that
-/// the version it makes is within `max_version_bytes`. Allocates at most one pointer pair per
-/// four bytes of body, and only after the counts are checked against the body's size.
-pub fn parse(bytes: &[u8], max_version_bytes: u64) -> Result<Delta<'_>, DeltaError> {
-    let header = read_header(bytes)?;
-    if header.target_len > max_version_bytes {
-        return Err(DeltaError::TooLarge(header.target_len, max_version_bytes));
+/// The least bytes one key takes in an encoded version: its slot in the archived table holds
+/// two 8-byte vectors (key and value), whatever they contain. A delta naming more keys than
+/// its target length can hold is a lie, refused before anything is allocated for them.
+pub const MIN_ENTRY_BYTES: u64 = 16;
+
+/// Checks the header's counts against each other and against the version it makes, before
+/// anything is allocated for them: every later allocation is then bounded by `target_len`
+/// (and `target_len` by `max_version_bytes`), never by what the counts claim.
+fn check_counts(h: &Header, max_version_bytes: u64) -> Result<(), DeltaError> {
+    if h.target_len > max_version_bytes {
+        return Err(DeltaError::TooLarge(h.target_len, max_version_bytes));
     }
-    if (header.target_len as usize) < format::HEADER_LEN {
+    if (h.target_len as usize) < format::HEADER_LEN {
         return Err(DeltaError::Malformed(
             "the version it makes is shorter than a header",
         ));
     }
-    let body_len = header.body_len;
+    if h.entries > (h.target_len - format::HEADER_LEN as u64) / MIN_ENTRY_BYTES {
+        return Err(DeltaError::Malformed(
+            "more keys than the version it makes can hold",
+        ));
+    }
+    if h.upserts > h.entries {
+        return Err(DeltaError::Malformed(
+            "more keys inserted or changed than the version it makes holds",
+        ));
+    }
     // Each delete takes at least 4 bytes and each upsert 8: counts beyond that are lies.
-    let least = header
+    let least = h
         .deletes
         .saturating_mul(4)
-        .saturating_add(header.upserts.saturating_mul(8));
-    if least > body_len {
+        .saturating_add(h.upserts.saturating_mul(8));
+    if least > h.body_len {
         return Err(DeltaError::Malformed("counts larger than the body holds"));
     }
-    let mut deletes = Vec::new();
-    deletes.try_reserve_exact(header.deletes as usize)?;
-    let mut upserts = Vec::new();
-    upserts.try_reserve_exact(header.upserts as usize)?;
-    let mut body = Body {
-        rest: &bytes[DELTA_HEADER_LEN..],
-    };
-    for _ in 0..header.deletes {
-        let key = body.bytes()?;
-        if deletes.last().is_some_and(|prev: &&[u8]| *prev >= key) {
+    Ok(())
+}
+
+/// Walks the body once without allocating: every length within the bytes left, keys in
+/// strictly ascending order in each list, and the upserted keys and values no larger together
+/// than the version they go into. Returns where the upserts begin.
+fn check_body(body: &[u8], h: &Header) -> Result<usize, DeltaError> {
+    let mut cur = Body { rest: body };
+    let mut prev: Option<&[u8]> = None;
+    for _ in 0..h.deletes {
+        let key = cur.bytes()?;
+        if prev.is_some_and(|p| p >= key) {
             return Err(DeltaError::Malformed("deleted keys out of order"));
         }
-        deletes.push(key);
+        prev = Some(key);
     }
-    for _ in 0..header.upserts {
-        let key = body.bytes()?;
-        let value = body.bytes()?;
-        if upserts
-            .last()
-            .is_some_and(|(prev, _): &(&[u8], _)| *prev >= key)
-        {
+    let upserts_at = body.len() - cur.rest.len();
+    let (mut prev, mut raw) = (None, 0u64);
+    for _ in 0..h.upserts {
+        let key = cur.bytes()?;
+        let value = cur.bytes()?;
+        if prev.is_some_and(|p: &[u8]| p >= key) {
             return Err(DeltaError::Malformed("upserted keys out of order"));
         }
-        upserts.push((key, value));
+        prev = Some(key);
+        raw += (key.len() + value.len()) as u64;
+        if raw > h.target_len {
+            return Err(DeltaError::Malformed(
+                "upserted keys and values larger than the version they go into",
+            ));
+        }
     }
-    if !body.rest.is_empty() {
+    if !cur.rest.is_empty() {
         return Err(DeltaError::Malformed("bytes after the last change"));
     }
+    Ok(upserts_at)
+}
+
+/// The deleted keys of a body [`check_body`] accepted, in order.
+fn deleted(body: &[u8], count: u64) -> impl Iterator<Item = &[u8]> {
+    let mut cur = Body { rest: body };
+    (0..count).map_while(move |_| cur.bytes().ok())
+}
+
+/// The upserted pairs of a body [`check_body`] accepted (from where they begin), in order.
+fn upserted(body: &[u8], count: u64) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut cur = Body { rest: body };
+    (0..count).map_while(move |_| Some((cur.bytes().ok()?, cur.bytes().ok()?)))
+}
+
+/// Validates a delta completely (header, checksum, counts, every length, key order) and
+/// checks that the version it makes is within `max_version_bytes`. Allocates only after the
+/// counts are checked against the body's size and the version it makes.
+pub fn parse(bytes: &[u8], max_version_bytes: u64) -> Result<Delta<'_>, DeltaError> {
+    let header = read_header(bytes)?;
+    check_counts(&header, max_version_bytes)?;
+    let body = &bytes[DELTA_HEADER_LEN..];
+    let upserts_at = check_body(body, &header)?;
+    let mut deletes = Vec::new();
+    deletes.try_reserve_exact(header.deletes as usize)?;
+    deletes.extend(deleted(body, header.deletes));
+    let mut upserts = Vec::new();
+    upserts.try_reserve_exact(header.upserts as usize)?;
+    upserts.extend(upserted(&body[upserts_at..], header.upserts));
     Ok(Delta {
         header,
         deletes,
@@ -380,8 +429,8 @@ pub fn reseal(delta: &mut [u8]) {
 /// result is that version: its length, its entry count and its checksum. The caller still
 /// compares the checksum with the one the data server announced.
 pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<VersionBuf, DeltaError> {
-    let d = parse(delta, max_version_bytes)?;
-    let h = d.header;
+    let h = read_header(delta)?;
+    check_counts(&h, max_version_bytes)?;
     let base_header = format::verify_checksum(base).map_err(DeltaError::Base)?;
     if base_header.checksum != h.base_checksum {
         return Err(DeltaError::WrongBase {
@@ -389,8 +438,24 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
             actual: base_header.checksum,
         });
     }
-    // The content as borrowed slices: keys and values stay where they lie, in the base and
-    // in the delta, until the encoder copies them into the new version.
+    // The result keeps every base key not deleted and gains at most the upserts.
+    let kept = base_header
+        .entries
+        .checked_sub(h.deletes)
+        .ok_or(DeltaError::DoesNotFit(
+            "deletes more keys than the base holds",
+        ))?;
+    if h.entries < kept || h.entries > kept.saturating_add(h.upserts) {
+        return Err(DeltaError::DoesNotFit(
+            "the result has another number of keys",
+        ));
+    }
+    let body = &delta[DELTA_HEADER_LEN..];
+    let upserts_at = check_body(body, &h)?;
+    // The content as borrowed slices, in key order: keys and values stay where they lie, in
+    // the base and in the delta, until the encoder copies them into the new version. Three
+    // sorted streams merged into one list of at most `h.entries` pairs (bounded by
+    // target_len above), allocated fallibly.
     let aligned;
     let base = if is_aligned(base) {
         base
@@ -398,26 +463,48 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
         aligned = format::aligned_copy(base);
         &aligned[..]
     };
-    let (_, entries) = format::validate(base).map_err(DeltaError::Base)?;
-    let mut content: BTreeMap<&[u8], &[u8]> = entries
-        .map
-        .iter()
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
-    for key in &d.deletes {
-        if content.remove(*key).is_none() {
-            return Err(DeltaError::DoesNotFit(
-                "deletes a key the base does not hold",
-            ));
+    let (_, old) = sorted_pairs(base)?;
+    let mut content: Vec<(&[u8], &[u8])> = Vec::new();
+    content.try_reserve_exact(h.entries as usize)?;
+    let too_many = DeltaError::DoesNotFit("the result has another number of keys");
+    let mut deletes = deleted(body, h.deletes).peekable();
+    let mut upserts = upserted(&body[upserts_at..], h.upserts).peekable();
+    let mut old = old.into_iter().peekable();
+    loop {
+        let next = match (old.peek(), upserts.peek()) {
+            (None, None) => break,
+            (Some(&(ok, _)), Some(&(nk, _))) if nk < ok => upserts.next(),
+            (Some(&(ok, _)), Some(&(nk, _))) if nk == ok => {
+                old.next();
+                if deletes.peek() == Some(&ok) {
+                    return Err(DeltaError::Malformed("a key both deleted and upserted"));
+                }
+                upserts.next()
+            }
+            (Some(&(ok, _)), _) => {
+                if deletes.peek() == Some(&ok) {
+                    deletes.next();
+                    old.next();
+                    continue;
+                }
+                old.next()
+            }
+            (None, Some(_)) => upserts.next(),
+        };
+        if let Some(pair) = next {
+            if content.len() as u64 == h.entries {
+                return Err(too_many);
+            }
+            content.push(pair);
         }
     }
-    for (key, value) in &d.upserts {
-        content.insert(key, value);
+    if deletes.next().is_some() {
+        return Err(DeltaError::DoesNotFit(
+            "deletes a key the base does not hold",
+        ));
     }
     if content.len() as u64 != h.entries {
-        return Err(DeltaError::DoesNotFit(
-            "the result has another number of keys",
-        ));
+        return Err(too_many);
     }
     let raw: u64 = content
         .iter()
@@ -429,12 +516,8 @@ pub fn apply(base: &[u8], delta: &[u8], max_version_bytes: u64) -> Result<Versio
             h.target_len
         )));
     }
-    let out = format::encode_sorted(
-        h.version,
-        h.created_us,
-        content.iter().map(|(k, v)| (*k, *v)),
-    )
-    .map_err(|e| DeltaError::WrongResult(e.to_string()))?;
+    let out = format::encode_sorted(h.version, h.created_us, content.iter().copied())
+        .map_err(|e| DeltaError::WrongResult(e.to_string()))?;
     if out.len() as u64 != h.target_len {
         return Err(DeltaError::WrongResult(format!(
             "{} bytes where {} were named",
@@ -562,11 +645,111 @@ mod tests {
         for i in 0..d.len() {
             let mut bad = d.clone();
             bad[i] ^= 0x21;
-            assert!(
-                apply(&a, &bad, MAX).is_err(),
-                "flip at byte {i} was accepted"
-            );
+            let Err(err) = apply(&a, &bad, MAX) else {
+                panic!("flip at byte {i} was accepted");
+            };
+            // Past the magic, the revision and the body length, the delta's own checksum is
+            // what refuses every flip: nothing behind it is ever reached.
+            let expected = match i {
+                0..8 => matches!(err, DeltaError::BadMagic),
+                8..12 => matches!(err, DeltaError::UnsupportedRevision(_)),
+                80..88 => matches!(err, DeltaError::LengthMismatch { .. }),
+                _ => matches!(err, DeltaError::ChecksumMismatch { .. }),
+            };
+            assert!(expected, "flip at byte {i}: {err:?}");
         }
+    }
+
+    #[test]
+    fn no_version_holds_a_key_in_fewer_than_min_entry_bytes() {
+        // The cheapest keys there are: empty values, the empty key, then every 1- and 2-byte
+        // key. check_counts refuses deltas naming more keys than this allows.
+        let mut c = Content::new();
+        c.insert(Vec::new(), Vec::new());
+        for i in 0..256u32 {
+            c.insert(vec![i as u8], Vec::new());
+        }
+        for i in 0..20_000u32 {
+            c.insert((i as u16).to_be_bytes().to_vec(), Vec::new());
+        }
+        let v = format::encode(1, 0, &c).unwrap();
+        let per_key = (v.len() - format::HEADER_LEN) as u64 / c.len() as u64;
+        assert!(per_key >= MIN_ENTRY_BYTES, "{per_key} bytes a key");
+    }
+
+    /// A resealed delta from version `a` that claims `entries` keys and `upserts` 4-byte keys
+    /// with empty values, in a version of `target_len` bytes.
+    fn claiming(a: &[u8], target_len: u64, entries: u64, upserts: u32) -> Vec<u8> {
+        let keys: Vec<[u8; 4]> = (0..upserts).map(|i| i.to_be_bytes()).collect();
+        let pairs: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &[][..])).collect();
+        let ha = format::read_header(a).unwrap();
+        let h = Header {
+            base_checksum: ha.checksum,
+            version: 8,
+            created_us: 0,
+            target_len,
+            entries,
+            checksum: 1,
+            deletes: 0,
+            upserts: 0,
+            body_len: 0,
+        };
+        encode(&h, &[], &pairs).unwrap()
+    }
+
+    #[test]
+    fn counts_the_version_it_makes_cannot_hold_are_refused_before_any_work() {
+        let (a, _) = pair();
+        let ha = format::read_header(&a).unwrap();
+        // More keys than the target's length holds, at 16 bytes a key.
+        let d = claiming(&a, 64 + 16 * 1000, 1001, 1001);
+        assert!(matches!(
+            apply(&a, &d, MAX),
+            Err(DeltaError::Malformed(
+                "more keys than the version it makes can hold"
+            ))
+        ));
+        // More upserts than keys in the result.
+        let d = claiming(&a, 64 + 16 * 3000, 999, 1000);
+        assert!(matches!(
+            apply(&a, &d, MAX),
+            Err(DeltaError::Malformed(
+                "more keys inserted or changed than the version it makes holds"
+            ))
+        ));
+        // Upserted keys and values larger together than the target length.
+        let mut h = read_header(&claiming(&a, 64 + 16 * 4, 2, 0)).unwrap();
+        h.target_len = 64 + 16 * 4 + 200;
+        let big = [7u8; 200];
+        let d = encode(&h, &[], &[(b"x", &big), (b"y", &big)]).unwrap();
+        assert!(matches!(
+            parse(&d, MAX),
+            Err(DeltaError::Malformed(
+                "upserted keys and values larger than the version they go into"
+            ))
+        ));
+        // Deleting more keys than the base holds.
+        let many: Vec<Vec<u8>> = (0..ha.entries + 1)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect();
+        let refs: Vec<&[u8]> = many.iter().map(|k| &k[..]).collect();
+        let mut d = claiming(&a, 1 << 20, 1, 0);
+        let h = read_header(&d).unwrap();
+        d = encode(&h, &refs, &[]).unwrap();
+        assert!(matches!(
+            apply(&a, &d, MAX),
+            Err(DeltaError::DoesNotFit(
+                "deletes more keys than the base holds"
+            ))
+        ));
+        // A result count the base and the changes cannot make: 2000 base keys, 10 upserts.
+        let d = claiming(&a, 1 << 20, ha.entries + 11, 10);
+        assert!(matches!(
+            apply(&a, &d, MAX),
+            Err(DeltaError::DoesNotFit(
+                "the result has another number of keys"
+            ))
+        ));
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::time::Duration;
 #[path = "support/mod.rs"]
 mod support;
 
+use lockstep::delta;
 use lockstep::format::{self, Content};
-use lockstep::wire::{CheckinResponse, SyncTable, HEADER_SERVER_TIME};
+use lockstep::wire::{self, CheckinResponse, SyncTable, HEADER_SERVER_TIME};
 use support::proxy::{read_request, respond};
 use support::{compile_c, now_us, root};
 
@@ -29,6 +30,10 @@ enum Hostile {
     /// Give version 2 a blob URL and send there a small zstd body (one frame, repeated) that
     /// expands to `expands_to` bytes of zeros, each frame declaring a small content size.
     ZstdBomb { expands_to: u64 },
+    /// Offer a delta from version 1 to an honest version 2 that claims `upserts` keys (4-byte
+    /// keys, empty values) for a version of `target_len` bytes: a small body that cost the
+    /// host several times its size to parse and apply. Version 2 downloads whole honestly.
+    Delta { upserts: u32, target_len: u64 },
 }
 
 /// The checksum the hostile server announces for version 2, and its blob path.
@@ -41,6 +46,47 @@ fn version_one() -> Vec<u8> {
     let mut c = Content::new();
     c.insert(b"price".to_vec(), b"2.00".to_vec());
     format::encode(1, 0, &c).unwrap().to_vec()
+}
+
+fn version_two() -> Vec<u8> {
+    let mut c = Content::new();
+    c.insert(b"price".to_vec(), b"3.00".to_vec());
+    format::encode(2, 0, &c).unwrap().to_vec()
+}
+
+fn checksum(version: &[u8]) -> u64 {
+    format::read_header(version).unwrap().checksum
+}
+
+/// Downloads of version 2 whole from the server offering a hostile delta.
+static WHOLE_AFTER_DELTA: AtomicU64 = AtomicU64::new(0);
+
+fn hostile_delta_path() -> String {
+    wire::delta_path(
+        checksum(&version_one()),
+        2,
+        checksum(&version_two()),
+        &"0".repeat(32),
+    )
+}
+
+/// A delta that names version 2 and holds `upserts` changes nothing could fit in it, sealed
+/// with its own checksum so that only the counts refuse it.
+fn hostile_delta(upserts: u32, target_len: u64) -> Vec<u8> {
+    let keys: Vec<[u8; 4]> = (0..upserts).map(|i| i.to_be_bytes()).collect();
+    let pairs: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &[][..])).collect();
+    let header = delta::Header {
+        base_checksum: checksum(&version_one()),
+        version: 2,
+        created_us: 0,
+        target_len,
+        entries: upserts as u64 + 1,
+        checksum: checksum(&version_two()),
+        deletes: 0,
+        upserts: 0,
+        body_len: 0,
+    };
+    delta::encode(&header, &[], &pairs).unwrap()
 }
 
 /// Serves version 1 as active and announces version 2 as staged, which it sends hostilely.
@@ -86,15 +132,22 @@ fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool, sent_most: &At
             rotated: false,
             staged_checksum: match how {
                 Hostile::ZstdBomb { .. } => BOMB_CHECKSUM.to_owned(),
+                Hostile::Delta { .. } => wire::checksum_hex(checksum(&version_two())),
                 _ => String::new(),
             },
-            active_checksum: String::new(),
+            active_checksum: match how {
+                Hostile::Delta { .. } => wire::checksum_hex(checksum(&version_one())),
+                _ => String::new(),
+            },
             staged_blob: match how {
                 Hostile::ZstdBomb { .. } => bomb_path(),
                 _ => String::new(),
             },
             active_blob: String::new(),
-            staged_delta_from_active: String::new(),
+            staged_delta_from_active: match how {
+                Hostile::Delta { .. } => hostile_delta_path(),
+                _ => String::new(),
+            },
         })
         .unwrap();
         respond(&mut stream, 200, &[time], &body);
@@ -109,11 +162,25 @@ fn answer(mut stream: TcpStream, how: Hostile, stop: &AtomicBool, sent_most: &At
         let encoding = ("Content-Encoding".to_owned(), "zstd".to_owned());
         respond(&mut stream, 200, &[time, encoding], &body);
         sent_most.fetch_max(body.len() as u64, Ordering::Relaxed);
+    } else if let (
+        Hostile::Delta {
+            upserts,
+            target_len,
+        },
+        true,
+    ) = (how, path == hostile_delta_path())
+    {
+        let body = hostile_delta(upserts, target_len);
+        respond(&mut stream, 200, &[time], &body);
+        sent_most.fetch_max(body.len() as u64, Ordering::Relaxed);
+    } else if let (Hostile::Delta { .. }, "/v1/versions/2") = (how, path) {
+        respond(&mut stream, 200, &[time], &version_two());
+        WHOLE_AFTER_DELTA.fetch_add(1, Ordering::Relaxed);
     } else if path == "/v1/versions/2" {
         let (declared, every) = match how {
             Hostile::Trickle { declared, every } => (Some(declared), Some(every)),
             Hostile::Flood { declared } => (declared, None),
-            Hostile::ZstdBomb { .. } => return,
+            Hostile::ZstdBomb { .. } | Hostile::Delta { .. } => return,
         };
         let head = match declared {
             Some(n) => format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n"),
@@ -151,6 +218,7 @@ struct Tick {
     vm_kb: i64,
     active: u64,
     failures: u64,
+    rejected: u64,
     value: String,
 }
 
@@ -163,6 +231,7 @@ fn parse_tick(line: &str) -> Option<Tick> {
             "vm_kb" => t.vm_kb = v.parse().ok()?,
             "active" => t.active = v.parse().ok()?,
             "failures" => t.failures = v.parse().ok()?,
+            "rejected" => t.rejected = v.parse().ok()?,
             "value" => t.value = v.to_owned(),
             _ => {}
         }
@@ -369,4 +438,51 @@ fn invariant_10_a_zstd_bomb_past_max_version_bytes_is_refused_in_bounded_memory(
             "the host stopped serving version 1\n{report}"
         );
     }
+}
+
+#[test]
+fn invariant_10_a_delta_claiming_more_keys_than_its_version_holds_costs_no_more_than_its_bytes() {
+    const MAX: u64 = 32 << 20;
+    // 2.5 million 4-byte keys in 30 MB, for a version of 32 MiB: honest counts for its body,
+    // impossible ones for the version it names (every key takes at least 16 bytes there).
+    // Parsed and merged before the counts were checked, it took the host ~9 times its size.
+    let upserts = 2_500_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, sent) = hostile_server(
+        Hostile::Delta {
+            upserts,
+            target_len: MAX,
+        },
+        stop.clone(),
+    );
+    let options = format!("url={url};name=delta;max_version_bytes={MAX};cache_dir=");
+    let (ticks, status, report) = run_host(&options, 1, 5.0, None);
+    stop.store(true, Ordering::Relaxed);
+    assert!(status.success(), "host died: {status:?}\n{report}");
+    assert!(ticks.len() >= 10, "too few ticks: {report}");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        sent > 12 * upserts as u64,
+        "the host never asked for the delta the check-in offered\n{report}"
+    );
+    let (rss, _) = growth(&ticks);
+    eprintln!(
+        "hostile delta: the host grew by {rss} kB resident (delta {} kB, cap {} kB)",
+        sent / 1024,
+        MAX / 1024
+    );
+    // The delta's own bytes once, and some room: not several copies of it in parsed form.
+    assert!(
+        rss < (sent / 1024) as i64 * 2 + 16 * 1024,
+        "the host grew by {rss} kB on a {sent}-byte delta\n{report}"
+    );
+    assert!(
+        ticks.iter().any(|t| t.rejected > 0),
+        "the hostile delta was never refused\n{report}"
+    );
+    // It fell back to the whole version.
+    assert!(
+        WHOLE_AFTER_DELTA.load(Ordering::Relaxed) > 0,
+        "the host never downloaded version 2 whole after refusing the delta\n{report}"
+    );
 }
