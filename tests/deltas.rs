@@ -30,6 +30,10 @@ enum Tamper {
     /// A byte of one new value changed and the delta resealed: well-formed, for the right
     /// base, naming the right version, but rebuilding something else.
     WrongResult,
+    /// A self-consistent forgery: the delta from the client's active version to another
+    /// version 2 (one value changed), whose header names that version's checksum, sealed.
+    /// Every check in `delta` passes; only the checksum the check-in announced refuses it.
+    Forged,
 }
 
 struct TamperProxy {
@@ -159,6 +163,22 @@ fn damage(upstream: &str, honest: Vec<u8>, tamper: Tamper) -> Vec<u8> {
             delta::reseal(&mut b);
             b
         }
+        Tamper::Forged => {
+            let h = delta::read_header(&honest).unwrap();
+            let (_, _, target) = fetch(&format!("{upstream}/v1/versions/{}", h.version));
+            let base = (1..h.version)
+                .rev()
+                .map(|n| fetch(&format!("{upstream}/v1/versions/{n}")).2)
+                .find(|v| format::read_header(v).is_ok_and(|b| b.checksum == h.base_checksum))
+                .expect("the delta's base is a version the data server holds");
+            let (head, mut content) = format::decode(&format::aligned_copy(&target)).unwrap();
+            content.insert(b"key:00000".to_vec(), b"value-0-forged".to_vec());
+            let forged = format::encode(h.version, head.created_us, &content).unwrap();
+            let d = delta::make(&base, &forged).unwrap();
+            let fh = delta::read_header(&d).unwrap();
+            assert!(fh.checksum != h.checksum && fh.base_checksum == h.base_checksum);
+            d
+        }
     }
 }
 
@@ -286,6 +306,11 @@ fn a_delta_against_another_base_is_refused_and_the_version_downloaded_whole() {
 #[test]
 fn a_delta_that_rebuilds_another_version_is_refused_and_the_version_downloaded_whole() {
     refused_then_downloaded_whole(Tamper::WrongResult);
+}
+
+#[test]
+fn a_sound_delta_to_a_version_other_than_the_announced_one_is_refused() {
+    refused_then_downloaded_whole(Tamper::Forged);
 }
 
 /// Polls check-ins until the staged version holds `key`=`value` and is not the active one.
