@@ -16,7 +16,7 @@
 //! the one compression rather than each doing it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -48,8 +48,9 @@ pub fn blob_key(secret: &[u8], name: &str) -> String {
         .collect()
 }
 
-/// Compressed form of one blob: `None` when zstd did not make it smaller.
-type Compressed = Arc<OnceLock<Option<Bytes>>>;
+/// Compressed form of one blob: `None` when zstd did not make it smaller. Requests that find
+/// it being made await it without a blocking thread of their own, which store calls need.
+type Compressed = Arc<tokio::sync::OnceCell<Option<Bytes>>>;
 
 /// The blob secret and the compressed blobs of this process.
 pub struct Blobs {
@@ -114,21 +115,19 @@ impl Blobs {
                 }
             }
         };
-        if let Some(done) = cell.get() {
-            return done.clone();
-        }
-        tokio::task::spawn_blocking(move || {
-            cell.get_or_init(|| {
+        cell.get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || {
                 zstd::bulk::compress(&bytes, ZSTD_LEVEL)
                     .ok()
                     .filter(|z| z.len() < bytes.len())
                     .map(Bytes::from)
             })
-            .clone()
+            .await
+            .ok()
+            .flatten()
         })
         .await
-        .ok()
-        .flatten()
+        .clone()
     }
 
     /// The answer for immutable bytes at a blob or delta URL: strong `ETag: "<etag>"`

@@ -4,15 +4,17 @@
 //!
 //! A check-in answer names the delta from the active version to the staged one, and the first
 //! check-in that names a new pair starts making it in the background, so it is usually ready
-//! before the first client asks. Concurrent first requests wait for that one computation. A
-//! delta no smaller than the version it makes is not worth a round trip: it is remembered as
+//! before the first client asks. Concurrent first requests await that one computation without
+//! a blocking thread each (store calls need them). Only deltas to the staged or active version
+//! are made: a URL to an older one that has left the cache answers 404, so that cycling old
+//! URLs cannot force one costly make after another. A delta no smaller than the version it makes is not worth a round trip: it is remembered as
 //! "none", no longer named, and its URL answers 404 (the client then downloads in full).
 //! A failure (the database unreachable, a damaged version) is not remembered: the next request
 //! tries again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -37,7 +39,7 @@ type Pair = (u64, u64, u64);
 /// The delta of one pair once made: `None` when it is no smaller than the version.
 #[derive(Default)]
 struct Slot {
-    made: OnceLock<Option<Bytes>>,
+    made: tokio::sync::OnceCell<Option<Bytes>>,
     /// A check-in has started making it: later ones only name it.
     started: AtomicBool,
 }
@@ -65,9 +67,11 @@ impl Deltas {
         cell
     }
 
-    fn forget(&self, pair: Pair) {
-        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
-        made.retain(|(p, cell)| *p != pair || cell.made.get().is_some());
+    fn cached(&self, pair: Pair) -> Option<Made> {
+        let made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        made.iter()
+            .find(|(p, _)| *p == pair)
+            .map(|(_, c)| c.clone())
     }
 
     /// The delta path a check-in answer names from `(version, checksum)` `base` to `target`,
@@ -90,7 +94,7 @@ impl Deltas {
             None if cell.started.swap(true, Relaxed) => {}
             None => {
                 let (store, pairs) = (store.clone(), self.made.clone());
-                tokio::task::spawn_blocking(move || make(&store, &pairs, base.0, pair, &cell));
+                tokio::spawn(async move { make(store, &pairs, Some(base.0), pair, &cell).await });
             }
         }
         let name = wire::delta_name(pair.0, pair.1, pair.2);
@@ -98,33 +102,61 @@ impl Deltas {
     }
 }
 
-/// Makes the delta of `pair` from version `base_version` into `cell`, once; an error leaves
-/// the cell empty and forgets it, so that the next request tries again.
-fn make(
-    store: &Store,
+/// Why a delta was not made.
+enum NotMade {
+    /// Its target is neither the staged nor the active version.
+    NotCurrent(String),
+    Failed(String),
+}
+
+/// Makes the delta of `pair` from version `base_version` (found by its checksum when `None`)
+/// into `cell`, once: one request makes it on a blocking thread, the others await it. An error
+/// leaves the cell empty and forgets it, so that the next request tries again.
+async fn make(
+    store: Arc<Store>,
     pairs: &Pairs,
-    base_version: u64,
+    base_version: Option<u64>,
     pair: Pair,
     cell: &Made,
-) -> Result<(), String> {
-    let mut failed = None;
-    cell.made
-        .get_or_init(|| match compute(store, base_version, pair) {
-            Ok(d) => d,
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
-    match failed {
-        Some(e) => {
-            // The cell holds a None that only means "failed": drop it, so it is made again.
+) -> Result<Option<Bytes>, NotMade> {
+    let made = cell
+        .made
+        .get_or_try_init(|| async {
+            tokio::task::spawn_blocking(move || {
+                let sync = store
+                    .sync_table()
+                    .map_err(|e| NotMade::Failed(e.to_string()))?;
+                if pair.1 != sync.staged_version && pair.1 != sync.active_version {
+                    return Err(NotMade::NotCurrent(format!(
+                        "no delta to version {}: deltas are made only to the staged or active                          version; download it whole",
+                        pair.1
+                    )));
+                }
+                let base = match base_version {
+                    Some(base) => base,
+                    None => find_base(&store, pair.1, pair.0).ok_or_else(|| {
+                        NotMade::Failed(format!(
+                            "no version below {} here has checksum {:016x}",
+                            pair.1, pair.0
+                        ))
+                    })?,
+                };
+                compute(&store, base, pair).map_err(NotMade::Failed)
+            })
+            .await
+            .map_err(|e| NotMade::Failed(e.to_string()))?
+        })
+        .await;
+    match made {
+        Ok(made) => Ok(made.clone()),
+        Err(e) => {
             let mut made = pairs.lock().unwrap_or_else(|e| e.into_inner());
             made.retain(|(p, c)| *p != pair || !Arc::ptr_eq(c, cell));
-            tracing::warn!(base = base_version, version = pair.1, "delta not made: {e}");
+            if let NotMade::Failed(e) = &e {
+                tracing::warn!(version = pair.1, "delta not made: {e}");
+            }
             Err(e)
         }
-        None => Ok(()),
     }
 }
 
@@ -200,34 +232,39 @@ pub async fn delta(
             ),
         )
     };
-    let cell = state.deltas.cell(pair);
-    let made = match cell.made.get() {
-        Some(made) => made.clone(),
+    let cell = match state.deltas.cached(pair) {
+        Some(cell) => cell,
         None => {
-            let s = state.clone();
-            let cell = cell.clone();
-            let made = tokio::task::spawn_blocking(move || {
-                let base = find_base(&s.store, pair.1, pair.0).ok_or_else(|| {
+            // A pair to an old version would push a current one out of the cache.
+            let store = state.store.clone();
+            let sync = match store.recent_sync_table(crate::clock::now_us()) {
+                Some(sync) => sync,
+                None => tokio::task::spawn_blocking(move || store.sync_table())
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    })??,
+            };
+            if pair.1 != sync.staged_version && pair.1 != sync.active_version {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
                     format!(
-                        "no version below {} here has checksum {:016x}",
-                        pair.1, pair.0
-                    )
-                })?;
-                make(&s.store, &s.deltas.made, base, pair, &cell)?;
-                Ok::<_, String>(cell.made.get().cloned().flatten())
-            })
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            match made {
-                Ok(made) => made,
-                Err(e) => {
-                    state.deltas.forget(pair);
-                    return Err(ApiError::new(StatusCode::NOT_FOUND, e));
-                }
+                        "no delta to version {}: deltas are made only to the staged or active \
+                         version; download it whole",
+                        pair.1
+                    ),
+                ));
             }
+            state.deltas.cell(pair)
         }
     };
-    let bytes = made.ok_or_else(none)?;
+    let made = make(state.store.clone(), &state.deltas.made, None, pair, &cell).await;
+    let bytes = match made {
+        Ok(made) => made.ok_or_else(none)?,
+        Err(NotMade::NotCurrent(e) | NotMade::Failed(e)) => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, e));
+        }
+    };
     Ok(state
         .blobs
         .immutable_response(&headers, name, &format!("d{name}"), bytes)

@@ -170,6 +170,10 @@ struct ServeArgs {
     /// only: they tell a wake by this poll from one by a write of this process).
     #[arg(long, hide = true, default_value = "40ms")]
     long_poll_watch_poll: String,
+    /// The runtime's blocking threads (tests only: they show that requests waiting for a delta
+    /// or a compressed blob hold none of them).
+    #[arg(long, hide = true, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_blocking_threads: u64,
 }
 
 #[derive(Subcommand)]
@@ -415,6 +419,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map(|us| Duration::from_micros(us as u64))
         .map_err(|e| format!("bad --long-poll-watch-poll: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(args.max_blocking_threads as usize)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
