@@ -197,3 +197,65 @@ fn urgent_put_end_to_end(db: &std::path::Path) {
         "{audit:#}"
     );
 }
+
+/// A client whose download of the staged version S outlasts a check-in period, during which
+/// an urgent request replaces S (restaged for U, sooner than S's T), must check in again
+/// before arming S: armed less than a check-in period before T, its next check-in comes only
+/// after T, and it would serve S at T though the farm never activated it.
+#[test]
+fn a_client_whose_slow_download_outlasted_an_urgent_restage_never_serves_the_replaced_version() {
+    let dir = tempfile::tempdir().unwrap();
+    // Check-ins every 2 s; a full download through the proxy takes 6.8 s.
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "8s", "--min-window", "4s"],
+    );
+    cli(
+        &s,
+        &[
+            "interval",
+            "8s",
+            "--min-window",
+            "4s",
+            "--urgent-window",
+            "1s",
+        ],
+    );
+    put(&s, "price", "v0");
+    let proxy =
+        support::proxy::Proxy::start("127.0.0.1:0", &s.url, support::proxy::Mode::PassThrough);
+    let o = Observer::start(&proxy.url, "slow-download", "price", 90.0, None);
+    o.wait_ready();
+    o.wait_value("v0", Duration::from_secs(30));
+    proxy.set(support::proxy::Mode::SlowFull);
+    let fetched = || proxy.downloads().values().sum::<u64>();
+    let before = fetched();
+
+    // Right after a rotation with nothing staged: v1 is built ahead for the next one, T0,
+    // which stages it as S for T1. The client checks in just after T0 and downloads S.
+    let t = checkin(&s, "test").sync.activation_time_us;
+    let t0 = wait_rotation_past(&s, t).activation_time_us;
+    put(&s, "price", "v1");
+    sleep_until_us(t0 + 1_000_000);
+    let sync = checkin(&s, "test").sync;
+    let t1 = sync.activation_time_us;
+    assert_eq!(t1, t0 + 8_000_000, "{sync:?}");
+    assert_eq!(
+        value_in_version(&s, "price", sync.staged_version).as_deref(),
+        Some("v1")
+    );
+    assert_eq!(fetched(), before + 1, "the client is not downloading S");
+
+    // S is replaced while the client downloads it: v2 goes live at U = now + 1 s.
+    let answer = cli(&s, &["put", "price", "v2", "--urgent"]);
+    let u = answer["live_by_us"].as_i64().unwrap();
+    assert!(u < t1 - 2_000_000, "not restaged for U: {answer:#}");
+
+    // The client hears of v2 only after its download (at T0 + 7 s or so): it catches up.
+    o.wait_value("v2", Duration::from_secs(40));
+    let served: Vec<String> = o.report().changes.iter().map(|c| c.value.clone()).collect();
+    assert!(
+        !served.iter().any(|v| v == "v1"),
+        "the client served v1, which the farm never activated: {served:?}"
+    );
+}

@@ -40,7 +40,13 @@ pub enum Mode {
     /// (long-poll) answer [`HELD_SKEW_US`] ahead: a client that took it as a clock sample
     /// would move its offset by that much.
     SkewHeld,
+    /// Answer delta downloads 404 (the client downloads the full version) and hold the body of
+    /// every full version's download [`SLOW_FULL_DELAY`] after its head: a slow link.
+    SlowFull,
 }
+
+/// How long [`Mode::SlowFull`] holds a full version's body.
+pub const SLOW_FULL_DELAY: Duration = Duration::from_millis(6_800);
 
 /// How far [`Mode::SkewHeld`] moves a held answer's clock, µs.
 pub const HELD_SKEW_US: i64 = 5_000_000;
@@ -176,6 +182,11 @@ fn serve(
     }
     let route = path.split('?').next().unwrap_or("").to_owned();
     *downloads.lock().unwrap().entry(route).or_default() += 1;
+    if mode == Mode::SlowFull && path.starts_with("/v1/deltas/") {
+        let body = b"{\"error\":\"no delta through this proxy\"}";
+        respond(&mut stream, 404, &[], body);
+        return;
+    }
     if mode == Mode::Garbage {
         let junk: Vec<u8> = (0..(n * 37 % 500 + 1))
             .map(|i| ((i * 131 + n * 7) % 256) as u8)
@@ -250,6 +261,21 @@ fn serve(
                 v.push_str("-forged");
             }
         }
+    }
+    if mode == Mode::SlowFull && is_version_path(&path) {
+        // The head at once (the client's wait for it is the check-in timeout), the body late.
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in &pass {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        std::thread::sleep(SLOW_FULL_DELAY);
+        let _ = stream.write_all(&body);
+        return;
     }
     respond(&mut stream, status, &pass, &body);
 }
@@ -356,6 +382,7 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
         | Mode::Blackhole
         | Mode::StallBody
         | Mode::StallCheckin
-        | Mode::SkewHeld => body,
+        | Mode::SkewHeld
+        | Mode::SlowFull => body,
     }
 }
