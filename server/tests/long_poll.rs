@@ -350,3 +350,80 @@ fn past_max_held_checkins_a_long_poll_is_answered_at_once_and_connections_stay_f
         assert!(head.starts_with("http/1.1 200"), "{head}");
     }
 }
+
+#[test]
+fn a_write_through_the_instance_that_holds_wakes_it_without_waiting_for_the_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    // The watcher's poll set to 30 s: only the write's own wake-up can answer in time.
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "10m", "--long-poll-watch-poll", "30s"],
+    );
+    let before = etag(&s);
+    let (url, e) = (s.url.clone(), before.clone());
+    let waiting = std::thread::spawn(move || held_checkin(&url, &e, 50_000));
+    wait_held(&s, 1);
+    let changed = Instant::now();
+    admin_post(
+        &s,
+        "/v1/admin/interval",
+        serde_json::json!({ "interval": "5m" }),
+    );
+    let (status, held, tag, _) = waiting.join().unwrap();
+    let took = changed.elapsed();
+    assert_eq!((status, held), (200, true));
+    assert_ne!(tag, before);
+    // A third of the poll period: not a wake by the poll.
+    assert!(
+        took < Duration::from_secs(10),
+        "answered {took:?} after the write"
+    );
+}
+
+#[test]
+fn held_check_ins_are_answered_with_the_rotated_table_when_a_rotation_falls_due_and_no_one_checks_in(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "5s"]);
+    put(&s, "k", "v");
+    // Check-ins from now on only held ones, which a rotation at T must answer.
+    let probe = get(
+        &format!("{}{}?name=probe", s.url, wire::PATH_CHECKIN),
+        None,
+        &[],
+    );
+    let table: wire::CheckinResponse = serde_json::from_slice(&probe.body).unwrap();
+    let before = probe
+        .headers
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let t = table.sync.activation_time_us;
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, e) = (s.url.clone(), before.clone());
+            std::thread::spawn(move || {
+                let answer = held_checkin(&url, &e, 30_000);
+                (answer, now_us())
+            })
+        })
+        .collect();
+    for w in waiting {
+        let ((status, held, tag, _), at_us) = w.join().unwrap();
+        assert_eq!(
+            (status, held),
+            (200, true),
+            "not answered by the rotation at T"
+        );
+        assert_ne!(tag, before);
+        let late_ms = (at_us - t) / 1000;
+        println!("answered {late_ms} ms after T");
+        // Well before the hold's end (30 s) or the next T (5 s later).
+        assert!(
+            (-1_000..2_000).contains(&late_ms),
+            "answered {late_ms} ms from T"
+        );
+    }
+}

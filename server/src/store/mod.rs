@@ -1362,7 +1362,9 @@ impl Store {
     /// how many versions it dropped, and gives the space back (SQLite's incremental vacuum,
     /// PostgreSQL's `VACUUM`).
     pub fn prune(&self, retention: Retention, now_us: i64) -> Result<u64> {
-        let (pruned, orphans) = self.write(|tx| {
+        // Not `write`: it never changes the sync table, and telling the long-poll watcher
+        // every second would hide whether its own poll notices other instances' changes.
+        let (pruned, orphans) = self.write_with(Durability::Full, |tx| {
             let (sync, _) = tx.sync()?;
             let newest = tx.next_version_number()?.saturating_sub(1);
             let below = newest.saturating_sub(retention.keep_versions) + 1;
