@@ -120,8 +120,8 @@ fn invariant_8_processes_of_one_host_hold_one_copy_and_the_host_downloads_each_v
     r.sort();
     assert_eq!(r, vec![1, 2, 2, 2], "one leader, three followers");
 
-    // One download per version for the whole host.
-    let downloads = proxy.downloads();
+    // One download per version for the whole host, whole or as a delta.
+    let downloads = proxy.transfers();
     assert!(
         downloads.values().all(|n| *n == 1),
         "a version was downloaded more than once by one host: {downloads:?}"

@@ -108,6 +108,28 @@ impl Proxy {
             .collect()
     }
 
+    /// How many times each version was transferred through the proxy, by version number:
+    /// whole (the old route or a blob URL) or as a delta to it. A delta and then a full
+    /// download of the same version count two.
+    pub fn transfers(&self) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for (path, n) in self.downloads.lock().unwrap().iter() {
+            let number = if let Some(n) = path.strip_prefix("/v1/versions/") {
+                n.parse().ok()
+            } else if let Some(name) = path.strip_prefix("/v1/blobs/") {
+                name.split('-').next().and_then(|v| v.parse().ok())
+            } else if let Some(name) = path.strip_prefix("/v1/deltas/") {
+                name.split('-').nth(1).and_then(|v| v.parse().ok())
+            } else {
+                None
+            };
+            if let Some(number) = number.filter(|_| *n > 0) {
+                *out.entry(number).or_default() += n;
+            }
+        }
+        out
+    }
+
     /// How many check-ins reached the data server through the proxy.
     pub fn checkins(&self) -> u64 {
         self.downloads
@@ -181,7 +203,7 @@ fn serve(
         return;
     }
     let route = path.split('?').next().unwrap_or("").to_owned();
-    *downloads.lock().unwrap().entry(route).or_default() += 1;
+    *downloads.lock().unwrap().entry(route.clone()).or_default() += 1;
     if mode == Mode::SlowFull && path.starts_with("/v1/deltas/") {
         let body = b"{\"error\":\"no delta through this proxy\"}";
         respond(&mut stream, 404, &[], body);
@@ -216,6 +238,14 @@ fn serve(
         return;
     };
     let status = resp.status().as_u16();
+    if path.starts_with("/v1/deltas/") && status != 200 {
+        // No delta came (none worth sending, not modified): not a transfer of its version.
+        let mut d = downloads.lock().unwrap();
+        if let Some(n) = d.get_mut(&route) {
+            *n -= 1;
+        }
+        *d.entry(format!("{status} {route}")).or_default() += 1;
+    }
     let mut pass: Vec<(String, String)> = resp
         .headers()
         .iter()
