@@ -371,7 +371,7 @@ const LONG_POLL_MAX_MS: std::ops::RangeInclusive<u64> = 30_000..=45_000;
 /// A data server that answered a long-poll check-in at once is slept for this many check-in
 /// periods, at most [`NO_LONG_POLL_MAX_NS`], then tried again: an upgrade is noticed, and an
 /// old one costs a long-poll answered at once every few minutes.
-const NO_LONG_POLL_INTERVALS: i64 = 20;
+const NO_LONG_POLL_INTERVALS: i64 = 4;
 const NO_LONG_POLL_MAX_NS: i64 = 300_000_000_000;
 
 fn run(shared: Arc<Shared>, control: Arc<Control>) {

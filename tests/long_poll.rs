@@ -320,3 +320,141 @@ fn a_client_refused_a_hold_because_the_server_is_busy_long_polls_again_at_its_ne
     }
     println!("held again {:?} after the slot was freed", freed.elapsed());
 }
+
+#[test]
+fn when_the_leader_dies_its_successor_long_polls_and_the_host_still_has_one_held_check_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = slow_server(dir.path());
+    let cache = own_host_cache("lp-demote");
+    let options = format!("cache_dir={}", cache.display());
+    let mut observers: Vec<Observer> = (0..3)
+        .map(|i| Observer::start_with(&s.url, &format!("lp-demote-{i}"), "k", 60.0, None, &options))
+        .collect();
+    for o in &observers {
+        o.wait_ready();
+    }
+    wait_held(&s, 1);
+    let leader = |observers: &[Observer]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leaders: Vec<usize> = (0..observers.len())
+                .filter(|&i| observers[i].report().stat("role") == Some(1))
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(Instant::now() < deadline, "leaders: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = leader(&observers);
+    observers[first].kill9();
+    observers.remove(first);
+    // A follower takes over and waits for the host in its turn; the dead leader's hold ends
+    // with its connection.
+    let next = leader(&observers);
+    wait_held(&s, 1);
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut changed = false;
+    while Instant::now() < until {
+        most = most.max(held(&s));
+        if !changed && until - Instant::now() < Duration::from_secs(2) {
+            change_interval(&s, 0);
+            changed = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(most, 1, "{most} check-ins held at once for one host");
+    wait_held(&s, 1);
+    assert_eq!(observers[next].report().stat("role"), Some(1));
+}
+
+/// A relay to `upstream` that, while `old` is set, drops `wait_ms` from check-ins, as a data
+/// server from before long-poll would ignore it (a 304 at once, never held).
+fn old_server_relay(upstream: &str, old: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (upstream, old) = (upstream.clone(), old.clone());
+            std::thread::spawn(move || {
+                let Some((path, headers)) = support::proxy::read_request(&stream) else {
+                    return;
+                };
+                let path = match old.load(Ordering::Relaxed) {
+                    true => path.replace(&format!("{}=", lockstep::wire::QUERY_WAIT_MS), "x="),
+                    false => path,
+                };
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(90)))
+                    .build()
+                    .into();
+                let mut req = agent.get(&format!("{upstream}{path}"));
+                for (k, v) in &headers {
+                    if k.eq_ignore_ascii_case("if-none-match")
+                        || k.eq_ignore_ascii_case("authorization")
+                    {
+                        req = req.header(k, v);
+                    }
+                }
+                let Ok(mut resp) = req.call() else { return };
+                let headers: Vec<(String, String)> = resp
+                    .headers()
+                    .iter()
+                    .filter(|(k, _)| {
+                        let k = k.as_str();
+                        k.starts_with("x-lockstep") || k == "etag" || k == "content-type"
+                    })
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 30)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                support::proxy::respond(&mut stream, resp.status().as_u16(), &headers, &body);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_server_that_answered_a_long_poll_at_once_is_long_polled_again_after_a_while() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("lp.db"), &["--interval", "8s"]);
+    put(&s, "k", "one");
+    wait_active(&s, "k", "one");
+    let old = std::sync::Arc::new(AtomicBool::new(true));
+    let relay = old_server_relay(&s.url, old.clone());
+    let o = Observer::start(&relay, "lp-old", "k", 120.0, None);
+    o.wait_ready();
+    // Through a server that predates long-poll: slept for, never held.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_eq!(held(&s), 0, "held through a server without long-poll");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Upgraded: long-polled again within a few check-in periods (4 × 8 s), not never.
+    old.store(false, Ordering::Relaxed);
+    let upgraded = Instant::now();
+    let deadline = upgraded + Duration::from_secs(60);
+    while held(&s) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never long-polled the upgraded server"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "long-polled again {:?} after the upgrade",
+        upgraded.elapsed()
+    );
+}
