@@ -383,7 +383,7 @@ fn a_write_through_the_instance_that_holds_wakes_it_without_waiting_for_the_poll
 #[test]
 fn held_check_ins_are_answered_with_the_rotated_table_when_a_rotation_falls_due_and_no_one_checks_in(
 ) {
-    each_backend(|backend, db| rotated_while_held(backend, db));
+    each_backend(rotated_while_held);
 }
 
 fn rotated_while_held(backend: common::postgres::Backend, db: &std::path::Path) {
