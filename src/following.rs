@@ -36,6 +36,20 @@ pub fn apply_schedule(
     s: &Schedule,
     arm_staged: bool,
 ) -> Result<(), String> {
+    // The schedule's stats first: once the version below is active and the handle ready,
+    // a reader (sync_open returning, an nginx worker's first request) must find the check-in
+    // that stands behind it, not "never checked in".
+    let stats = &shared.stats;
+    stats.clock_offset_us.store(s.clock_offset_us, Relaxed);
+    stats.clock_error_us.store(s.clock_error_us, Relaxed);
+    stats.lagging.store(s.lagging as u64, Relaxed);
+    if s.confirmed_us > 0 {
+        stats.confirmed_us.store(s.confirmed_us, Relaxed);
+    }
+    let last_checkin = s.last_checkin_us.max(s.confirmed_us);
+    if last_checkin > 0 {
+        stats.last_checkin_us.store(last_checkin, Relaxed);
+    }
     let act = &shared.activation;
     let now = mono_ns();
     if let Some(due) = due_now(s, now, arm_staged) {
@@ -90,14 +104,6 @@ pub fn apply_schedule(
             .next_activation_us
             .store(st.activation_us, Relaxed);
     }
-    let stats = &shared.stats;
-    stats.clock_offset_us.store(s.clock_offset_us, Relaxed);
-    stats.clock_error_us.store(s.clock_error_us, Relaxed);
-    stats.lagging.store(s.lagging as u64, Relaxed);
-    if s.confirmed_us > 0 {
-        stats.confirmed_us.store(s.confirmed_us, Relaxed);
-        stats.last_checkin_us.store(s.confirmed_us, Relaxed);
-    }
     Ok(())
 }
 
@@ -123,5 +129,40 @@ pub fn leader_schedule(shared: &Shared, confirmed_us: i64, confirmed_mono_ns: i6
     s.clock_offset_us = stats.clock_offset_us.load(Relaxed);
     s.clock_error_us = stats.clock_error_us.load(Relaxed);
     s.lagging = stats.lagging.load(Relaxed) != 0;
+    s.last_checkin_us = stats.last_checkin_us.load(Relaxed);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+
+    #[test]
+    fn a_follower_shows_its_leaders_last_check_in_before_the_leaders_cycle_finished() {
+        // The leader checked in and activated a version, but its cycle returned before it
+        // confirmed the table (a staged version waits for another check-in, a staged download
+        // failed): its followers serve that version and must not say "never checked in".
+        let options = Options::parse("url=http://127.0.0.1:9").unwrap();
+        let tls = crate::tls::config(None).unwrap();
+        let leader = Shared::new(options.clone(), tls.clone());
+        leader
+            .stats
+            .last_checkin_us
+            .store(1_700_000_000_000_000, Relaxed);
+        let s = leader_schedule(&leader, 0, 0);
+        assert_eq!(s.confirmed_us, 0);
+
+        let root = tempfile::tempdir().unwrap();
+        let cache = HostCache::open(root.path(), "http://127.0.0.1:9").unwrap();
+        cache.write_schedule(&s).unwrap();
+        let read = cache.read_schedule().unwrap().unwrap();
+        let follower = Shared::new(options, tls);
+        apply_schedule(&follower, &cache, &read, true).unwrap();
+        assert_eq!(
+            follower.stats.last_checkin_us.load(Relaxed),
+            1_700_000_000_000_000
+        );
+        assert_eq!(follower.stats.confirmed_us.load(Relaxed), 0);
+    }
 }

@@ -155,6 +155,11 @@ pub struct Schedule {
     pub clock_offset_us: i64,
     pub clock_error_us: i64,
     pub lagging: bool,
+    /// The data server's clock at the leader's last check-in that answered, µs (0: none),
+    /// even one whose cycle has not finished: a follower serving the version the leader
+    /// activated on it shows when its host last heard from the data server, not "never".
+    #[serde(default)]
+    pub last_checkin_us: i64,
 }
 
 impl Schedule {
@@ -171,6 +176,7 @@ impl Schedule {
             clock_offset_us: 0,
             clock_error_us: 0,
             lagging: false,
+            last_checkin_us: 0,
         }
     }
 
