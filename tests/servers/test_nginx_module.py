@@ -102,6 +102,10 @@ def test_variables_and_the_status_location_show_each_workers_handle(nginx_bin, w
     server = Server(workdir, interval="1s", min_window="500ms")
     nginx = None
     try:
+        # Enough other keys that the edit below travels as a delta (a one-key version is
+        # smaller whole than any delta, and the data server offers none).
+        server.admin("/v1/admin/import", {"entries": [
+            {"key": f"filler:{i:04}", "value": f"value {i}"} for i in range(300)]})
         server.put("price:apple", "1.25")
         server.wait_active("price:apple", "1.25")
         port = free_port()
@@ -141,18 +145,32 @@ def test_variables_and_the_status_location_show_each_workers_handle(nginx_bin, w
         assert staged_seen, "no worker ever showed the edit staged"
         assert all(st == ac + 1 for ac, st in staged_seen), staged_seen
 
-        status, body, headers = fetch(port, "/lockstep-status")
-        assert status == 200 and headers["Content-Type"] == "application/json"
-        stats = json.loads(body)
-        assert stats["pid"] > 0 and stats["checkins"] >= 0 and stats["host_role"] in (1, 2)
-        assert stats["active_version"] >= active - 1 and stats["lagging"] is False
-        assert stats["last_error"] == ""
-        # Transfer counters: a follower reads the leader's files and downloads nothing itself.
-        for k in ("bytes_downloaded", "deltas_applied", "full_downloads"):
-            assert isinstance(stats[k], int) and stats[k] >= 0, stats
-        if stats["host_role"] == 1:
-            assert stats["full_downloads"] + stats["deltas_applied"] >= 2, stats
-            assert stats["bytes_downloaded"] > 0, stats
+        # A second edit, so that the leader's two counters differ.
+        server.put("price:apple", "0.98")
+        assert wait_for(lambda: all(fetch(port, "/prices/price:apple")[1] == b"0.98"
+                                    for _ in range(8)), timeout=20)
+        by_role = {}
+        for _ in range(200):  # every worker answers in turn: the leader, and a follower
+            status, body, headers = fetch(port, "/lockstep-status")
+            assert status == 200 and headers["Content-Type"] == "application/json"
+            stats = json.loads(body)
+            assert stats["host_role"] in (1, 2), stats
+            by_role[stats["host_role"]] = stats
+            if len(by_role) == 2:
+                break
+        assert set(by_role) == {1, 2}, by_role
+        for stats in by_role.values():
+            assert stats["pid"] > 0 and stats["checkins"] >= 0
+            assert stats["active_version"] >= active - 1 and stats["lagging"] is False
+            assert stats["last_error"] == ""
+        # Transfer counters. The leader downloaded the version active when nginx started
+        # whole, and the two edits as deltas; a follower reads the leader's files and
+        # downloads nothing itself.
+        leader, follower = by_role[1], by_role[2]
+        assert (leader["full_downloads"], leader["deltas_applied"]) == (1, 2), leader
+        assert leader["bytes_downloaded"] > 0, leader
+        assert (follower["full_downloads"], follower["deltas_applied"],
+                follower["bytes_downloaded"]) == (0, 0, 0), follower
 
         # The data server goes away: the leader's status says why, as valid JSON.
         server.stop()
