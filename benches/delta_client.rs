@@ -23,7 +23,9 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET `url`; returns (bytes as transferred, decoded bytes).
+/// GET `url`; returns (bytes as transferred, decoded bytes). The body streams into the
+/// client's own aligned buffer (through a streaming zstd decoder when compressed), as
+/// `src/retrieval.rs` does, so neither path pays for an extra copy.
 fn get(agent: &ureq::Agent, url: &str, token: &str, zstd: bool) -> (usize, VersionBuf) {
     let mut req = agent
         .get(url)
@@ -37,22 +39,44 @@ fn get(agent: &ureq::Agent, url: &str, token: &str, zstd: bool) -> (usize, Versi
         .headers()
         .get("content-encoding")
         .is_some_and(|v| v == "zstd");
-    let mut raw = Vec::new();
-    resp.body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .reader()
-        .read_to_end(&mut raw)
-        .expect("body");
-    let transferred = raw.len();
-    let decoded = if compressed {
-        zstd::stream::decode_all(&raw[..]).expect("zstd")
-    } else {
-        raw
+    let mut counted = Counted {
+        inner: resp.body_mut().with_config().limit(u64::MAX).reader(),
+        n: 0,
     };
     let mut buf = VersionBuf::new();
-    buf.extend_from_slice(&decoded);
-    (transferred, buf)
+    if compressed {
+        let mut decoder = zstd::stream::read::Decoder::new(&mut counted).expect("zstd");
+        buf.read_capped(&mut decoder, u64::MAX, None).expect("body");
+    } else {
+        buf.read_capped(&mut counted, u64::MAX, None).expect("body");
+    }
+    (counted.n, buf)
+}
+
+/// A reader that counts the bytes as transferred.
+struct Counted<R> {
+    inner: R,
+    n: usize,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.n += n;
+        Ok(n)
+    }
+}
+
+/// The data server's CPU time so far (utime + stime from /proc, in ms).
+fn server_cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
 }
 
 fn thread_cpu_ns() -> i64 {
@@ -82,8 +106,8 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let [url, token, rounds] = &args[..] else {
-        eprintln!("usage: delta_client URL TOKEN ROUNDS");
+    let [url, token, rounds, server_pid] = &args[..] else {
+        eprintln!("usage: delta_client URL TOKEN ROUNDS SERVER_PID");
         std::process::exit(2);
     };
     let rounds: usize = rounds.parse().expect("ROUNDS");
@@ -92,7 +116,9 @@ fn main() {
     // the URLs the check-in gives stay good after it goes live (versions are kept, and the
     // data server makes a delta of a pair it did not name again from the version below).
     let deadline = Instant::now() + std::time::Duration::from_secs(1800);
+    let mut cpu_before_offer;
     let answer = loop {
+        cpu_before_offer = server_cpu_ms(server_pid);
         let mut resp = agent
             .get(&format!("{url}{}?name=delta-bench", wire::PATH_CHECKIN))
             .header("Authorization", &format!("Bearer {token}"))
@@ -123,6 +149,9 @@ fn main() {
     let started = Instant::now();
     let (delta_plain, _) = get(&agent, &delta_url, token, false);
     let first_delta_ms = started.elapsed().as_secs_f64() * 1e3;
+    // From just before the check-in that first named the pair (which starts the make) to the
+    // delta's last byte: the data server's whole cost of making it and serving it once.
+    let server_make_ms = server_cpu_ms(server_pid) - cpu_before_offer;
     let (full_plain, target) = get(&agent, &full_url, token, false);
     let (full_zstd, _) = get(&agent, &full_url, token, true);
     let (delta_zstd, _) = get(&agent, &delta_url, token, true);
@@ -141,10 +170,11 @@ fn main() {
     );
 
     let mut full_ms = Vec::new();
+    let mut full_plain_ms = Vec::new();
     let mut delta_ms = Vec::new();
     let mut make_ms = Vec::new();
     for round in 0..=rounds {
-        let mut order = [0, 1, 2];
+        let mut order = [0, 1, 2, 3];
         if round % 2 == 1 {
             order.reverse();
         }
@@ -175,6 +205,17 @@ fn main() {
                         delta_ms.push(ms);
                     }
                 }
+                3 => {
+                    // The full version's best case on loopback: no decompression at all.
+                    let t = Instant::now();
+                    let (_, bytes) = get(&agent, &full_url, token, false);
+                    let v = Version::verify(bytes, Some(b)).expect("full verifies");
+                    assert_eq!(v.number(), b);
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    if round > 0 {
+                        full_plain_ms.push(ms);
+                    }
+                }
                 _ => {
                     let cpu = thread_cpu_ns();
                     let made = lockstep::delta::make(base.bytes(), &target).expect("make");
@@ -188,9 +229,18 @@ fn main() {
         }
     }
     println!("client, from the request to a verified version ready to stage (zstd accepted):");
-    let full = summary("download + verify the full version", full_ms);
+    let full = summary("download (zstd) + verify the full version", full_ms);
+    let plain = summary("download (plain) + verify the full version", full_plain_ms);
     let delta = summary("download + apply + verify the delta", delta_ms);
-    println!("  delta/full time {:.2}", delta / full);
-    println!("data server, CPU time to make the delta once (one thread):");
-    summary("delta::make (decode both, diff, encode)", make_ms);
+    println!(
+        "  delta/full time {:.2} (against the plain full download {:.2})",
+        delta / full,
+        delta / plain
+    );
+    println!(
+        "data server, CPU time (utime+stime from /proc) from the check-in that named the pair \
+         to the delta served once: {server_make_ms:.0} ms"
+    );
+    println!("the same code on one thread here, CPU time to make the delta:");
+    summary("delta::make (diff both, encode)", make_ms);
 }
