@@ -32,7 +32,7 @@ echo "== benchmarks still compile (and the bench scripts parse)"
 cargo bench -p lockstep --no-run
 for script in benches/*.sh; do bash -n "$script"; done
 echo "== Rust, C and end-to-end tests"
-bounded 30m cargo test --workspace
+bounded 30m cargo test --workspace --no-fail-fast
 echo "== fuzzing on the stable toolchain: each target for a bounded time (fuzz/README.md)"
 bounded 15m ./scripts/fuzz.sh --build
 for target in version checkin options import delta; do

@@ -15,19 +15,19 @@ use lockstep::format::{self, Content};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     PassThrough,
-    /// Flip a byte in every version download.
+    /// Flip a byte in every version download, whole or as a delta.
     FlipByte,
-    /// Cut every version download in half.
+    /// Cut every version download (whole or as a delta) in half.
     Truncate,
     /// Replace every version download with a well-formed version of the same number and a
-    /// valid checksum, but other content.
+    /// valid checksum, but other content; deltas are answered 404.
     Forge,
     /// Answer every request with junk (random bytes, bad HTTP, bad JSON).
     Garbage,
     /// Accept every connection, read the request, and never answer.
     Blackhole,
-    /// Pass check-ins through; answer version downloads with their headers and half their
-    /// body, then stall forever.
+    /// Pass check-ins through; answer version downloads (whole or as a delta) with their
+    /// headers and half their body, then stall forever.
     StallBody,
     /// Pass downloads through; answer check-ins with their headers and half their body, then
     /// stall forever.
@@ -204,7 +204,15 @@ fn serve(
     }
     let route = path.split('?').next().unwrap_or("").to_owned();
     *downloads.lock().unwrap().entry(route.clone()).or_default() += 1;
-    if mode == Mode::SlowFull && path.starts_with("/v1/deltas/") {
+    // A forged version cannot be sent as a delta against the real one: a client offered a delta
+    // gets the full (forged) download instead, as it would from a data server that had none.
+    if matches!(mode, Mode::SlowFull | Mode::Forge) && path.starts_with("/v1/deltas/") {
+        let mut d = downloads.lock().unwrap();
+        if let Some(n) = d.get_mut(&route) {
+            *n -= 1;
+        }
+        *d.entry(format!("404 {route}")).or_default() += 1;
+        drop(d);
         let body = b"{\"error\":\"no delta through this proxy\"}";
         respond(&mut stream, 404, &[], body);
         return;
@@ -275,12 +283,19 @@ fn serve(
         stall_body(&mut stream, &pass, &body, stop);
         return;
     }
-    if is_version_path(&path) && status == 200 {
+    // Deltas carry versions too: the damaging modes damage them as well, or a client would get
+    // the real version through an undamaged delta while "every download" was meant damaged.
+    let is_delta = path.starts_with("/v1/deltas/");
+    if (is_version_path(&path) || is_delta) && status == 200 {
         if mode == Mode::StallBody {
             stall_body(&mut stream, &pass, &body, stop);
             return;
         }
-        body = damage(body, mode);
+        // An honest delta rebuilds the real version, whose checksum is not the forged one
+        // announced: the client's announced-checksum check refuses it.
+        if !(is_delta && mode == Mode::ForgeStructure) {
+            body = damage(body, mode);
+        }
     }
     if mode == Mode::ForgeStructure && path.starts_with("/v1/checkin") && status == 200 {
         body = announce_forgeries(&agent, upstream, &headers, body);
