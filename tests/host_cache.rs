@@ -300,7 +300,8 @@ fn a_leader_killed_mid_download_leaves_no_torn_file_and_the_next_leader_fetches_
     let rotation = wait_active(&s, "price", "v0");
     let _ = rotation;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.downloads().len() < 2 {
+    // Whole or as a delta: StallBody stalls both, and the leader tries the delta first.
+    while proxy.transfers().len() < 2 {
         assert!(
             Instant::now() < deadline,
             "the leader never started the download"
