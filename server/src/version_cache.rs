@@ -51,6 +51,21 @@ impl VersionCache {
             .cloned()
     }
 
+    /// The numbers of the versions whose bytes are held.
+    pub fn numbers(&self) -> Vec<u64> {
+        let cache = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        cache.keys().copied().collect()
+    }
+
+    /// Lets go of the bytes of `versions` (retention dropped their content: a download of one
+    /// must say so, not serve it from memory until newer versions push it out).
+    pub fn forget(&self, versions: &[u64]) {
+        let mut cache = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        for v in versions {
+            cache.remove(v);
+        }
+    }
+
     pub fn insert(&self, stored: StoredVersion) {
         self.remember_checksum(stored.version, stored.checksum);
         let mut cache = self.bytes.lock().unwrap_or_else(|e| e.into_inner());

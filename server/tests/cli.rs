@@ -81,16 +81,14 @@ fn cli_round_trips_put_get_ls_import_rollback() {
     assert_eq!(json(&s, &["ls"]).as_array().unwrap().len(), 6);
 
     // Let the edits become a version, then change and roll back.
-    let t = checkin(&s, "probe").sync.activation_time_us;
-    let good = wait_rotation_past(&s, t).staged_version;
+    let good = version_with_edits_so_far(&s);
     assert_eq!(
         ok(&s, &["get", "price:fig", "--version", &good.to_string()]).trim(),
         "3.10"
     );
     ok(&s, &["rm", "price:fig"]);
     ok(&s, &["put", "price:apple", "9.99"]);
-    let t = checkin(&s, "probe").sync.activation_time_us;
-    let bad = wait_rotation_past(&s, t).staged_version;
+    let bad = version_with_edits_so_far(&s);
     let diff = ok(&s, &["diff", &good.to_string(), &bad.to_string()]);
     assert!(diff.contains("- price:fig"), "{diff}");
     assert!(diff.contains("~ price:apple\t1.25 -> 9.99"), "{diff}");
@@ -313,8 +311,7 @@ fn rollback_lists_the_production_keys_it_changes_and_needs_yes_to_discard_edits(
     );
     ok(&s, &["put", "a", "1"]);
     ok(&s, &["put", "b", "1"]);
-    let t = checkin(&s, "probe").sync.activation_time_us;
-    let good = wait_rotation_past(&s, t).staged_version.to_string();
+    let good = version_with_edits_so_far(&s).to_string();
     ok(&s, &["put", "a", "2"]);
     ok(&s, &["rm", "b"]);
     ok(&s, &["put", "c", "3"]);

@@ -540,15 +540,11 @@ fn rollback_and_diff() {
         let s = Server::start(db, &["--interval", "200ms", "--min-window", "100ms"]);
         put(&s, "a", "1");
         put(&s, "b", "1");
-        let mut t = checkin(&s, "probe").sync.activation_time_us;
-        let good = wait_rotation_past(&s, t);
-        t = good.activation_time_us;
-        let good_version = good.staged_version;
+        let good_version = version_with_edits_so_far(&s);
         put(&s, "a", "2");
         admin_post(&s, "/v1/admin/delete", serde_json::json!({"key": "b"}));
         put(&s, "c", "3");
-        let bad = wait_rotation_past(&s, t);
-        let bad_version = bad.staged_version;
+        let bad_version = version_with_edits_so_far(&s);
         let d = admin_get(
             &s,
             &format!("/v1/admin/diff?a={good_version}&b={bad_version}"),
@@ -926,7 +922,7 @@ fn a_rollback_dry_run_lists_production_changes_and_changes_nothing() {
         let s = Server::start(db, &["--interval", "200ms", "--min-window", "100ms"]);
         put(&s, "a", "1");
         put(&s, "b", "1");
-        let good = wait_rotation_past(&s, checkin(&s, "p").sync.activation_time_us).staged_version;
+        let good = version_with_edits_so_far(&s);
         put(&s, "a", "2");
         admin_post(&s, "/v1/admin/delete", serde_json::json!({"key": "b"}));
         put(&s, "c", "3");

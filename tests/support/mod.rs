@@ -357,6 +357,16 @@ pub fn wait_rotation_past(s: &Server, after_us: i64) -> SyncTable {
     }
 }
 
+/// A version that holds every edit committed before this call: the one active from the second
+/// activation after it (invariant 7). The version staged at the first rotation may lack an edit
+/// made while it was being built ahead of time; it is restaged after that rotation only when
+/// there is still a check-in period before the next activation.
+pub fn version_with_edits_so_far(s: &Server) -> u64 {
+    let first = checkin(s, "probe").sync.activation_time_us;
+    let second = wait_rotation_past(s, first).activation_time_us;
+    wait_rotation_past(s, second).active_version
+}
+
 pub fn value_in_version(s: &Server, key: &str, version: u64) -> Option<String> {
     let a = get(
         &format!("{}/v1/admin/key?key={key}&version={version}", s.url),

@@ -1375,6 +1375,21 @@ impl Store {
             let dropped = tx.prune_changesets(changes_before)?;
             Ok((pruned, dropped + tx.drop_orphans(sync.activation_time_us)?))
         })?;
+        if pruned > 0 {
+            // Versions made for deltas and blobs are read into memory without a client asking
+            // for them; the ones whose content was just dropped leave it too.
+            let held = self.versions.numbers();
+            let dropped = self.read(|tx| {
+                let mut dropped = Vec::new();
+                for &v in &held {
+                    if tx.version_pruned(v)?.is_some() {
+                        dropped.push(v);
+                    }
+                }
+                Ok(dropped)
+            })?;
+            self.versions.forget(&dropped);
+        }
         if pruned + orphans > 0 {
             self.db.reclaim()?;
         }
