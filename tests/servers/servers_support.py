@@ -306,6 +306,13 @@ class CountingProxy:
                     version = int(number) if number else struct.unpack_from("<Q", head, 16)[0]
                     with proxy.lock:
                         proxy.downloads[version] += 1
+                elif (url.path.startswith("/v1/deltas/") and resp.status == 200
+                      and sent == total):
+                    # A delta to a version is a transfer of it too:
+                    # /v1/deltas/{base}-{version}-{checksum}-{key}.
+                    version = int(url.path[len("/v1/deltas/"):].split("-")[1])
+                    with proxy.lock:
+                        proxy.downloads[version] += 1
                 if sent != total:
                     self.close_connection = True
 
