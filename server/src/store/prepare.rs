@@ -97,31 +97,14 @@ pub fn prepare(tx: &mut dyn Tx, basis: Basis) -> Result<Option<Prepared>> {
     for (_, change) in &due {
         change.apply_to(&mut content);
     }
-    let digest = format::content_digest(&content);
-    if digest == staged_digest {
-        return Ok(None);
-    }
-    // From the basis, not the clock: every instance that builds for this rotation makes the
-    // same bytes, so they are stored once (see `Store::prepare_next`).
-    let created_us = basis.due_us;
-    let bytes = format::encode(basis.number, created_us, &content)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
-    let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
-    Ok(Some(Prepared {
+    build(
+        tx,
         basis,
         production_gen,
-        digest,
-        checksum: header.checksum,
-        entries: content.len() as u64,
-        size: bytes.len() as u64,
-        bytes: bytes.to_vec(),
-        created_us,
-        base: sync.staged_version,
-        changes,
-        stored_us: None,
-    }))
+        sync.staged_version,
+        &staged_digest,
+        content,
+    )
 }
 
 /// Why a version was made, for one that a rotation staged from a build that production had
@@ -208,27 +191,48 @@ pub fn prepare_restage(tx: &mut dyn Tx, basis: Basis) -> Result<Option<Prepared>
     let (sync, _) = tx.sync()?;
     let (staged_digest, _) = super::staging::version_digest(tx, sync.staged_version)?;
     let content: Content = tx.production()?;
+    build(
+        tx,
+        basis,
+        basis.production_gen,
+        sync.staged_version,
+        &staged_digest,
+        content,
+    )
+}
+
+/// Encodes `content` as the version `basis` names, with its change set against `staged`;
+/// `None` if it is the staged version's content.
+fn build(
+    tx: &mut dyn Tx,
+    basis: Basis,
+    production_gen: i64,
+    staged: u64,
+    staged_digest: &str,
+    content: Content,
+) -> Result<Option<Prepared>> {
     let digest = format::content_digest(&content);
     if digest == staged_digest {
         return Ok(None);
     }
-    // From the basis, as in `prepare`: every instance makes the same bytes.
+    // From the basis, not the clock: every instance that builds for this rotation makes the
+    // same bytes, so they are stored once (see `Store::prepare_next`).
     let created_us = basis.due_us;
     let bytes = format::encode(basis.number, created_us, &content)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let header = format::read_header(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let (staged_bytes, _) = super::staging::stored_bytes(tx, sync.staged_version)?;
+    let (staged_bytes, _) = super::staging::stored_bytes(tx, staged)?;
     let changes = changeset::encode(&changeset::between(&staged_bytes, &content)?)?;
     Ok(Some(Prepared {
         basis,
-        production_gen: basis.production_gen,
+        production_gen,
         digest,
         checksum: header.checksum,
         entries: content.len() as u64,
         size: bytes.len() as u64,
         bytes: bytes.to_vec(),
         created_us,
-        base: sync.staged_version,
+        base: staged,
         changes,
         stored_us: None,
     }))
