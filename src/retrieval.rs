@@ -1130,20 +1130,8 @@ impl Retriever {
                 &body,
             ));
         }
-        let zstd = match resp
-            .headers()
-            .get("content-encoding")
-            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("identity") => false,
-            Some("zstd") => true,
-            Some(other) => {
-                return Err(format!(
-                    "download of version {number}: unrequested content-encoding '{other}'"
-                ))
-            }
-        };
+        let zstd = zstd_encoded(resp.headers())
+            .map_err(|e| format!("download of version {number}: {e}"))?;
         let announced = resp
             .headers()
             .get("content-length")
@@ -1348,16 +1336,7 @@ impl Retriever {
                 &body,
             ));
         }
-        let zstd = match resp
-            .headers()
-            .get("content-encoding")
-            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("identity") => false,
-            Some("zstd") => true,
-            Some(other) => return Err(format!("{what}: unrequested content-encoding '{other}'")),
-        };
+        let zstd = zstd_encoded(resp.headers()).map_err(|e| format!("{what}: {e}"))?;
         let length = resp
             .headers()
             .get("content-length")
@@ -1561,6 +1540,20 @@ fn sleep_rest(control: &Control, until: i64) -> Waited<()> {
         Waited::Stopped
     } else {
         Waited::TimedOut
+    }
+}
+
+/// Whether a download's body is zstd (the only encoding the client asks for); any other
+/// encoding is refused rather than read as a version.
+fn zstd_encoded(headers: &ureq::http::HeaderMap) -> Result<bool, String> {
+    match headers
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("identity") => Ok(false),
+        Some("zstd") => Ok(true),
+        Some(other) => Err(format!("unrequested content-encoding '{other}'")),
     }
 }
 
