@@ -27,6 +27,10 @@ static FORK_MONO_NS: AtomicI64 = AtomicI64::new(0);
 
 /// How long `sync_close` waits for the retrieval thread before leaving it to exit by itself.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long in all `sync_close` waits for a fetch for the host cache that still advances.
+const CLOSE_WAIT_FOR_FETCH: std::time::Duration = std::time::Duration::from_secs(15);
+/// A fetch that has received no byte for this long is stalled, and not waited for.
+const FETCH_STALLED: std::time::Duration = std::time::Duration::from_secs(1);
 static ATFORK: Once = Once::new();
 
 extern "C" fn after_fork_in_child() {
@@ -231,6 +235,7 @@ impl Client {
             return;
         }
         let control = self.control.load_full();
+        self.shared.begin_close();
         control.stop();
         let handle = self
             .thread
@@ -242,7 +247,20 @@ impl Client {
             // shutting down must not wait out a 100 MB download, so after a bound the thread
             // is left to finish that request and exit by itself. It owns what it uses (an
             // Arc of the shared state), and the library is never unmapped (-z nodelete).
-            if control.wait_exited(CLOSE_WAIT) {
+            //
+            // The exception is a fetch for the host cache that still advances: what it brings
+            // is published for the whole host, and cutting it off would make this process's
+            // successor there (a recycled worker is often its host's leader) fetch the same
+            // version again. It is waited for while bytes keep arriving, up to a cap.
+            let started = std::time::Instant::now();
+            let mut exited = control.wait_exited(CLOSE_WAIT);
+            while !exited
+                && started.elapsed() < CLOSE_WAIT_FOR_FETCH
+                && self.shared.transfer_advancing(FETCH_STALLED)
+            {
+                exited = control.wait_exited(std::time::Duration::from_millis(20));
+            }
+            if exited {
                 let _ = h.join();
             }
         }

@@ -10,7 +10,7 @@
 //! shared across `fork()`); what it shares with readers is the [`Activation`] and the
 //! [`Stats`] atomics.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -138,7 +138,16 @@ pub struct Shared {
     pub tls: ureq::tls::TlsConfig,
     ready: Mutex<bool>,
     ready_cv: Condvar,
+    /// A fetch for the host cache under way: CLOCK_MONOTONIC ns of its last received byte,
+    /// [`LOCAL_WORK`] once every byte is in (rebuilding, verifying, publishing), 0 when none
+    /// is. `sync_close` waits longer for such a fetch (see [`Shared::transfer_advancing`]).
+    transfer: AtomicI64,
+    /// `sync_close` has begun: no new fetch starts.
+    closing: AtomicBool,
 }
+
+/// [`Shared::transfer`] once the network part of a fetch is done.
+const LOCAL_WORK: i64 = i64::MAX;
 
 impl Shared {
     pub fn new(options: Options, tls: ureq::tls::TlsConfig) -> Shared {
@@ -165,6 +174,40 @@ impl Shared {
             activation: Activation::new(),
             ready: Mutex::new(false),
             ready_cv: Condvar::new(),
+            transfer: AtomicI64::new(0),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// True while a fetch for the host cache is under way and not stalled: bytes arrived
+    /// within `stalled`, or all of them have and only local work remains. What such a fetch
+    /// brings is published to the host cache; cut off, the process's successor in the host
+    /// would fetch the same version again (a recycled PHP-FPM or gunicorn worker is often
+    /// its host's leader).
+    pub fn transfer_advancing(&self, stalled: Duration) -> bool {
+        match self.transfer.load(Relaxed) {
+            0 => false,
+            LOCAL_WORK => true,
+            last => mono_ns().saturating_sub(last) < stalled.as_nanos() as i64,
+        }
+    }
+
+    /// Marks the handle as closing: the thread starts no fetch from here on.
+    pub fn begin_close(&self) {
+        self.closing.store(true, Relaxed);
+    }
+
+    /// Records progress of the fetch under way, if one is tracked.
+    fn transfer_progress(&self, now: i64) {
+        if self.transfer.load(Relaxed) != 0 {
+            self.transfer.store(now, Relaxed);
+        }
+    }
+
+    /// Every byte of the tracked fetch is in; what remains cannot stall.
+    fn transfer_received(&self) {
+        if self.transfer.load(Relaxed) != 0 {
+            self.transfer.store(LOCAL_WORK, Relaxed);
         }
     }
 
@@ -1101,6 +1144,9 @@ impl Retriever {
         url: &str,
         token: bool,
     ) -> Result<Arc<Version>, String> {
+        // Each attempt starts the stall clock afresh (an earlier one may have left the fetch
+        // marked as all received).
+        self.shared.transfer_progress(mono_ns());
         let o = &self.shared.options;
         let mut req = self
             .agent
@@ -1159,6 +1205,7 @@ impl Retriever {
                 .limit(o.max_version_bytes.saturating_add(1))
                 .reader(),
             bytes: 0,
+            shared: &self.shared,
         };
         let read = match zstd {
             false => buf.read_capped(&mut body, cap, announced),
@@ -1174,6 +1221,7 @@ impl Retriever {
         let stats = &self.shared.stats;
         stats.bytes_downloaded.fetch_add(body.bytes, Relaxed);
         read.map_err(|e| format!("download of version {number} broke off: {e}"))?;
+        self.shared.transfer_received();
         let announced = self
             .announced
             .iter()
@@ -1221,6 +1269,12 @@ impl Retriever {
                 return Ok(v);
             }
         }
+        if shared.closing.load(Relaxed) {
+            return Err(format!(
+                "closing: version {number} is left to the host's next leader"
+            ));
+        }
+        let _tracked = Tracked::start(&shared);
         let v = self.fetch(number)?;
         match cache.publish(&v) {
             Ok(mapped) => Ok(mapped),
@@ -1305,6 +1359,7 @@ impl Retriever {
         base: &Version,
         path: &str,
     ) -> Result<Option<Arc<Version>>, String> {
+        self.shared.transfer_progress(mono_ns());
         let o = &self.shared.options;
         let max = o.max_version_bytes;
         let origin = o.blob_url.as_deref().unwrap_or(self.base_url());
@@ -1352,6 +1407,7 @@ impl Retriever {
                 .limit(max.saturating_add(1))
                 .reader(),
             bytes: 0,
+            shared: &self.shared,
         };
         // A delta is smaller than the version it makes, so max_version_bytes caps it too.
         let mut bytes = VersionBuf::new();
@@ -1369,6 +1425,7 @@ impl Retriever {
             .bytes_downloaded
             .fetch_add(transferred, Relaxed);
         read.map_err(|e| format!("download of the {what} broke off: {e}"))?;
+        self.shared.transfer_received();
         let rebuilt = crate::delta::apply(base.bytes(), &bytes, max)
             .map_err(|e| format!("{what} rejected: {e}"))?;
         let v =
@@ -1501,16 +1558,37 @@ impl Retriever {
     }
 }
 
-/// Counts the bytes that pass through a reader: a download's size as transferred.
-struct Counted<R> {
-    inner: R,
-    bytes: u64,
+/// Tracks one fetch for the host cache in [`Shared::transfer`], until dropped.
+struct Tracked<'a>(&'a Shared);
+
+impl<'a> Tracked<'a> {
+    fn start(shared: &'a Shared) -> Tracked<'a> {
+        shared.transfer.store(mono_ns().max(1), Relaxed);
+        Tracked(shared)
+    }
 }
 
-impl<R: std::io::Read> std::io::Read for Counted<R> {
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.0.transfer.store(0, Relaxed);
+    }
+}
+
+/// Counts the bytes that pass through a reader (a download's size as transferred), and
+/// marks the tracked fetch as advancing with each.
+struct Counted<'a, R> {
+    inner: R,
+    bytes: u64,
+    shared: &'a Shared,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
+        if n > 0 {
+            self.shared.transfer_progress(mono_ns());
+        }
         Ok(n)
     }
 }

@@ -323,6 +323,107 @@ fn a_leader_killed_mid_download_leaves_no_torn_file_and_the_next_leader_fetches_
     }
 }
 
+/// An observer that opens at once (not waiting for a version), reads for `seconds`, then
+/// calls `sync_close` and exits: a worker recycled while it leads its host.
+fn short_lived(url: &str, cache_dir: &Path, seconds: f64) -> Observer {
+    Observer::start_with(
+        url,
+        "recycled",
+        "k000000",
+        seconds,
+        None,
+        &format!(
+            "cache_dir={};bootstrap_wait_ms=0;allow_not_ready=1",
+            cache_dir.display()
+        ),
+    )
+}
+
+/// Waits for `o` to exit (at most `limit`) and returns how long that took.
+fn wait_exit(o: &mut Observer, limit: Duration) -> Duration {
+    let t = Instant::now();
+    while o.is_running() {
+        assert!(t.elapsed() < limit, "{} still runs after {limit:?}", o.name);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn invariant_8_a_leader_closed_mid_download_finishes_it_for_the_host_and_its_successor_downloads_nothing(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "2s", "--min-window", "1s"],
+    );
+    publish_big(&s, 4, "b");
+    let big = format!("b{}", "x".repeat(999));
+    let table = wait_active(&s, "k000000", &big);
+    // About 5 s for the 4 MB: the handle closes 1 s in, and its thread is still receiving
+    // when sync_close's usual 2 s bound runs out.
+    let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::Throttle);
+    let host = own_host_cache("closed-mid-download");
+    let mut first = short_lived(&proxy.url, &host, 1.0);
+    let took = wait_exit(&mut first, Duration::from_secs(30));
+    assert!(first.report().done, "the process did not close its handle");
+    assert_eq!(
+        proxy.transfers(),
+        [(table.active_version, 1)].into(),
+        "the leader's download"
+    );
+    let files = version_files(&host);
+    assert_eq!(
+        files.len(),
+        1,
+        "the leader published what it fetched: {files:?}"
+    );
+    let bytes = std::fs::read(&files[0]).unwrap();
+    lockstep::format::validate(&lockstep::format::aligned_copy(&bytes)).unwrap();
+    println!("the leader's process exited {took:?} after it started, its close 1 s in");
+
+    // Its successor in the host leads, checks in and downloads nothing.
+    proxy.set(Mode::PassThrough);
+    let next = one_key(&proxy.url, &host, "k000000", &big);
+    wait_role(&next, 1);
+    let checkins = proxy.checkins();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while proxy.checkins() < checkins + 2 {
+        assert!(Instant::now() < deadline, "the successor does not check in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.transfers(), [(table.active_version, 1)].into());
+}
+
+#[test]
+fn a_leader_closed_mid_stalled_download_exits_within_the_usual_close_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("db"),
+        &["--interval", "2s", "--min-window", "1s"],
+    );
+    publish_big(&s, 4, "b");
+    wait_active(&s, "k000000", &format!("b{}", "x".repeat(999)));
+    // Half the body, then nothing: a fetch that no longer advances is not waited for.
+    let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::StallBody);
+    let host = own_host_cache("closed-mid-stall");
+    let mut first = short_lived(&proxy.url, &host, 1.0);
+    // 1 s of reading, sync_close's 2 s bound, and start-up and exit: well under the 15 s a
+    // fetch that advances may be waited for.
+    let took = wait_exit(&mut first, Duration::from_secs(30));
+    assert!(took < Duration::from_secs(7), "exited after {took:?}");
+    assert!(first.report().done);
+    assert!(!proxy.transfers().is_empty(), "the download never started");
+    assert!(version_files(&host).is_empty());
+}
+
+/// Starts one observer reading `key` on `cache_dir` and returns it once it serves `value`.
+fn one_key(url: &str, cache_dir: &Path, key: &str, value: &str) -> Observer {
+    let o = observers(url, cache_dir, 1, key).remove(0);
+    o.wait_value(value, Duration::from_secs(15));
+    o
+}
+
 /// Starts one observer on `cache_dir` and returns it once it serves `value`.
 fn one(url: &str, cache_dir: &Path, value: &str) -> Observer {
     let o = observers(url, cache_dir, 1, "price").remove(0);

@@ -64,7 +64,10 @@ pub extern "C" fn sync_open(
 /// Stops the retrieval thread, waits for it, and frees the handle. NULL is a no-op. Call it
 /// only when no other thread uses the handle; snapshots taken from it stay valid. The wait is
 /// at most 2 s: a thread caught inside a network request finishes that request and exits on
-/// its own, so a host's shutdown never waits out a timeout or a large download.
+/// its own, so a host's shutdown never waits out a timeout or a stalled download. One
+/// exception: a version being fetched for the host cache while its bytes keep arriving is
+/// waited for, up to 15 s in all, so that the host keeps it (a recycled worker is often its
+/// host's leader, and its successor would otherwise fetch the same version again).
 #[no_mangle]
 pub extern "C" fn sync_close(handle: *mut sync_handle) {
     ffi_panic_boundary!({

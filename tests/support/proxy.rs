@@ -43,7 +43,13 @@ pub enum Mode {
     /// Answer delta downloads 404 (the client downloads the full version) and hold the body of
     /// every full version's download [`SLOW_FULL_DELAY`] after its head: a slow link.
     SlowFull,
+    /// Pass everything through, but send the body of every version download (whole or as a
+    /// delta) at [`THROTTLE_BYTES_PER_SEC`]: a slow link that never stalls.
+    Throttle,
 }
+
+/// The rate of [`Mode::Throttle`].
+pub const THROTTLE_BYTES_PER_SEC: usize = 800 << 10;
 
 /// How long [`Mode::SlowFull`] holds a full version's body.
 pub const SLOW_FULL_DELAY: Duration = Duration::from_millis(6_800);
@@ -291,6 +297,10 @@ fn serve(
             stall_body(&mut stream, &pass, &body, stop);
             return;
         }
+        if mode == Mode::Throttle {
+            trickle(&mut stream, &pass, &body, stop);
+            return;
+        }
         // An honest delta rebuilds the real version, whose checksum is not the forged one
         // announced: the client's announced-checksum check refuses it.
         if !(is_delta && mode == Mode::ForgeStructure) {
@@ -323,6 +333,29 @@ fn serve(
         return;
     }
     respond(&mut stream, status, &pass, &body);
+}
+
+/// Sends a 200 answer whose body goes out at [`THROTTLE_BYTES_PER_SEC`], in 16 KiB steps.
+fn trickle(stream: &mut TcpStream, headers: &[(String, String)], body: &[u8], stop: &AtomicBool) {
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    const STEP: usize = 16 << 10;
+    let pause = Duration::from_secs_f64(STEP as f64 / THROTTLE_BYTES_PER_SEC as f64);
+    for chunk in body.chunks(STEP) {
+        if stop.load(Ordering::Relaxed) || stream.write_all(chunk).is_err() {
+            return;
+        }
+        std::thread::sleep(pause);
+    }
 }
 
 /// Keeps a connection open, saying nothing, until the proxy stops.
@@ -428,6 +461,7 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
         | Mode::StallBody
         | Mode::StallCheckin
         | Mode::SkewHeld
-        | Mode::SlowFull => body,
+        | Mode::SlowFull
+        | Mode::Throttle => body,
     }
 }

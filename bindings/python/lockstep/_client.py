@@ -246,7 +246,8 @@ class Client:
         return Snapshot(self._lib, ptr)
 
     def close(self) -> None:
-        """Stops the retrieval thread (waiting at most 2 s) and frees the handle.
+        """Stops the retrieval thread (waiting at most 2 s, or up to 15 s for a version
+        still arriving for the host cache) and frees the handle.
         Idempotent. Reads after it raise :class:`LockstepError`."""
         lock = getattr(self, "_close_lock", None)
         if lock is None:  # __init__ failed before the handle existed
