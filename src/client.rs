@@ -106,6 +106,9 @@ impl Client {
             read_generation: AtomicU64::new(FORK_GENERATION.load(Relaxed)),
         };
         if !client.shared.wait_ready(wait) && !allow_not_ready {
+            // bootstrap_wait_ms was the wait: a failed open does not wait out a fetch besides.
+            let mut client = client;
+            client.stop_within(CLOSE_WAIT);
             let why = client.shared.last_error();
             let why = if why.is_empty() {
                 format!("no version arrived within {} ms", wait.as_millis())
@@ -153,6 +156,8 @@ impl Client {
         // Serving the parent's active version, unconfirmed until the first check-in; or, with
         // a host cache, what the host's schedule says now (a local read, no network).
         self.shared.stats.lagging.store(1, Relaxed);
+        // The parent's fetch, if one was under way at the fork, is not this process's.
+        self.shared.reset_transfer();
         self.shared.take_host_schedule();
         self.read_generation.store(now, Release);
         let control = Arc::new(Control::after_fork(inherited));
@@ -225,7 +230,9 @@ impl Client {
         self.shared.last_error()
     }
 
-    fn stop(&mut self) {
+    /// Stops the thread; waits for a fetch for the host cache that still advances up to
+    /// `fetch_cap` in all (see below).
+    fn stop_within(&mut self, fetch_cap: std::time::Duration) {
         if FORK_GENERATION.load(Relaxed) != self.thread_generation.load(Relaxed) {
             // Opened before a fork and never used here: there is no thread of ours to stop.
             let slot = self.thread.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +262,7 @@ impl Client {
             let started = std::time::Instant::now();
             let mut exited = control.wait_exited(CLOSE_WAIT);
             while !exited
-                && started.elapsed() < CLOSE_WAIT_FOR_FETCH
+                && started.elapsed() < fetch_cap
                 && self.shared.transfer_advancing(FETCH_STALLED)
             {
                 exited = control.wait_exited(std::time::Duration::from_millis(20));
@@ -269,6 +276,6 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.stop();
+        self.stop_within(CLOSE_WAIT_FOR_FETCH);
     }
 }

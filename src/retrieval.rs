@@ -192,6 +192,11 @@ impl Shared {
         }
     }
 
+    /// Forgets a fetch under way (in a fork child: it was the parent's thread's).
+    pub fn reset_transfer(&self) {
+        self.transfer.store(0, Relaxed);
+    }
+
     /// Marks the handle as closing: the thread starts no fetch from here on.
     pub fn begin_close(&self) {
         self.closing.store(true, Relaxed);
@@ -1119,6 +1124,27 @@ impl Retriever {
     /// Downloads and verifies version `number`: from its blob URL (through `blob_url`, an HTTP
     /// cache, when set, and from the data server if that fails), else from the data server's
     /// version route.
+    /// A request of the tracked fetch is on its way: it counts as advancing until its answer
+    /// is due (the data server may be making a delta first, a cache filling from its origin),
+    /// then by the bytes that arrive. Each attempt starts afresh: an earlier one may have left
+    /// the fetch marked as all received.
+    fn transfer_request_sent(&self) {
+        let o = &self.shared.options;
+        let head_due = (o.connect_timeout + o.checkin_timeout).as_nanos() as i64;
+        self.shared
+            .transfer_progress(mono_ns().saturating_add(head_due));
+    }
+
+    /// Refuses to begin another request once `sync_close` has begun.
+    fn not_closing(&self, number: u64) -> Result<(), String> {
+        match self.shared.closing.load(Relaxed) {
+            false => Ok(()),
+            true => Err(format!(
+                "closing: version {number} is left to the host's next leader"
+            )),
+        }
+    }
+
     fn download(&mut self, number: u64) -> Result<Arc<Version>, String> {
         let Some(path) = self.blob_path(number) else {
             let url = format!("{}{}/{number}", self.base_url(), wire::PATH_VERSIONS);
@@ -1130,6 +1156,7 @@ impl Retriever {
                 .download_from(number, &format!("{cache}{path}"), false)
                 .or_else(|e| {
                     self.shared.set_error(&e);
+                    self.not_closing(number)?;
                     self.download_from(number, &origin, false)
                 }),
             None => self.download_from(number, &origin, false),
@@ -1144,9 +1171,7 @@ impl Retriever {
         url: &str,
         token: bool,
     ) -> Result<Arc<Version>, String> {
-        // Each attempt starts the stall clock afresh (an earlier one may have left the fetch
-        // marked as all received).
-        self.shared.transfer_progress(mono_ns());
+        self.transfer_request_sent();
         let o = &self.shared.options;
         let mut req = self
             .agent
@@ -1256,6 +1281,7 @@ impl Retriever {
             return Ok(v);
         }
         let announced = self.announced_checksum(number);
+        self.not_closing(number)?;
         let shared = self.shared.clone();
         let Some(cache) = shared.cache.as_ref() else {
             return self.fetch(number);
@@ -1269,12 +1295,9 @@ impl Retriever {
                 return Ok(v);
             }
         }
-        if shared.closing.load(Relaxed) {
-            return Err(format!(
-                "closing: version {number} is left to the host's next leader"
-            ));
-        }
         let _tracked = Tracked::start(&shared);
+        // Again once tracked: a close that began in between may not have seen the fetch.
+        self.not_closing(number)?;
         let v = self.fetch(number)?;
         match cache.publish(&v) {
             Ok(mapped) => Ok(mapped),
@@ -1299,7 +1322,10 @@ impl Retriever {
     fn fetch(&mut self, number: u64) -> Result<Arc<Version>, String> {
         match self.via_delta(number) {
             Some(v) => Ok(v),
-            None => self.download(number),
+            None => {
+                self.not_closing(number)?;
+                self.download(number)
+            }
         }
     }
 
@@ -1359,7 +1385,7 @@ impl Retriever {
         base: &Version,
         path: &str,
     ) -> Result<Option<Arc<Version>>, String> {
-        self.shared.transfer_progress(mono_ns());
+        self.transfer_request_sent();
         let o = &self.shared.options;
         let max = o.max_version_bytes;
         let origin = o.blob_url.as_deref().unwrap_or(self.base_url());

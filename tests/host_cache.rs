@@ -12,6 +12,8 @@ use support::observer::Observer;
 use support::proxy::{Mode, Proxy};
 use support::*;
 
+use lockstep::wire::SyncTable;
+
 /// A version of about `mb` MB: `mb` thousand keys of 1000-byte values.
 fn publish_big(s: &Server, mb: usize, tag: &str) {
     let entries: Vec<serde_json::Value> = (0..mb * 1000)
@@ -326,6 +328,10 @@ fn a_leader_killed_mid_download_leaves_no_torn_file_and_the_next_leader_fetches_
 /// An observer that opens at once (not waiting for a version), reads for `seconds`, then
 /// calls `sync_close` and exits: a worker recycled while it leads its host.
 fn short_lived(url: &str, cache_dir: &Path, seconds: f64) -> Observer {
+    short_lived_with(url, cache_dir, seconds, "")
+}
+
+fn short_lived_with(url: &str, cache_dir: &Path, seconds: f64, options: &str) -> Observer {
     Observer::start_with(
         url,
         "recycled",
@@ -333,40 +339,54 @@ fn short_lived(url: &str, cache_dir: &Path, seconds: f64) -> Observer {
         seconds,
         None,
         &format!(
-            "cache_dir={};bootstrap_wait_ms=0;allow_not_ready=1",
+            "cache_dir={};bootstrap_wait_ms=0;allow_not_ready=1;{options}",
             cache_dir.display()
         ),
     )
 }
 
-/// Waits for `o` to exit (at most `limit`) and returns how long that took.
-fn wait_exit(o: &mut Observer, limit: Duration) -> Duration {
+/// Waits for `o` to close its handle and exit (at most `limit`); returns how long its
+/// `sync_close` took.
+fn close_took(o: &mut Observer, limit: Duration) -> Duration {
     let t = Instant::now();
     while o.is_running() {
         assert!(t.elapsed() < limit, "{} still runs after {limit:?}", o.name);
         std::thread::sleep(Duration::from_millis(10));
     }
-    t.elapsed()
+    let ns = o
+        .wait_for(Duration::from_secs(5), |r| r.close_ns)
+        .unwrap_or_else(|| panic!("{} exited without closing its handle", o.name));
+    Duration::from_nanos(ns as u64)
+}
+
+/// A data server whose active version is about 4 MB (value `big()` under k000000).
+fn big_server(dir: &Path) -> (Server, SyncTable) {
+    let s = Server::start(&dir.join("db"), &["--interval", "2s", "--min-window", "1s"]);
+    publish_big(&s, 4, "b");
+    let table = wait_active(&s, "k000000", &big());
+    (s, table)
+}
+
+fn big() -> String {
+    format!("b{}", "x".repeat(999))
 }
 
 #[test]
 fn invariant_8_a_leader_closed_mid_download_finishes_it_for_the_host_and_its_successor_downloads_nothing(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &dir.path().join("db"),
-        &["--interval", "2s", "--min-window", "1s"],
-    );
-    publish_big(&s, 4, "b");
-    let big = format!("b{}", "x".repeat(999));
-    let table = wait_active(&s, "k000000", &big);
-    // About 5 s for the 4 MB: the handle closes 1 s in, and its thread is still receiving
+    let (s, table) = big_server(dir.path());
+    // About 10 s for the 4 MB: the handle closes 2 s in, and its thread is still receiving
     // when sync_close's usual 2 s bound runs out.
     let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::Throttle);
     let host = own_host_cache("closed-mid-download");
-    let mut first = short_lived(&proxy.url, &host, 1.0);
-    let took = wait_exit(&mut first, Duration::from_secs(30));
-    assert!(first.report().done, "the process did not close its handle");
+    let mut first = short_lived(&proxy.url, &host, 2.0);
+    let took = close_took(&mut first, Duration::from_secs(40));
+    println!("sync_close took {took:?}, waiting for the download");
+    assert!(
+        took > Duration::from_secs(2) && took < Duration::from_secs(15),
+        "sync_close took {took:?}"
+    );
     assert_eq!(
         proxy.transfers(),
         [(table.active_version, 1)].into(),
@@ -380,11 +400,10 @@ fn invariant_8_a_leader_closed_mid_download_finishes_it_for_the_host_and_its_suc
     );
     let bytes = std::fs::read(&files[0]).unwrap();
     lockstep::format::validate(&lockstep::format::aligned_copy(&bytes)).unwrap();
-    println!("the leader's process exited {took:?} after it started, its close 1 s in");
 
     // Its successor in the host leads, checks in and downloads nothing.
     proxy.set(Mode::PassThrough);
-    let next = one_key(&proxy.url, &host, "k000000", &big);
+    let next = one_key(&proxy.url, &host, "k000000", &big());
     wait_role(&next, 1);
     let checkins = proxy.checkins();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -396,25 +415,62 @@ fn invariant_8_a_leader_closed_mid_download_finishes_it_for_the_host_and_its_suc
 }
 
 #[test]
-fn a_leader_closed_mid_stalled_download_exits_within_the_usual_close_bound() {
+fn a_leader_closed_mid_stalled_download_keeps_the_usual_close_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &dir.path().join("db"),
-        &["--interval", "2s", "--min-window", "1s"],
-    );
-    publish_big(&s, 4, "b");
-    wait_active(&s, "k000000", &format!("b{}", "x".repeat(999)));
+    let (s, _) = big_server(dir.path());
     // Half the body, then nothing: a fetch that no longer advances is not waited for.
     let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::StallBody);
     let host = own_host_cache("closed-mid-stall");
-    let mut first = short_lived(&proxy.url, &host, 1.0);
-    // 1 s of reading, sync_close's 2 s bound, and start-up and exit: well under the 15 s a
-    // fetch that advances may be waited for.
-    let took = wait_exit(&mut first, Duration::from_secs(30));
-    assert!(took < Duration::from_secs(7), "exited after {took:?}");
-    assert!(first.report().done);
+    let mut first = short_lived(&proxy.url, &host, 2.0);
+    let took = close_took(&mut first, Duration::from_secs(40));
+    assert!(
+        took < Duration::from_millis(3_000),
+        "sync_close took {took:?}"
+    );
     assert!(!proxy.transfers().is_empty(), "the download never started");
     assert!(version_files(&host).is_empty());
+}
+
+#[test]
+fn a_close_during_a_hanging_checkin_after_a_finished_download_keeps_the_usual_close_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = big_server(dir.path());
+    let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::PassThrough);
+    let host = own_host_cache("closed-in-checkin");
+    // Not long-polling, and with a long check-in timeout: the retrieval thread itself is
+    // inside the check-in that hangs when the handle closes.
+    let mut o = short_lived_with(
+        &proxy.url,
+        &host,
+        6.0,
+        "long_poll=0;checkin_timeout_ms=30000",
+    );
+    o.wait_value(&big(), Duration::from_secs(20));
+    // The fetch is over; the next check-ins hang. Nothing is being fetched when it closes.
+    proxy.set(Mode::StallCheckin);
+    let took = close_took(&mut o, Duration::from_secs(40));
+    assert!(
+        took < Duration::from_millis(3_000),
+        "sync_close took {took:?}"
+    );
+}
+
+#[test]
+fn no_download_begins_once_sync_close_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = big_server(dir.path());
+    // The first check-in's answer arrives 1.5 s after it was sent, while sync_close (1 s in)
+    // waits for the thread: it names a version the handle does not hold.
+    let proxy = Proxy::start("127.0.0.1:0", &s.url, Mode::SlowCheckin);
+    let host = own_host_cache("closing-no-download");
+    let mut o = short_lived(&proxy.url, &host, 1.0);
+    let took = close_took(&mut o, Duration::from_secs(40));
+    assert!(proxy.checkins() >= 1, "the check-in never came");
+    assert_eq!(
+        proxy.transfers(),
+        Default::default(),
+        "a download began after sync_close (which took {took:?})"
+    );
 }
 
 /// Starts one observer reading `key` on `cache_dir` and returns it once it serves `value`.

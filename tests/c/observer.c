@@ -8,7 +8,7 @@
  *
  * usage: observer URL NAME KEY SECONDS [EXTRA_OPTIONS]
  * output: READY v | CHANGE v first_new_ns last_old_ns value first_new_end_ns last_old_start_ns |
- *         STATS ... | DONE
+ *         STATS ... | DONE close_ns
  * (first_new_ns is when the first read of the new version began, last_old_ns when the last read
  * of the old one ended: the tightest claims about early and late reads; the switch itself lies
  * between last_old_start_ns and first_new_end_ns, since each read consults the clock somewhere
@@ -150,7 +150,9 @@ int main(int argc, char **argv) {
     }
     nanosleep(&pause, NULL);
   }
+  long long closing = mono_ns();
   sync_close(h);
-  printf("DONE\n");
+  printf("DONE %lld\n", mono_ns() - closing);
+  fflush(stdout);
   return 0;
 }

@@ -7,7 +7,6 @@ import http.client
 import http.server
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -200,6 +199,18 @@ def publish_big(server, keys=50_000, value_bytes=1000, tag="a", extra=None):
     server.admin("/v1/admin/import", {"entries": entries}, timeout=120)
 
 
+def transfer_of(path):
+    """The version a request path transfers, whole or as a delta, or None:
+    /v1/versions/{n}, /v1/blobs/{n}-{checksum}-{key}, /v1/deltas/{base}-{n}-{checksum}-{key}."""
+    for prefix, field in (("/v1/versions/", 0), ("/v1/blobs/", 0), ("/v1/deltas/", 1)):
+        if path.startswith(prefix):
+            try:
+                return int(path[len(prefix):].split("-")[field])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 class CountingProxy:
     """An HTTP proxy between a host's processes and the data server that counts what the host
     asks: every check-in (with the name, pid and role it reports, and when) and every version
@@ -281,38 +292,29 @@ class CountingProxy:
                 total = int(declared) if declared is not None else len(data)
                 self.send_header("Content-Length", str(total))
                 self.end_headers()
-                head, sent = b"", 0
+                # A transfer counts once begun, finished or not: a client cut off mid-body (a
+                # recycled leader) that its successor downloads again is two transfers.
+                transferred = transfer_of(url.path) if resp.status == 200 else None
+                if transferred is not None:
+                    with proxy.lock:
+                        proxy.downloads[transferred] += 1
+                sent = 0
                 try:
                     if data is not None:
                         self.wfile.write(data)
-                        head, sent = data[:64], len(data)
+                        sent = len(data)
                     else:
                         while sent < total:
                             chunk = resp.read(min(1 << 20, total - sent))
                             if not chunk:
                                 break
-                            if sent < 64:
-                                head += chunk[:64 - sent]
                             self.wfile.write(chunk)
                             sent += len(chunk)
-                except OSError:  # the client went away mid-answer: not a download
+                except OSError:  # the client went away mid-answer (counted above all the same)
                     self.close_connection = True
                     self.upstream_conn.close()
                     self.upstream_conn = None
                     return
-                if is_version and resp.status == 200 and sent == total:
-                    number = resp.getheader("x-lockstep-version")
-                    # Else the version header's number field (bytes 16..24, little-endian).
-                    version = int(number) if number else struct.unpack_from("<Q", head, 16)[0]
-                    with proxy.lock:
-                        proxy.downloads[version] += 1
-                elif (url.path.startswith("/v1/deltas/") and resp.status == 200
-                      and sent == total):
-                    # A delta to a version is a transfer of it too:
-                    # /v1/deltas/{base}-{version}-{checksum}-{key}.
-                    version = int(url.path[len("/v1/deltas/"):].split("-")[1])
-                    with proxy.lock:
-                        proxy.downloads[version] += 1
                 if sent != total:
                     self.close_connection = True
 

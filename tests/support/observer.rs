@@ -35,6 +35,8 @@ pub struct Report {
     /// Every STATS line so far, oldest first.
     pub stats_history: Vec<Vec<(String, i64)>>,
     pub done: bool,
+    /// How long `sync_close` took, ns (from the DONE line).
+    pub close_ns: Option<i64>,
 }
 
 impl Report {
@@ -158,7 +160,10 @@ impl Observer {
                         let line = rep.stats.clone();
                         rep.stats_history.push(line);
                     }
-                    Some("DONE") => rep.done = true,
+                    Some("DONE") => {
+                        rep.done = true;
+                        rep.close_ns = parts.next().and_then(|v| v.parse().ok());
+                    }
                     _ => {}
                 }
             }

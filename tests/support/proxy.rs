@@ -46,10 +46,15 @@ pub enum Mode {
     /// Pass everything through, but send the body of every version download (whole or as a
     /// delta) at [`THROTTLE_BYTES_PER_SEC`]: a slow link that never stalls.
     Throttle,
+    /// Pass everything through, but hold every check-in's answer [`SLOW_CHECKIN_DELAY`].
+    SlowCheckin,
 }
 
 /// The rate of [`Mode::Throttle`].
-pub const THROTTLE_BYTES_PER_SEC: usize = 800 << 10;
+pub const THROTTLE_BYTES_PER_SEC: usize = 400 << 10;
+
+/// How long [`Mode::SlowCheckin`] holds a check-in's answer.
+pub const SLOW_CHECKIN_DELAY: Duration = Duration::from_millis(1_500);
 
 /// How long [`Mode::SlowFull`] holds a full version's body.
 pub const SLOW_FULL_DELAY: Duration = Duration::from_millis(6_800);
@@ -285,6 +290,9 @@ fn serve(
             }
         }
     }
+    if mode == Mode::SlowCheckin && path.starts_with("/v1/checkin") {
+        std::thread::sleep(SLOW_CHECKIN_DELAY);
+    }
     if mode == Mode::StallCheckin && path.starts_with("/v1/checkin") && status == 200 {
         stall_body(&mut stream, &pass, &body, stop);
         return;
@@ -462,6 +470,7 @@ fn damage(body: Vec<u8>, mode: Mode) -> Vec<u8> {
         | Mode::StallCheckin
         | Mode::SkewHeld
         | Mode::SlowFull
-        | Mode::Throttle => body,
+        | Mode::Throttle
+        | Mode::SlowCheckin => body,
     }
 }
