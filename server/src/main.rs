@@ -125,6 +125,12 @@ struct ServeArgs {
     /// few missed check-ins first); at least that stale time plus one check-in period.
     #[arg(long, default_value = "10m")]
     farm_expiry: String,
+    /// A rotation that finds the next version not built ahead in time encodes production
+    /// itself only if the last build took less than this (0: never); otherwise it keeps the
+    /// version that becomes active as the staged one and restages production right after the
+    /// activation time, so no check-in waits on an encode.
+    #[arg(long, default_value = "25ms")]
+    inline_encode_max: String,
     /// Versions younger than this keep their change set (the keys they changed), so history,
     /// diff and rollback reach them after their content is dropped; older ones keep only their
     /// history row.
@@ -361,6 +367,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let farm_expiry_us = clock::parse_duration_us(&args.farm_expiry)
         .map_err(|e| format!("bad --farm-expiry: {e}; write it like 90s, 10m or 1h"))?;
+    let inline_encode_max_us = clock::parse_duration_us(&args.inline_encode_max)
+        .map_err(|e| format!("bad --inline-encode-max: {e}; write it like 25ms or 0"))?;
     let max_open_farm_members = args.max_open_farm_members as usize;
     let location = store::Location::parse(&args.db)?;
     let limits = api::Limits {
@@ -509,6 +517,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             };
             let _ = opened.set(store.clone());
             store.set_farm_expiry(farm_expiry_us);
+            store.set_inline_encode_max_us(inline_encode_max_us);
             start_prepare_thread(store.clone())?;
             *flusher.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(start_flusher(store.clone(), retention));

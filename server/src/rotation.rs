@@ -21,12 +21,15 @@ use crate::store::prepare::{self, Prepared};
 use crate::store::{overflow, staging, Result};
 
 /// Rotates if `sync` (read in `tx`, under the sync row's lock) is due at `now_us`; returns the
-/// sync table after, and whether it rotated.
+/// sync table after, and whether it rotated. `may_encode` says whether production is cheap
+/// enough to encode here, under the lock every check-in of the herd waits for (see
+/// [`crate::store::Store::rotate_if_due`]).
 pub fn rotate_if_due(
     tx: &mut dyn Tx,
     now_us: i64,
     by: &str,
     prepared: Option<&Prepared>,
+    may_encode: bool,
 ) -> Result<(SyncTable, bool)> {
     let (sync, production_gen) = tx.sync()?;
     if now_us < sync.activation_time_us {
@@ -43,10 +46,15 @@ pub fn rotate_if_due(
     // [`prepare::STALE`], and production is restaged right after T in the background
     // ([`crate::store::Store::restage_stale`]), so an edit made before T still goes live at
     // T', the second activation after it, as invariant 7 requires.
+    //
+    // Data cheap to encode is encoded here instead of a stale build: a restage after T needs
+    // a check-in period before T', which very short intervals do not leave, and the edits
+    // would wait for T''.
     let prepared = prepared
         .filter(|p| p.basis.due_us == basis.due_us && p.basis.number == basis.number)
-        .map(|p| (p, p.basis == basis));
-    rotate(tx, sync, production_gen, now_us, by, prepared)?;
+        .map(|p| (p, p.basis == basis))
+        .filter(|(_, current)| *current || !may_encode);
+    rotate(tx, sync, production_gen, now_us, by, prepared, may_encode)?;
     Ok((tx.sync()?.0, true))
 }
 
@@ -58,6 +66,7 @@ fn rotate(
     now_us: i64,
     by: &str,
     prepared: Option<(&Prepared, bool)>,
+    may_encode: bool,
 ) -> Result<()> {
     let due = sync.activation_time_us;
     let grid = next_activation(due, sync.interval_us, sync.min_window_us, now_us)
@@ -101,7 +110,9 @@ fn rotate(
     //    just became active was built. Its bytes were encoded and stored ahead of time when
     //    they could be (see `store::prepare`), so that this writes a version row naming them,
     //    a few writes whatever the size of the data, even when production moved on since
-    //    (restaged after T then); it encodes here only when nothing was built for T.
+    //    (restaged after T then). When nothing was built for T (the build outlasted its
+    //    lead), it encodes here only data cheap to encode; it keeps the version that just
+    //    became active as the staged one otherwise, and production is restaged after T.
     let ahead = match prepared {
         Some((p, true)) => staging::stage_prepared(tx, active, p, now_us, "rotation")?,
         Some((p, false)) => {
@@ -115,7 +126,13 @@ fn rotate(
     };
     let staged = match ahead {
         Some(v) => v,
-        None => staging::restage_production(tx, active, gen, now_us, "rotation")?,
+        None if may_encode => staging::restage_production(tx, active, gen, now_us, "rotation")?,
+        None => {
+            if staging::version_digest(tx, active)?.1 != gen {
+                tx.set_restage_due(due, true)?;
+            }
+            active
+        }
     };
     for (id, _) in &due_changes {
         tx.mark_applied(*id, staged)?;

@@ -1413,6 +1413,10 @@ fn an_edit_made_after_the_next_version_was_built_ahead_is_staged_for_the_activat
                 "2s",
                 "--max-body-bytes",
                 "100000000",
+                // Data too large to encode under the rotation's lock, whatever this machine's
+                // speed: the rotation never encodes.
+                "--inline-encode-max",
+                "0",
             ],
         );
         // Enough data that a build takes longer than the last 300 ms before T, so that the

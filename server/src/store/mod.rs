@@ -177,7 +177,7 @@ fn urgent_in(
     may_restage: &mut bool,
 ) -> Result<UrgentOutcome> {
     // A due rotation first: its activation has happened for every client already.
-    rotation::rotate_if_due(tx, now_us, by, None)?;
+    rotation::rotate_if_due(tx, now_us, by, None, true)?;
     // The write lock may have been waited for.
     let started = clock::now_us();
     let now_us = now_us.max(started);
@@ -298,12 +298,22 @@ pub(crate) fn overflow(what: &str) -> StoreError {
     ))
 }
 
+/// Default of [`Store::set_inline_encode_max_us`]: 25 ms, half the herd's goal at T (a 1000
+/// check-in herd answered within 50 ms at its 99th percentile).
+pub const INLINE_ENCODE_MAX_US: i64 = 25_000;
+
 pub struct Store {
     db: Box<dyn Backend>,
     /// The next staged version, built ahead of its rotation (see [`prepare`]).
     prepared: std::sync::Mutex<Option<prepare::Prepared>>,
     /// How long the last build of [`Store::prepare_next`] took, µs (0: none yet).
     prepare_took_us: std::sync::atomic::AtomicI64,
+    /// How long the last store of such a build took, µs: one that would not end before its
+    /// activation time is not begun (it would hold the write lock the rotation waits for).
+    store_took_us: std::sync::atomic::AtomicI64,
+    /// A rotation that finds nothing built for T encodes production itself only if the last
+    /// build took less than this, µs (`serve --inline-encode-max`).
+    inline_encode_max_us: std::sync::atomic::AtomicI64,
     /// The last basis [`Store::restage_stale`] built for, so that it builds once per state.
     restaged: std::sync::Mutex<Option<prepare::Basis>>,
     /// Set (and told) after a rotation of this process: the preparing thread looks for a
@@ -517,6 +527,8 @@ impl Store {
             db,
             prepared: std::sync::Mutex::new(None),
             prepare_took_us: std::sync::atomic::AtomicI64::new(0),
+            store_took_us: std::sync::atomic::AtomicI64::new(0),
+            inline_encode_max_us: std::sync::atomic::AtomicI64::new(INLINE_ENCODE_MAX_US),
             restaged: std::sync::Mutex::new(None),
             rotated: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
             rotating: std::sync::Mutex::new(None),
@@ -645,8 +657,18 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        // Encoding under the lock holds the herd for as long as it takes: only data whose last
+        // build took less than the limit is encoded here when nothing was built for T.
+        let took = self
+            .prepare_took_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let may_encode = took
+            < self
+                .inline_encode_max_us
+                .load(std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let rotated = self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref()));
+        let rotated =
+            self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref(), may_encode));
         *turn = match &rotated {
             Err(StoreError::Unavailable(e)) => Some((std::time::Instant::now(), e.clone())),
             _ => None,
@@ -677,6 +699,24 @@ impl Store {
             );
         }
         Ok(rotated)
+    }
+
+    /// Records how long a store of a version's bytes that began at `began_us` took, commit
+    /// included: the durable write is what a rotation would wait behind.
+    fn note_store_took(&self, began_us: i64) {
+        self.store_took_us.store(
+            clock::now_us().saturating_sub(began_us),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// A rotation that finds nothing built for its activation time encodes production itself
+    /// only if this process's last build took less than `limit_us` (0: never); it keeps the
+    /// version that becomes active as the staged one otherwise, and production is restaged
+    /// after T. Larger data would hold every check-in at T for the encode.
+    pub fn set_inline_encode_max_us(&self, limit_us: i64) {
+        self.inline_encode_max_us
+            .store(limit_us.max(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The preparing thread's sleep between two rounds: `timeout`, or until this process
@@ -761,12 +801,18 @@ impl Store {
         // lock.)
         let now = self.read(|tx| prepare::basis(tx, built.basis.due_us))?;
         let moved = (now.due_us, now.number) != (built.basis.due_us, built.basis.number);
+        let inserted = std::cell::Cell::new(false);
         let stored = match moved {
             true => Ok(None),
             false => self.write_with(Durability::Unordered, |tx| {
                 let at = clock::now_us();
-                // Too late for its rotation: none would name these bytes.
-                if at >= built.basis.due_us {
+                // Too late for its rotation: none would name these bytes. Nor is a store begun
+                // that would not end before T, as the last one took: it would hold the write
+                // lock (SQLite's, or PostgreSQL's log flush) that the rotation waits for.
+                let store_took = self
+                    .store_took_us
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if at.saturating_add(store_took) >= built.basis.due_us {
                     return Ok(None);
                 }
                 // Every instance builds the same bytes for a basis: the first to store them does.
@@ -775,9 +821,13 @@ impl Store {
                 }
                 tx.insert_blob(built.checksum, &built.bytes, built.basis.due_us, at)?;
                 tx.insert_changeset(built.checksum, built.base, &built.changes)?;
+                inserted.set(true);
                 Ok(Some(at))
             }),
         };
+        if let (Ok(Some(at)), true) = (&stored, inserted.get()) {
+            self.note_store_took(*at);
+        }
         self.prepare_took_us.store(
             clock::now_us().saturating_sub(started),
             std::sync::atomic::Ordering::Relaxed,
@@ -842,6 +892,7 @@ impl Store {
         else {
             return Ok(false);
         };
+        let inserted = std::cell::Cell::new(false);
         let stored = self.write_with(Durability::Unordered, |tx| {
             if let Some(stored) = tx.blob_stored(built.checksum)? {
                 return Ok(stored);
@@ -849,8 +900,12 @@ impl Store {
             let at = clock::now_us();
             tx.insert_blob(built.checksum, &built.bytes, basis.next_us, at)?;
             tx.insert_changeset(built.checksum, built.base, &built.changes)?;
+            inserted.set(true);
             Ok(at)
         })?;
+        if inserted.get() {
+            self.note_store_took(stored);
+        }
         built.stored_us = Some(stored);
         built.bytes = Vec::new();
         let restaged = self.write(|tx| {
@@ -1141,7 +1196,7 @@ impl Store {
     ) -> Result<(RollbackOutcome, UrgentOutcome)> {
         self.rotate_if_due(now_us, by)?;
         self.write_urgent(audit, |tx, may| {
-            rotation::rotate_if_due(tx, now_us, by, None)?;
+            rotation::rotate_if_due(tx, now_us, by, None, true)?;
             let t = tx.sync()?.0.activation_time_us;
             let stage = tx.urgent_activations(t, t)?.is_empty();
             let mut out = rollback_in(tx, version, false, discard_edits, stage, by, now_us)?;

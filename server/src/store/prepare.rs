@@ -250,7 +250,17 @@ mod tests {
             min_window_us: 5 * S,
         };
         let at = Location::Sqlite(dir.join("db"));
-        Store::open(&at, settings, crate::clock::now_us()).unwrap()
+        let s = Store::open(&at, settings, crate::clock::now_us()).unwrap();
+        // These tests stand for data too large to encode under the rotation's lock.
+        s.set_inline_encode_max_us(0);
+        s
+    }
+
+    /// A store whose data is cheap enough to encode at T.
+    fn cheap_store(dir: &std::path::Path) -> Store {
+        let s = store(dir);
+        s.set_inline_encode_max_us(i64::MAX);
+        s
     }
 
     fn put(s: &Store, value: &str) {
@@ -341,6 +351,7 @@ mod tests {
         let s = store(dir.path());
         put(&s, "a");
         let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
         s.rotate_if_due(t + 1, "test").unwrap();
         let t2 = s.sync_table().unwrap().activation_time_us;
         // Production is the staged version's shortly before T: nothing to build.
@@ -365,6 +376,57 @@ mod tests {
         let at_t2 = logged.iter().find(|r| r.activation_time_us == t2).unwrap();
         assert_eq!(at_t2.staged_version, after.staged_version);
         assert!(!s.restage_stale(t2 + 3).unwrap());
+    }
+
+    #[test]
+    fn a_rotation_with_nothing_built_for_t_keeps_the_staged_version_and_restages_after_t() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        s.rotate_if_due(t + 1, "test").unwrap();
+        let t2 = s.sync_table().unwrap().activation_time_us;
+        // The build for T2 did not finish in time (none is held), and an edit came.
+        put(&s, "b");
+        let encoded = super::super::staging::encoded_on_this_thread();
+        let (sync, rotated) = s.rotate_if_due(t2 + 1, "test").unwrap();
+        assert!(rotated);
+        assert_eq!(
+            super::super::staging::encoded_on_this_thread(),
+            encoded,
+            "the rotation encoded a version under the write lock"
+        );
+        assert_eq!(sync.staged_version, sync.active_version);
+        assert!(s.restage_stale(t2 + 2).unwrap(), "no restage after T");
+        let after = s.sync_table().unwrap();
+        assert_eq!(staged_price(&s), b"b");
+        assert_eq!(after.activation_time_us, sync.activation_time_us);
+        let logged = s.rotations().unwrap();
+        let at_t2 = logged.iter().find(|r| r.activation_time_us == t2).unwrap();
+        assert_eq!(at_t2.staged_version, after.staged_version);
+    }
+
+    #[test]
+    fn a_rotation_encodes_cheap_data_rather_than_stage_a_build_production_moved_on_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = cheap_store(dir.path());
+        put(&s, "a");
+        let t = s.sync_table().unwrap().activation_time_us;
+        assert!(s.prepare_next(t - S).unwrap());
+        put(&s, "b");
+        let (sync, rotated) = s.rotate_if_due(t + 1, "test").unwrap();
+        assert!(rotated);
+        // The edit is in the version staged at T: it goes live at T' with no restage, which
+        // very short intervals leave no time for.
+        assert_eq!(staged_price(&s), b"b");
+        assert_eq!(newest_reason(&s), "rotation");
+        assert!(!s.restage_stale(t + 2).unwrap());
+        assert_eq!(s.sync_table().unwrap().staged_version, sync.staged_version);
+        // With nothing built for T, too, cheap data is encoded at T.
+        put(&s, "c");
+        let t2 = sync.activation_time_us;
+        s.rotate_if_due(t2 + 1, "test").unwrap();
+        assert_eq!(staged_price(&s), b"c");
     }
 
     #[test]
@@ -405,6 +467,7 @@ mod tests {
         };
         let at = Location::Sqlite(dir.path().join("db"));
         let s = Store::open(&at, settings, crate::clock::now_us()).unwrap();
+        s.set_inline_encode_max_us(0);
         put(&s, "a");
         let t = s.sync_table().unwrap().activation_time_us;
         assert!(s.prepare_next(t - S / 2).unwrap());
@@ -568,7 +631,7 @@ mod tests {
         let checksum = s.prepared.lock().unwrap().as_ref().unwrap().checksum;
         // The instance dies between storing them and T: another rotates without them.
         drop(s);
-        let s = store(dir.path());
+        let s = cheap_store(dir.path());
         s.prune(retention(), crate::clock::now_us()).unwrap();
         assert!(
             blob_stored(&s, checksum).is_some(),
