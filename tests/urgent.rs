@@ -196,6 +196,29 @@ fn urgent_put_end_to_end(db: &std::path::Path) {
             .any(|e| e["action"] == "put-urgent"),
         "{audit:#}"
     );
+
+    // A removal, urgently: the key is gone everywhere within 3 s of the command.
+    let asked_ns = mono_ns();
+    let answer = cli(&s, &["rm", "price", "--urgent"]);
+    assert!(answer["live_by_us"].as_i64().is_some(), "{answer:#}");
+    for o in &observers {
+        let change = o
+            .wait_for(Duration::from_secs(10), |r| {
+                r.changes
+                    .iter()
+                    .find(|c| c.value == "-" && c.first_new_ns > asked_ns)
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("{} still has the key", o.name));
+        let after_ms = (change.first_new_ns - asked_ns) / 1_000_000;
+        assert!(
+            after_ms <= 3_000,
+            "{} lost the key {after_ms} ms after",
+            o.name
+        );
+    }
+    let audit = cli(&s, &["audit", "--limit", "1"]);
+    assert_eq!(audit[0]["action"], "delete-urgent", "{audit:#}");
 }
 
 /// A client whose download of the staged version S outlasts a check-in period, during which

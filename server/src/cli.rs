@@ -192,13 +192,13 @@ impl Cli {
         self.print_write(&r)
     }
 
-    pub fn rm(&self, key: String, at: Option<String>) -> CliResult {
+    pub fn rm(&self, key: String, at: Option<String>, urgent: bool) -> CliResult {
         let r: WriteResponse = self.post(
             &wire::admin_path(wire::ADMIN_DELETE),
             &DeleteRequest {
                 key: Blob::Text(key),
                 at,
-                urgent: false,
+                urgent,
             },
         )?;
         self.print_write(&r)

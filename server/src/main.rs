@@ -206,8 +206,11 @@ enum Command {
     /// Remove a key from production, now or at a time (RFC 3339).
     Rm {
         key: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "urgent")]
         at: Option<String>,
+        /// Make production (without this key) live everywhere at now + the urgent window.
+        #[arg(long)]
+        urgent: bool,
     },
     /// Print a key's value in production, or in version N.
     Get {
@@ -857,7 +860,7 @@ fn run_cli(args: Args) -> Result<(), CliError> {
             };
             cli.put(key, value, at, urgent)
         }
-        Command::Rm { key, at } => cli.rm(key, at),
+        Command::Rm { key, at, urgent } => cli.rm(key, at, urgent),
         Command::Get { key, version } => cli.get_key(key, version),
         Command::Ls { prefix } => cli.ls(prefix),
         Command::Import { file, urgent } => cli.import(&file, urgent),
