@@ -95,6 +95,12 @@ fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
     let in_v3: Vec<Option<String>> = (0..5)
         .map(|i| value_in_version(&s, &format!("k{i}"), 3))
         .collect();
+    // The urgent window is the farm's setting too.
+    admin_post(
+        &s,
+        "/v1/admin/interval",
+        serde_json::json!({"interval": "1h", "urgent_window": "1500ms"}),
+    );
     let before = views(&s);
     let table = checkin(&s, "probe").sync;
     // Stopped cleanly, so that its download counts are written.
@@ -114,6 +120,10 @@ fn a_sqlite_farm_moves_to_postgres_with_its_versions_schedules_and_history() {
 
     let p = Server::start(&pg, &[]);
     assert_eq!(checkin(&p, "probe").sync, table);
+    assert_eq!(
+        admin_get(&p, "/v1/admin/status")["urgent_window_us"],
+        1_500_000
+    );
     for ((name, a), (_, b)) in before.iter().zip(views(&p)) {
         assert_eq!(*a, b, "{name} differs after the migration");
     }

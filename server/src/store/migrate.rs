@@ -1,6 +1,7 @@
 //! `lockstep migrate --from lockstep.db --to postgres://…`: moves a data server's whole state
 //! (production, scheduled changes, every version with its history, change set and pin, the
-//! sync table, the rotation log, the audit log and download counts) into an empty database in
+//! sync table, the rotation log with its urgent activations and restages due, the urgent
+//! window, the audit log and download counts) into an empty database in
 //! one transaction, which reads the copy back and checks counts and checksums before it
 //! commits. The farm view and the switch reports of the proof of activation are not copied:
 //! clients rebuild the farm as they check in. Stop the data servers on the source first: the
@@ -24,6 +25,8 @@ pub struct Copied {
     /// Every version's number and checksum, oldest first.
     pub checksums: Vec<(u64, u64)>,
     pub rotations: u64,
+    /// The urgent window, µs, and whether a request is queued.
+    pub urgent: (i64, bool),
 }
 
 impl std::fmt::Display for Copied {
@@ -31,13 +34,19 @@ impl std::fmt::Display for Copied {
         write!(
             f,
             "{} production keys, {} scheduled changes, {} versions (checksums verified), \
-             {} rotations; active version {}, staged {}",
+             {} rotations; active version {}, staged {}; urgent window {} µs{}",
             self.production_keys,
             self.scheduled,
             self.versions,
             self.rotations,
             self.sync.active_version,
-            self.sync.staged_version
+            self.sync.staged_version,
+            self.urgent.0,
+            if self.urgent.1 {
+                ", an urgent request queued"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -75,6 +84,7 @@ fn summary(tx: &mut dyn Tx) -> Result<Copied> {
         versions: checksums.len() as u64,
         checksums,
         rotations: tx.rotation_count()?,
+        urgent: tx.urgent_state()?,
     })
 }
 
@@ -170,6 +180,18 @@ fn copy(tx: &mut dyn Tx, out: &mut dyn Tx) -> Result<()> {
     }
     for r in tx.rotations()? {
         out.log_rotation(&r)?;
+        // A restage after this rotation that is still due carries its edits to T'.
+        if tx.restage_due(r.activation_time_us)? {
+            out.set_restage_due(r.activation_time_us, true)?;
+        }
+    }
+    // Urgent activation: its window, a request queued for the next rotation, and which
+    // activation times urgent requests scheduled (the grid resumes after each).
+    let (window_us, queued) = tx.urgent_state()?;
+    out.set_urgent_window(window_us)?;
+    out.set_urgent_queued(queued)?;
+    for at in tx.urgent_activations(i64::MIN, i64::MAX)? {
+        out.insert_urgent_activation(at, "migrate", at)?;
     }
     // The audit log, oldest first, so its order (and who did what) carries over.
     for entry in tx.audit(u64::MAX)?.into_iter().rev() {
