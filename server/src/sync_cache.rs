@@ -41,6 +41,13 @@ impl SyncCache {
             .map(|(t, _)| t)
     }
 
+    /// Whether the last table read, however old, says its activation time has passed by
+    /// `now_us`: the whole herd of that instant is on its way.
+    pub fn due(&self, now_us: i64) -> bool {
+        self.lock()
+            .is_some_and(|(t, _)| now_us >= t.activation_time_us)
+    }
+
     pub fn remember(&self, table: SyncTable) {
         *self.lock() = Some((table, Instant::now()));
     }

@@ -621,20 +621,25 @@ impl Store {
     /// transaction. Returns the sync table after it, and whether this call rotated.
     pub fn rotate_if_due(&self, now_us: i64, by: &str) -> Result<(SyncTable, bool)> {
         // Almost every check-in finds nothing to do; a read answers it without the write lock.
-        let sync = match self.sync_table() {
-            Ok(sync) => sync,
-            // With the database out of reach, a check-in with nothing due is answered from the
-            // table read last: clients keep their cycle, and no rotation is missed, since one
-            // due is never answered from memory.
-            Err(StoreError::Unavailable(e)) => match self.sync.last_known(now_us) {
-                Some(sync) => return Ok((sync, false)),
-                None => return Err(StoreError::Unavailable(e)),
-            },
-            Err(e) => return Err(e),
-        };
-        if now_us < sync.activation_time_us {
-            self.sync.remember(sync);
-            return Ok((sync, false));
+        // Once the table this process read last says the activation time has passed, the herd
+        // of that instant skips the read: each goes straight to the rotation's turn below,
+        // instead of a thousand reads queueing for the database's connections first.
+        if !self.sync.due(now_us) {
+            let sync = match self.sync_table() {
+                Ok(sync) => sync,
+                // With the database out of reach, a check-in with nothing due is answered from
+                // the table read last: clients keep their cycle, and no rotation is missed,
+                // since one due is never answered from memory.
+                Err(StoreError::Unavailable(e)) => match self.sync.last_known(now_us) {
+                    Some(sync) => return Ok((sync, false)),
+                    None => return Err(StoreError::Unavailable(e)),
+                },
+                Err(e) => return Err(e),
+            };
+            if now_us < sync.activation_time_us {
+                self.sync.remember(sync);
+                return Ok((sync, false));
+            }
         }
         // The herd at an activation time: one request of this process at a time goes on to
         // the write transaction (with the version built ahead); the others wait for it and are
@@ -667,8 +672,11 @@ impl Store {
                 .inline_encode_max_us
                 .load(std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let rotated =
-            self.write(|tx| rotation::rotate_if_due(tx, now_us, by, prepared.as_ref(), may_encode));
+        let mut due_us = 0;
+        let rotated = self.write(|tx| {
+            due_us = tx.sync()?.0.activation_time_us;
+            rotation::rotate_if_due(tx, now_us, by, prepared.as_ref(), may_encode)
+        });
         *turn = match &rotated {
             Err(StoreError::Unavailable(e)) => Some((std::time::Instant::now(), e.clone())),
             _ => None,
@@ -686,7 +694,7 @@ impl Store {
                 "rotation: version {} active since {}; version {} staged for {} ({} ms; built \
                  ahead: {})",
                 rotated.0.active_version,
-                clock::format_us(sync.activation_time_us),
+                clock::format_us(due_us),
                 rotated.0.staged_version,
                 clock::format_us(rotated.0.activation_time_us),
                 started.elapsed().as_millis(),
