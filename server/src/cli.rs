@@ -486,7 +486,7 @@ impl Cli {
                 outln!(
                     out,
                     "{}  {:<10} {:<16} {:<22} {}",
-                    format_us(e.at_us),
+                    crate::clock::format_us_millis(e.at_us),
                     e.who,
                     e.action,
                     e.peer,

@@ -40,6 +40,18 @@ pub fn format_us(us: i64) -> String {
         .unwrap_or_else(|| format!("{us}µs"))
 }
 
+/// A UTC time to the millisecond, always three digits (`2026-11-27T19:07:04.340Z`), for
+/// listings read in columns: RFC 3339 as [`format_us`] writes it drops trailing zeros.
+pub fn format_us_millis(us: i64) -> String {
+    const MILLIS: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+        .ok()
+        .and_then(|t| t.format(MILLIS).ok())
+        .unwrap_or_else(|| format!("{us}µs"))
+}
+
 /// Parses a duration written like `500ms`, `30s`, `10m` or `1h 30m` to µs.
 pub fn parse_duration_us(s: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
@@ -100,6 +112,14 @@ pub fn format_duration_us(us: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn millisecond_times_keep_three_digits() {
+        // 2026-11-28T01:22:41.340Z: RFC 3339 as `time` writes it would end in .34Z.
+        let us = 1_795_828_961_340_000;
+        assert_eq!(format_us_millis(us), "2026-11-28T01:22:41.340Z");
+        assert_eq!(format_us_millis(us - 340_000), "2026-11-28T01:22:41.000Z");
+    }
+
     use super::*;
 
     #[test]
