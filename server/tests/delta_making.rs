@@ -93,7 +93,10 @@ fn requests_waiting_for_a_delta_leave_blocking_threads_to_the_store_and_old_targ
             std::thread::spawn(move || get(&url, None, &[]))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Long enough for the six to reach the data server and one to begin making the delta,
+    // well short of the make (the version reads it starts with are optimized even in a debug
+    // build: at 300 ms it had ended).
+    std::thread::sleep(Duration::from_millis(60));
     let started = Instant::now();
     put(&s, "written", "while a delta is made");
     let put_took = started.elapsed();
