@@ -20,6 +20,7 @@
 # Debian's postgresql package, as the postgres user when run as root), with fsync on, as
 # SQLite's synchronous=FULL. INTERVAL (default 10s) is the cycle the herds come at; DURATION
 # (default 5s) is each wrk run.
+# CONTENDERS (default "sqlite-1 postgres-1 postgres-3") picks which of the three run.
 # HERD_LOGS=FILE keeps the data servers' rotation and restage log lines (each rotation's time
 # and whether its version was built ahead), which say why a rotating check-in was slow.
 # Needs: scripts/bench-setup.sh (wrk), and Debian's postgresql package (scripts/setup.sh).
@@ -181,7 +182,7 @@ PY
     [postgres-3]="postgres://postgres@127.0.0.1:$pg_port/pg3_$keys"
   )
   declare -A instances=([sqlite-1]=1 [postgres-1]=1 [postgres-3]=3)
-  names=(sqlite-1 postgres-1 postgres-3)
+  read -r -a names <<< "${CONTENDERS:-sqlite-1 postgres-1 postgres-3}"
   for name in "${names[@]}"; do
     urls=()
     for _ in $(seq "${instances[$name]}"); do start_instance "${dbs[$name]}"; done

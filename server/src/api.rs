@@ -68,6 +68,8 @@ pub struct AppState {
     pub deltas: crate::deltas::Deltas,
     /// Long-poll check-ins held now, and what wakes them.
     pub waiters: Arc<crate::waiters::Waiters>,
+    /// The herd's turn at an activation time (see [`sync_answer`]).
+    pub rotation_turn: tokio::sync::Mutex<()>,
 }
 
 type Shared = Arc<AppState>;
@@ -536,24 +538,38 @@ async fn sync_answer(state: &AppState, by: &str) -> ApiResult<(wire::SyncTable, 
     let store = state.store.clone();
     // Most check-ins find nothing due and a table this process read a moment ago: answer
     // them without a blocking task or a database read.
-    let recent = store.recent_sync_table(clock::now_us()).and_then(|sync| {
-        let staged = store.known_checksum(sync.staged_version)?;
-        let active = store.known_checksum(sync.active_version)?;
-        Some((sync, false, staged, active))
-    });
-    match recent {
-        Some(answer) => Ok(answer),
-        None => {
-            let by = by.to_owned();
-            blocking(move || {
-                let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
-                let staged = store.version_checksum(sync.staged_version)?;
-                let active = store.version_checksum(sync.active_version)?;
-                Ok((sync, rotated, staged, active))
-            })
-            .await
-        }
+    if let Some(answer) = recent_answer(&store) {
+        return Ok(answer);
     }
+    // The herd at an activation time: the whole farm checks in at once, and one check-in
+    // rotates while the others wait for the table it leaves (`Store::rotate_if_due`). They
+    // wait here, on the runtime, rather than each on a blocking thread of its own: a thousand
+    // threads started and parked at that instant would take the cores from the answers. Only
+    // when the table says the time has passed: with nothing due, reads run side by side, and a
+    // database out of reach is waited for once per check-in, not once per check-in in turn.
+    let _turn = match store.rotation_due(clock::now_us()) {
+        true => Some(state.rotation_turn.lock().await),
+        false => None,
+    };
+    if let Some(answer) = recent_answer(&store) {
+        return Ok(answer);
+    }
+    let by = by.to_owned();
+    blocking(move || {
+        let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
+        let staged = store.version_checksum(sync.staged_version)?;
+        let active = store.version_checksum(sync.active_version)?;
+        Ok((sync, rotated, staged, active))
+    })
+    .await
+}
+
+/// The answer from the sync table this process read a moment ago, if nothing is due by it.
+fn recent_answer(store: &Store) -> Option<(wire::SyncTable, bool, u64, u64)> {
+    let sync = store.recent_sync_table(clock::now_us())?;
+    let staged = store.known_checksum(sync.staged_version)?;
+    let active = store.known_checksum(sync.active_version)?;
+    Some((sync, false, staged, active))
 }
 
 fn etag_header(etag: &str) -> (header::HeaderName, HeaderValue) {

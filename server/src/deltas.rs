@@ -3,7 +3,8 @@
 //! staged one changed.
 //!
 //! A check-in answer names the delta from the active version to the staged one, and the first
-//! check-in that names a new pair starts making it in the background, so it is usually ready
+//! check-in that names a new pair starts making it in the background (at background priority:
+//! that check-in is one of the farm's herd at the activation time), so it is usually ready
 //! before the first client asks. Concurrent first requests await that one computation without
 //! a blocking thread each (store calls need them). Only deltas to the staged or active version
 //! are made: a URL to an older one that has left the cache answers 404, so that cycling old
@@ -122,13 +123,14 @@ async fn make(
     let made = cell
         .made
         .get_or_try_init(|| async {
-            tokio::task::spawn_blocking(move || {
+            crate::background::run("delta", move || {
                 let sync = store
                     .sync_table()
                     .map_err(|e| NotMade::Failed(e.to_string()))?;
                 if pair.1 != sync.staged_version && pair.1 != sync.active_version {
                     return Err(NotMade::NotCurrent(format!(
-                        "no delta to version {}: deltas are made only to the staged or active                          version; download it whole",
+                        "no delta to version {}: deltas are made only to the staged or active \
+                         version; download it whole",
                         pair.1
                     )));
                 }
@@ -144,7 +146,7 @@ async fn make(
                 compute(&store, base, pair).map_err(NotMade::Failed)
             })
             .await
-            .map_err(|e| NotMade::Failed(e.to_string()))?
+            .map_err(NotMade::Failed)?
         })
         .await;
     match made {

@@ -4,7 +4,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::postgres::{each_backend, Backend};
 use common::*;
@@ -22,6 +22,50 @@ fn exactly_one_rotation_under_64_concurrent_checkins() {
         assert_exactly_one_rotation(&results, t);
         assert_eq!(rotation_count(&s), before + 1);
     });
+}
+
+/// The herd at an activation time waits for the rotating check-in on the runtime, not each on
+/// a blocking thread of its own: the data server starts a thread or two for it, not one per
+/// check-in. The rotation is held up (another connection holds SQLite's write lock across `T`)
+/// so that the whole herd has arrived while it waits; tokio keeps a blocking thread ten seconds
+/// after its task, so the threads it started are still there to count.
+#[test]
+fn the_herd_at_an_activation_time_waits_without_a_thread_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let s = Server::start(&db, &["--interval", "1s"]);
+    put(&s, "k", "v");
+    let mut t = checkin(&s, "probe").sync.activation_time_us;
+    while t - now_us() < 300_000 {
+        std::thread::sleep(Duration::from_millis(50));
+        t = checkin(&s, "probe").sync.activation_time_us;
+    }
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    let (locked, lock_taken) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        sleep_until_us(t - 100_000);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        sleep_until_us(t + 500_000);
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    lock_taken.recv().unwrap();
+    let results = concurrent_checkins(std::slice::from_ref(&s.url), 96, t);
+    writer.join().unwrap();
+    assert_exactly_one_rotation(&results, t);
+    let started = threads().saturating_sub(before);
+    println!("{started} threads started for a herd of 96 check-ins");
+    assert!(
+        started <= 8,
+        "the herd of 96 check-ins started {started} threads"
+    );
 }
 
 #[test]
@@ -43,6 +87,23 @@ fn exactly_one_rotation_with_two_server_processes_on_one_database() {
         assert_eq!(rotation_count(&a), before + 1);
         assert_eq!(rotation_count(&b), before + 1);
     });
+}
+
+/// The thread that builds versions ahead and restages after `T` runs below the priority of
+/// the threads that answer requests: a rotation wakes it as the farm checks in.
+#[test]
+fn the_preparing_thread_runs_at_background_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (requests, prepare) = loop {
+        let (main, prepare) = thread_nices(s.child.id(), "prepare");
+        if !prepare.is_empty() || Instant::now() > deadline {
+            break (main, prepare);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(prepare, [(requests + 10).min(19)]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Making deltas on a real `lockstep serve`: requests that find a delta being made await it
 //! without a blocking thread each, so store calls (an admin write) are answered meanwhile; and
-//! only deltas to the staged or active version are made, so old URLs cannot force makes.
+//! only deltas to the staged or active version are made, so old URLs cannot force makes; the
+//! make runs at background priority.
 
 #[path = "../../tests/support/mod.rs"]
 mod common;
@@ -97,6 +98,9 @@ fn requests_waiting_for_a_delta_leave_blocking_threads_to_the_store_and_old_targ
     // well short of the make (the version reads it starts with are optimized even in a debug
     // build: at 300 ms it had ended).
     std::thread::sleep(Duration::from_millis(60));
+    // The make runs on a thread of its own below the requests' priority: it comes at an
+    // activation time, with the farm's check-ins.
+    let (requests, delta_threads) = thread_nices(s.child.id(), "delta");
     let started = Instant::now();
     put(&s, "written", "while a delta is made");
     let put_took = started.elapsed();
@@ -106,6 +110,11 @@ fn requests_waiting_for_a_delta_leave_blocking_threads_to_the_store_and_old_targ
     assert!(
         still_waiting > 0,
         "the admin write was answered only after the delta was made ({put_took:?})"
+    );
+    assert_eq!(
+        delta_threads,
+        [(requests + 10).min(19)],
+        "one delta thread, at nice +10, while the delta was made"
     );
     let bodies: Vec<Vec<u8>> = waiting
         .into_iter()

@@ -226,6 +226,29 @@ impl Server {
     }
 }
 
+/// The nice values of a process's threads whose name (`comm`) is `name`; the process's own
+/// (its main thread's) first.
+pub fn thread_nices(pid: u32, name: &str) -> (i32, Vec<i32>) {
+    let nice = |tid: &str| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+        // Field 19; the name (field 2) may hold spaces, so count from its parenthesis.
+        let after = stat.get(stat.rfind(')')? + 2..)?;
+        after.split(' ').nth(16)?.parse().ok()
+    };
+    let main = nice(&pid.to_string()).expect("the process is running");
+    let named = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            (comm.trim_end() == name).then(|| nice(&tid)).flatten()
+        })
+        .collect();
+    (main, named)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();

@@ -601,6 +601,12 @@ impl Store {
         self.sync.recent(now_us)
     }
 
+    /// Whether the sync table this process read last, however long ago, says its activation
+    /// time has passed by `now_us`: the farm's check-ins of that instant are on their way.
+    pub fn rotation_due(&self, now_us: i64) -> bool {
+        self.sync.due(now_us)
+    }
+
     /// Told after each durable write of this process (see [`crate::waiters`]).
     pub fn changed(&self) -> &tokio::sync::Notify {
         &self.changed
