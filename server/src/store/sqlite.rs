@@ -182,6 +182,24 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE restage_due (activation_us INTEGER PRIMARY KEY);
     "#,
+    // 10: `blobs` with its bytes last. SQLite reads a row's columns in order, and reaches a
+    // column stored after a large blob only by walking the blob's overflow pages: for 100 MB,
+    // some 25,000 pages and tens of milliseconds. The rotation's check that the bytes were
+    // stored ahead read `stored_us` that way under the write lock, with the farm's check-ins
+    // of the activation time waiting, and retention's scan for orphans read `for_us` that way
+    // every second. (`versions.bytes` is empty since 5, but for versions from before it.)
+    r#"
+    CREATE TABLE blobs_bytes_last (
+        checksum INTEGER PRIMARY KEY,
+        for_us INTEGER NOT NULL,
+        stored_us INTEGER NOT NULL,
+        bytes BLOB NOT NULL
+    );
+    INSERT INTO blobs_bytes_last (checksum, for_us, stored_us, bytes)
+        SELECT checksum, for_us, stored_us, bytes FROM blobs;
+    DROP TABLE blobs;
+    ALTER TABLE blobs_bytes_last RENAME TO blobs;
+    "#,
 ];
 
 /// Read connections kept open between requests; more than this many concurrent reads open
@@ -1198,5 +1216,96 @@ impl Tx for SqliteTx<'_> {
             params![activation_us],
             |r| r.get::<_, i64>(0),
         )? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages this connection has read into its cache so far.
+    fn pages_read(conn: &Connection) -> i32 {
+        let (mut now, mut highest) = (0, 0);
+        // SAFETY: the handle is this open connection's; the out-params are valid i32s.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+                &mut now,
+                &mut highest,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        now
+    }
+
+    const CHECKSUM: u64 = 0x5eed;
+
+    /// Pages read, from a cold connection, to learn when the bytes of a 16 MiB version were
+    /// stored: what the rotation asks before it names bytes stored ahead, and retention of
+    /// every blob row each second.
+    fn pages_read_for_stored_us(path: &Path) -> i32 {
+        let conn = open_reader(path).unwrap();
+        let before = pages_read(&conn);
+        let tx = conn.unchecked_transaction().unwrap();
+        let stored = SqliteTx(&tx).blob_stored(CHECKSUM).unwrap();
+        assert_eq!(stored, Some(2));
+        pages_read(&conn) - before
+    }
+
+    fn bytes() -> Vec<u8> {
+        (0..16 << 20).map(|i: u32| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_rotations_check_for_bytes_stored_ahead_reads_none_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Sqlite::open(&path, &mut |_| Ok(())).unwrap();
+        store
+            .write(Durability::Full, &mut |tx| {
+                tx.insert_blob(CHECKSUM, &bytes(), 1, 2)
+            })
+            .unwrap();
+        let pages = pages_read_for_stored_us(&path);
+        // The schema, the table's root and the row's leaf: 16 MiB is 4,096 pages.
+        assert!(
+            pages < 16,
+            "{pages} pages read to learn when the bytes were stored"
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_migration_10_keeps_its_blobs_with_the_bytes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for (i, sql) in MIGRATIONS.iter().enumerate().take(9) {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO blobs (checksum, bytes, for_us, stored_us) VALUES (?1, ?2, 1, 2)",
+                params![CHECKSUM as i64, bytes()],
+            )
+            .unwrap();
+        }
+        // The old layout: the check walks the whole blob.
+        assert!(pages_read_for_stored_us(&path) > 4_000);
+        Sqlite::open(&path, &mut |_| Ok(())).unwrap();
+        assert!(pages_read_for_stored_us(&path) < 16);
+        let conn = open_reader(&path).unwrap();
+        let kept: Vec<u8> = conn
+            .query_row(
+                "SELECT bytes FROM blobs WHERE checksum = ?1",
+                params![CHECKSUM as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(kept == bytes(), "the blob's bytes changed in the migration");
     }
 }
