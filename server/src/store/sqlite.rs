@@ -182,23 +182,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE restage_due (activation_us INTEGER PRIMARY KEY);
     "#,
-    // 10: `blobs` with its bytes last. SQLite reads a row's columns in order, and reaches a
-    // column stored after a large blob only by walking the blob's overflow pages: for 100 MB,
-    // some 25,000 pages and tens of milliseconds. The rotation's check that the bytes were
-    // stored ahead read `stored_us` that way under the write lock, with the farm's check-ins
-    // of the activation time waiting, and retention's scan for orphans read `for_us` that way
-    // every second. (`versions.bytes` is empty since 5, but for versions from before it.)
+    // 10: when each blob was stored, and for which activation time, in a table of their own.
+    // SQLite reads a row's columns in order, and reaches a column stored after a large blob
+    // only by walking the blob's overflow pages: for 100 MB, some 25,000 pages and tens of
+    // milliseconds. The rotation's check that the bytes were stored ahead read `stored_us`
+    // that way under the write lock, with the farm's check-ins of the activation time
+    // waiting, and retention's scan for orphans read `for_us` that way every second. The
+    // columns stay in `blobs` (written, never read): moving the bytes instead would copy every
+    // version kept in one transaction at start-up. Filling this walks each blob once.
     r#"
-    CREATE TABLE blobs_bytes_last (
+    CREATE TABLE blob_times (
         checksum INTEGER PRIMARY KEY,
         for_us INTEGER NOT NULL,
-        stored_us INTEGER NOT NULL,
-        bytes BLOB NOT NULL
+        stored_us INTEGER NOT NULL
     );
-    INSERT INTO blobs_bytes_last (checksum, for_us, stored_us, bytes)
-        SELECT checksum, for_us, stored_us, bytes FROM blobs;
-    DROP TABLE blobs;
-    ALTER TABLE blobs_bytes_last RENAME TO blobs;
+    INSERT INTO blob_times (checksum, for_us, stored_us)
+        SELECT checksum, for_us, stored_us FROM blobs;
+    CREATE TRIGGER blob_times_follow_blobs AFTER DELETE ON blobs
+    BEGIN
+        DELETE FROM blob_times WHERE checksum = old.checksum;
+    END;
     "#,
 ];
 
@@ -217,6 +220,14 @@ pub struct Sqlite {
 fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // A new file: pages freed by retention go back to the file system on `PRAGMA
+    // incremental_vacuum` (an older file reuses them for new versions; `lockstep vacuum`
+    // converts it). Set before WAL mode, whose switch writes the file's first page and so
+    // fixes its vacuum mode.
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -243,11 +254,6 @@ impl Sqlite {
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let have: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if have == 0 {
-                // A new file: pages freed by retention go back to the file system on
-                // `PRAGMA incremental_vacuum` (an older file reuses them for new versions).
-                tx.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-            }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
                 tx.execute_batch(sql)?;
                 tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -899,6 +905,10 @@ impl Tx for SqliteTx<'_> {
              VALUES (?1, ?2, ?3, ?4)",
             params![to_i64(checksum), bytes, for_us, now_us],
         )?;
+        self.0.execute(
+            "INSERT OR REPLACE INTO blob_times (checksum, for_us, stored_us) VALUES (?1, ?2, ?3)",
+            params![to_i64(checksum), for_us, now_us],
+        )?;
         Ok(())
     }
 
@@ -906,7 +916,7 @@ impl Tx for SqliteTx<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT stored_us FROM blobs WHERE checksum = ?1",
+                "SELECT stored_us FROM blob_times WHERE checksum = ?1",
                 params![to_i64(checksum)],
                 |r| r.get(0),
             )
@@ -983,13 +993,14 @@ impl Tx for SqliteTx<'_> {
 
     fn drop_orphans(&mut self, before_us: i64) -> Result<u64> {
         let n = self.0.execute(
-            "DELETE FROM blobs WHERE for_us < ?1
-               AND checksum NOT IN (SELECT checksum FROM versions)",
+            "DELETE FROM blobs WHERE checksum IN
+                (SELECT checksum FROM blob_times WHERE for_us < ?1
+                   AND checksum NOT IN (SELECT checksum FROM versions))",
             params![before_us],
         )?;
         self.0.execute(
             "DELETE FROM changesets WHERE checksum NOT IN (SELECT checksum FROM versions)
-               AND checksum NOT IN (SELECT checksum FROM blobs)",
+               AND checksum NOT IN (SELECT checksum FROM blob_times)",
             [],
         )?;
         Ok(n as u64)
@@ -1240,22 +1251,59 @@ mod tests {
         now
     }
 
-    const CHECKSUM: u64 = 0x5eed;
+    /// Three blobs of 16 MiB each: (checksum, for_us, stored_us).
+    const BLOBS: [(u64, i64, i64); 3] = [(0x5eed, 10, 2), (0xfeed, 20, 3), (0xbeef, 30, 4)];
 
-    /// Pages read, from a cold connection, to learn when the bytes of a 16 MiB version were
-    /// stored: what the rotation asks before it names bytes stored ahead, and retention of
-    /// every blob row each second.
-    fn pages_read_for_stored_us(path: &Path) -> i32 {
-        let conn = open_reader(path).unwrap();
-        let before = pages_read(&conn);
-        let tx = conn.unchecked_transaction().unwrap();
-        let stored = SqliteTx(&tx).blob_stored(CHECKSUM).unwrap();
-        assert_eq!(stored, Some(2));
-        pages_read(&conn) - before
+    fn bytes(checksum: u64) -> Vec<u8> {
+        (0..16u32 << 20)
+            .map(|i| (i % 251) as u8 ^ checksum as u8)
+            .collect()
     }
 
-    fn bytes() -> Vec<u8> {
-        (0..16 << 20).map(|i: u32| (i % 251) as u8).collect()
+    /// Pages read, from a cold connection, to learn when each blob was stored (what the
+    /// rotation asks before it names bytes stored ahead) and which are orphans (what retention
+    /// asks every second, in a transaction rolled back).
+    fn pages_read_for_blob_times(path: &Path) -> i32 {
+        let conn = Connection::open(path).unwrap();
+        let before = pages_read(&conn);
+        let tx = conn.unchecked_transaction().unwrap();
+        for (checksum, _, stored_us) in BLOBS {
+            assert_eq!(
+                SqliteTx(&tx).blob_stored(checksum).unwrap(),
+                Some(stored_us)
+            );
+        }
+        // Every blob is an orphan (no version names it), but none was stored for before 5.
+        assert_eq!(SqliteTx(&tx).drop_orphans(5).unwrap(), 0);
+        let pages = pages_read(&conn) - before;
+        // Two were stored for before 25. (Freeing their pages reads them on a file without
+        // auto_vacuum's pointer map: that is the once-per-version drop, not the scan.)
+        assert_eq!(SqliteTx(&tx).drop_orphans(25).unwrap(), 2);
+        tx.rollback().unwrap();
+        pages
+    }
+
+    /// Each blob's row as it stands: (checksum, for_us, stored_us, its bytes intact).
+    fn blob_rows(path: &Path) -> Vec<(u64, i64, i64, bool)> {
+        let conn = open_reader(path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT b.checksum, t.for_us, t.stored_us, b.bytes
+                 FROM blobs b JOIN blob_times t ON t.checksum = b.checksum ORDER BY t.for_us",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                let checksum = r.get::<_, i64>(0)? as u64;
+                let kept: Vec<u8> = r.get(3)?;
+                Ok((checksum, r.get(1)?, r.get(2)?, kept == bytes(checksum)))
+            })
+            .unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn expected_rows() -> Vec<(u64, i64, i64, bool)> {
+        BLOBS.iter().map(|&(c, f, s)| (c, f, s, true)).collect()
     }
 
     #[test]
@@ -1263,21 +1311,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = Sqlite::open(&path, &mut |_| Ok(())).unwrap();
-        store
-            .write(Durability::Full, &mut |tx| {
-                tx.insert_blob(CHECKSUM, &bytes(), 1, 2)
-            })
-            .unwrap();
-        let pages = pages_read_for_stored_us(&path);
-        // The schema, the table's root and the row's leaf: 16 MiB is 4,096 pages.
-        assert!(
-            pages < 16,
-            "{pages} pages read to learn when the bytes were stored"
-        );
+        for (checksum, for_us, stored_us) in BLOBS {
+            store
+                .write(Durability::Full, &mut |tx| {
+                    tx.insert_blob(checksum, &bytes(checksum), for_us, stored_us)
+                })
+                .unwrap();
+        }
+        let pages = pages_read_for_blob_times(&path);
+        // The schema, the tables' roots and leaves: the three blobs are 12,288 pages.
+        assert!(pages < 32, "{pages} pages read for the blobs' times");
+        assert_eq!(blob_rows(&path), expected_rows());
     }
 
     #[test]
-    fn a_database_from_before_migration_10_keeps_its_blobs_with_the_bytes_last() {
+    fn a_new_database_gives_the_space_retention_frees_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Sqlite::open(&path, &mut |_| Ok(())).unwrap();
+        let conn = open_reader(&path).unwrap();
+        let mode: i64 = conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 2, "auto_vacuum is not INCREMENTAL");
+    }
+
+    #[test]
+    fn a_database_from_before_migration_10_keeps_its_blobs_and_their_times() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         {
@@ -1288,24 +1348,25 @@ mod tests {
                 conn.pragma_update(None, "user_version", (i + 1) as i64)
                     .unwrap();
             }
-            conn.execute(
-                "INSERT INTO blobs (checksum, bytes, for_us, stored_us) VALUES (?1, ?2, 1, 2)",
-                params![CHECKSUM as i64, bytes()],
-            )
-            .unwrap();
+            for (checksum, for_us, stored_us) in BLOBS {
+                conn.execute(
+                    "INSERT INTO blobs (checksum, bytes, for_us, stored_us)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![checksum as i64, bytes(checksum), for_us, stored_us],
+                )
+                .unwrap();
+            }
         }
-        // The old layout: the check walks the whole blob.
-        assert!(pages_read_for_stored_us(&path) > 4_000);
         Sqlite::open(&path, &mut |_| Ok(())).unwrap();
-        assert!(pages_read_for_stored_us(&path) < 16);
-        let conn = open_reader(&path).unwrap();
-        let kept: Vec<u8> = conn
-            .query_row(
-                "SELECT bytes FROM blobs WHERE checksum = ?1",
-                params![CHECKSUM as i64],
-                |r| r.get(0),
-            )
+        assert_eq!(blob_rows(&path), expected_rows());
+        assert!(pages_read_for_blob_times(&path) < 32);
+        // A blob deleted takes its times with it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("DELETE FROM blobs WHERE checksum = ?1", params![0xfeed_i64])
             .unwrap();
-        assert!(kept == bytes(), "the blob's bytes changed in the migration");
+        let times: i64 = conn
+            .query_row("SELECT COUNT(*) FROM blob_times", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(times, 2);
     }
 }
