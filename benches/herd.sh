@@ -20,7 +20,8 @@
 # Debian's postgresql package, as the postgres user when run as root), with fsync on, as
 # SQLite's synchronous=FULL. INTERVAL (default 10s) is the cycle the herds come at; DURATION
 # (default 5s) is each wrk run.
-# CONTENDERS (default "sqlite-1 postgres-1 postgres-3") picks which of the three run.
+# CONTENDERS (default "sqlite-1 postgres-1 postgres-3") picks which of the three run; the
+# report names them, since fewer servers leave more memory and cache to the rest.
 # HERD_LOGS=FILE keeps the data servers' rotation and restage log lines (each rotation's time
 # and whether its version was built ahead), which say why a rotating check-in was slow.
 # Needs: scripts/bench-setup.sh (wrk), and Debian's postgresql package (scripts/setup.sh).
@@ -213,9 +214,10 @@ PY
   unset dbs instances
 done
 
-python3 - "$dir/herd.samples" "$CLIENTS" "$INTERVAL" <<'PY'
+python3 - "$dir/herd.samples" "$CLIENTS" "$INTERVAL" "${CONTENDERS:-sqlite-1 postgres-1 postgres-3}" <<'PY'
 import statistics, sys
-samples, clients, interval = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+samples, clients, interval, contenders = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+print(f"contenders running side by side: {contenders}")
 rps, herds = {}, {}
 for line in open(samples):
     keys, name, rnd, kind, *rest = line.split()

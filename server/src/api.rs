@@ -69,7 +69,7 @@ pub struct AppState {
     /// Long-poll check-ins held now, and what wakes them.
     pub waiters: Arc<crate::waiters::Waiters>,
     /// The herd's turn at an activation time (see [`sync_answer`]).
-    pub rotation_turn: tokio::sync::Mutex<()>,
+    pub rotation_turn: Arc<tokio::sync::RwLock<()>>,
 }
 
 type Shared = Arc<AppState>;
@@ -544,18 +544,27 @@ async fn sync_answer(state: &AppState, by: &str) -> ApiResult<(wire::SyncTable, 
     // The herd at an activation time: the whole farm checks in at once, and one check-in
     // rotates while the others wait for the table it leaves (`Store::rotate_if_due`). They
     // wait here, on the runtime, rather than each on a blocking thread of its own: a thousand
-    // threads started and parked at that instant would take the cores from the answers. Only
-    // when the table says the time has passed: with nothing due, reads run side by side, and a
-    // database out of reach is waited for once per check-in, not once per check-in in turn.
-    let _turn = match store.rotation_due(clock::now_us()) {
-        true => Some(state.rotation_turn.lock().await),
-        false => None,
-    };
-    if let Some(answer) = recent_answer(&store) {
-        return Ok(answer);
+    // threads started and parked at that instant would take the cores from the answers. The
+    // rotating one holds the turn for writing; the others wait to read it, so they are all let
+    // go together when it ends, and each answers from the table it left. Only when the table
+    // says the time has passed: with nothing due, reads run side by side, and a database out
+    // of reach is waited for once per check-in, not once per check-in in turn.
+    let mut turn = None;
+    if store.rotation_due(clock::now_us()) {
+        drop(state.rotation_turn.read().await);
+        if let Some(answer) = recent_answer(&store) {
+            return Ok(answer);
+        }
+        turn = Some(state.rotation_turn.clone().write_owned().await);
+        if let Some(answer) = recent_answer(&store) {
+            return Ok(answer);
+        }
     }
     let by = by.to_owned();
     blocking(move || {
+        // Held until the rotation ends, even if this check-in's client stops waiting: the
+        // next one would start another blocking thread to wait for the same rotation.
+        let _turn = turn;
         let (sync, rotated) = store.rotate_if_due(clock::now_us(), &by)?;
         let staged = store.version_checksum(sync.staged_version)?;
         let active = store.version_checksum(sync.active_version)?;

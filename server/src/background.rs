@@ -4,9 +4,10 @@
 //! blob each take seconds of CPU with large data, and a rotation sets two of them off at the
 //! activation time: the instant the whole farm checks in. On a data server with two cores they
 //! would take one of them from the herd's check-ins. At a higher nice value they give way to
-//! request threads whenever both want a core, and take all of it otherwise. A build slowed by
-//! load still ends before `T`: its lead is measured (`prepare::lead_us` from the last build's
-//! time), so a slower build starts earlier.
+//! request threads whenever both want a core (about a tenth of it is left to them), and take
+//! all of it otherwise. A build's lead before `T` is measured (`prepare::lead_us`, twice the
+//! last build's time), so builds slowed by load start earlier; one slowed more than that
+//! misses `T`, and the rotation keeps the staged version and restages after it.
 //!
 //! Linux keeps the nice value per thread, so this lowers only the calling thread. Each job gets
 //! a thread of its own, never one of tokio's blocking pool: that thread would keep the lower
@@ -48,8 +49,31 @@ pub fn this_thread_nice() -> i32 {
 
 /// How many jobs of [`run`] run at once; the others wait their turn. Requests start them (a
 /// delta, a compression, each once per pair or blob), so their threads are bounded here as
-/// tokio bounds its blocking pool.
-const CONCURRENT_JOBS: usize = 4;
+/// tokio bounds its blocking pool. (The preparing thread's encodes are not counted: one at a
+/// time, see [`lowered`].)
+pub const CONCURRENT_JOBS: usize = 4;
+
+static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_JOBS);
+
+/// One of the [`CONCURRENT_JOBS`] turns, held by the job's thread until it ends (given back
+/// when dropped).
+pub struct Turn(#[allow(dead_code)] tokio::sync::SemaphorePermit<'static>);
+
+/// A turn, once one is free.
+pub async fn turn() -> Turn {
+    // The semaphore is never closed.
+    Turn(
+        TURNS
+            .acquire()
+            .await
+            .expect("background turns are never closed"),
+    )
+}
+
+/// A turn if one is free now: for work that can be skipped rather than waited for.
+pub fn try_turn() -> Option<Turn> {
+    TURNS.try_acquire().ok().map(Turn)
+}
 
 /// Runs `f` on a new thread named `name` at background priority, once one of the
 /// [`CONCURRENT_JOBS`] turns is free, and gives its result; an error if the thread could not
@@ -58,11 +82,15 @@ pub async fn run<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
-    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_JOBS);
-    let turn = TURNS
-        .acquire()
-        .await
-        .map_err(|_| format!("no {name} thread: background work has stopped"))?;
+    run_in(turn().await, name, f).await
+}
+
+/// [`run`] in a turn already taken.
+pub async fn run_in<T: Send + 'static>(
+    turn: Turn,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.to_owned())
@@ -78,6 +106,28 @@ pub async fn run<T: Send + 'static>(
         .map_err(|_| format!("the {name} thread failed before it finished"))
 }
 
+/// Runs `f` at background priority on a thread named `name` and waits for it: for the CPU
+/// part of a job whose database writes must not run lowered (a lowered thread holding the
+/// write lock would hold up the rotation behind it). Runs `f` here if no thread can start; a
+/// panic in `f` goes on here.
+pub fn lowered<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let mut f = Some(f);
+    let out = std::thread::scope(|scope| {
+        let job = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn_scoped(scope, || {
+                lower_this_thread();
+                (f.take().expect("run once"))()
+            });
+        job.ok().map(|job| job.join())
+    });
+    match out {
+        Some(Ok(out)) => out,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => (f.take().expect("not run: the thread did not start"))(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +135,10 @@ mod tests {
     #[tokio::test]
     async fn background_work_runs_below_the_priority_of_request_threads() {
         let requests = this_thread_nice();
+        if requests >= 19 {
+            eprintln!("this test runs at the lowest priority already: nothing to compare");
+            return;
+        }
         let background = run("test-background", this_thread_nice).await.unwrap();
         assert_eq!(background, (requests + NICE_INCREMENT).min(19));
         assert!(
@@ -99,5 +153,60 @@ mod tests {
     async fn a_panicking_job_is_an_error_not_a_panic_here() {
         let out: Result<(), String> = run("test-panic", || panic!("boom")).await;
         assert!(out.unwrap_err().contains("test-panic"));
+    }
+
+    #[test]
+    fn the_cpu_part_of_a_job_runs_lowered_and_the_caller_is_not() {
+        let requests = this_thread_nice();
+        let job = lowered("test-lowered", this_thread_nice);
+        assert_eq!(job, (requests + NICE_INCREMENT).min(19));
+        assert_eq!(this_thread_nice(), requests);
+        let panicked = std::panic::catch_unwind(|| lowered("test-lowered", || panic!("boom")));
+        assert!(
+            panicked.is_err(),
+            "a panic in the job goes on in the caller"
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_four_jobs_run_at_once_and_a_panic_gives_its_turn_back() {
+        // Jobs that panic first: each must give its turn back.
+        for _ in 0..CONCURRENT_JOBS + 1 {
+            assert!(run("test-panic", || panic!("boom")).await.is_err());
+        }
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+        let jobs: Vec<_> = (0..CONCURRENT_JOBS + 2)
+            .map(|_| {
+                let (running, wait) = (running.clone(), wait.clone());
+                tokio::spawn(run("test-bounded", move || {
+                    running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = wait.lock().unwrap().recv();
+                }))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running.load(std::sync::atomic::Ordering::SeqCst) < CONCURRENT_JOBS {
+            assert!(std::time::Instant::now() < deadline, "four jobs never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            running.load(std::sync::atomic::Ordering::SeqCst),
+            CONCURRENT_JOBS,
+            "more jobs ran at once than there are turns"
+        );
+        assert!(try_turn().is_none(), "a turn free while four jobs run");
+        for _ in 0..CONCURRENT_JOBS + 2 {
+            go.send(()).unwrap();
+        }
+        for job in jobs {
+            job.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            running.load(std::sync::atomic::Ordering::SeqCst),
+            CONCURRENT_JOBS + 2
+        );
     }
 }

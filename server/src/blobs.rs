@@ -115,21 +115,26 @@ impl Blobs {
                 }
             }
         };
-        cell.get_or_init(|| async move {
+        // Requests that find it being compressed wait for it; one that finds no background
+        // turn free (deltas being made) is answered uncompressed rather than wait behind them,
+        // and a later one compresses.
+        cell.get_or_try_init(|| async move {
+            let turn = crate::background::try_turn().ok_or(())?;
             // At background priority: the first downloads of a new staged version come with
             // the farm's check-ins of its activation time.
-            crate::background::run("zstd", move || {
+            let made = crate::background::run_in(turn, "zstd", move || {
                 zstd::bulk::compress(&bytes, ZSTD_LEVEL)
                     .ok()
                     .filter(|z| z.len() < bytes.len())
                     .map(Bytes::from)
             })
-            .await
-            .ok()
-            .flatten()
+            .await;
+            Ok::<_, ()>(made.ok().flatten())
         })
         .await
-        .clone()
+        .ok()
+        .cloned()
+        .flatten()
     }
 
     /// The answer for immutable bytes at a blob or delta URL: strong `ETag: "<etag>"`

@@ -111,7 +111,7 @@ enum NotMade {
 }
 
 /// Makes the delta of `pair` from version `base_version` (found by its checksum when `None`)
-/// into `cell`, once: one request makes it on a blocking thread, the others await it. An error
+/// into `cell`, once: one request makes it on a background thread, the others await it. An error
 /// leaves the cell empty and forgets it, so that the next request tries again.
 async fn make(
     store: Arc<Store>,

@@ -737,23 +737,21 @@ async fn until_ready(
 }
 
 /// Builds each rotation's staged version shortly before its activation time, so that the
-/// rotation itself is a few writes (see `store::prepare`), at background priority: the restage
-/// a rotation wakes it for runs while the farm's check-ins of that instant are answered.
+/// rotation itself is a few writes (see `store::prepare`). Its encodes run at background
+/// priority (`background::lowered`): the restage a rotation wakes it for runs while the farm's
+/// check-ins of that instant are answered.
 fn start_prepare_thread(store: Arc<store::Store>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("prepare".into())
-        .spawn(move || {
-            background::lower_this_thread();
-            loop {
-                // First: a restage due is for the activation time the next build is for.
-                if let Err(e) = store.restage_stale(clock::now_us()) {
-                    tracing::warn!("restaging production after a rotation failed: {e}");
-                }
-                if let Err(e) = store.prepare_next(clock::now_us()) {
-                    tracing::debug!("building the next version ahead failed: {e}");
-                }
-                store.prepare_wait(store.prepare_poll(clock::now_us()));
+        .spawn(move || loop {
+            // First: a restage due is for the activation time the next build is for.
+            if let Err(e) = store.restage_stale(clock::now_us()) {
+                tracing::warn!("restaging production after a rotation failed: {e}");
             }
+            if let Err(e) = store.prepare_next(clock::now_us()) {
+                tracing::debug!("building the next version ahead failed: {e}");
+            }
+            store.prepare_wait(store.prepare_poll(clock::now_us()));
         })
         .map(drop)
         .map_err(|e| format!("cannot start the preparing thread: {e}"))

@@ -46,19 +46,24 @@ fn the_herd_at_an_activation_time_waits_without_a_thread_each() {
             .count()
     };
     let before = threads();
-    let (locked, lock_taken) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
         sleep_until_us(t - 100_000);
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        locked.send(()).unwrap();
+        let locked_us = now_us();
         sleep_until_us(t + 500_000);
         conn.execute_batch("ROLLBACK").unwrap();
+        locked_us
     });
-    lock_taken.recv().unwrap();
     let results = concurrent_checkins(std::slice::from_ref(&s.url), 96, t);
-    writer.join().unwrap();
+    let answered_us = now_us();
+    let locked_us = writer.join().unwrap();
+    assert!(locked_us < t, "the write lock was taken only after T");
+    assert!(
+        answered_us >= t + 500_000,
+        "the herd was answered before the rotation could write: it did not wait"
+    );
     assert_exactly_one_rotation(&results, t);
     let started = threads().saturating_sub(before);
     println!("{started} threads started for a herd of 96 check-ins");
@@ -89,21 +94,51 @@ fn exactly_one_rotation_with_two_server_processes_on_one_database() {
     });
 }
 
-/// The thread that builds versions ahead and restages after `T` runs below the priority of
-/// the threads that answer requests: a rotation wakes it as the farm checks in.
+/// The encode of a version built ahead (or restaged after `T`) runs below the priority of the
+/// threads that answer requests, as a rotation wakes it while the farm checks in; the
+/// preparing thread's database writes do not, or a rotation could wait on a lowered thread.
 #[test]
-fn the_preparing_thread_runs_at_background_priority() {
+fn a_build_runs_at_background_priority_and_the_preparing_thread_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("db"), &["--interval", "1s"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (requests, prepare) = loop {
-        let (main, prepare) = thread_nices(s.child.id(), "prepare");
-        if !prepare.is_empty() || Instant::now() > deadline {
-            break (main, prepare);
+    let s = Server::start(&dir.path().join("db"), &["--interval", "2s"]);
+    // Enough keys that a debug build takes a while to encode them.
+    let entries: Vec<serde_json::Value> = (0..100_000)
+        .map(|i| serde_json::json!({"key": format!("key:{i:06}"), "value": "v"}))
+        .collect();
+    admin_post(
+        &s,
+        "/v1/admin/import",
+        serde_json::json!({ "entries": entries }),
+    );
+    // A build thread starts at its parent's priority and lowers itself first: wait until one
+    // is seen lowered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut edits = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    let requests = loop {
+        let (main, build) = thread_nices(s.child.id(), "build");
+        if build == [(main + 10).min(19)] {
+            let (_, prepare) = thread_nices(s.child.id(), "prepare");
+            assert_eq!(prepare, [main], "the preparing thread runs lowered");
+            break main;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        seen.extend(build);
+        assert!(
+            Instant::now() < deadline,
+            "no build thread seen at nice +10 in 60 s; seen at {seen:?}"
+        );
+        // An edit now and then, so that there is always a next version to build, and
+        // check-ins, which rotate.
+        if edits % 200 == 0 {
+            put(&s, "edited", &edits.to_string());
+        }
+        if edits % 50 == 0 {
+            checkin(&s, "probe");
+        }
+        edits += 1;
+        std::thread::sleep(Duration::from_millis(2));
     };
-    assert_eq!(prepare, [(requests + 10).min(19)]);
+    println!("a build seen at nice {}", requests + 10);
 }
 
 #[test]

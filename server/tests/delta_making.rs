@@ -94,13 +94,20 @@ fn requests_waiting_for_a_delta_leave_blocking_threads_to_the_store_and_old_targ
             std::thread::spawn(move || get(&url, None, &[]))
         })
         .collect();
-    // Long enough for the six to reach the data server and one to begin making the delta,
-    // well short of the make (the version reads it starts with are optimized even in a debug
-    // build: at 300 ms it had ended).
-    std::thread::sleep(Duration::from_millis(60));
-    // The make runs on a thread of its own below the requests' priority: it comes at an
-    // activation time, with the farm's check-ins.
-    let (requests, delta_threads) = thread_nices(s.child.id(), "delta");
+    // Until one of the six has begun making the delta (well short of the make: its version
+    // reads are optimized even in a debug build, and at 300 ms it had ended). The make runs on
+    // a thread of its own below the requests' priority: it comes at an activation time, with
+    // the farm's check-ins. (A thread starts at its parent's priority and lowers itself
+    // first: watched until it shows lowered, or the requests are answered.)
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    let (requests, delta_threads) = loop {
+        let (main, delta) = thread_nices(s.child.id(), "delta");
+        let done = waiting.iter().all(|w| w.is_finished());
+        if delta == [(main + 10).min(19)] || done || Instant::now() > watch_until {
+            break (main, delta);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let started = Instant::now();
     put(&s, "written", "while a delta is made");
     let put_took = started.elapsed();

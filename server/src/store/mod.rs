@@ -785,12 +785,16 @@ impl Store {
             return Ok(false);
         }
         drop(held);
-        let Some(mut built) = self.read(|tx| {
-            let now = prepare::basis(tx, sync.activation_time_us)?;
-            match now == basis {
-                true => prepare::prepare(tx, basis),
-                false => Ok(None),
-            }
+        // The encode at background priority (the database writes below are not: a lowered
+        // thread holding the write lock would hold up a rotation behind it).
+        let Some(mut built) = crate::background::lowered("build", || {
+            self.read(|tx| {
+                let now = prepare::basis(tx, sync.activation_time_us)?;
+                match now == basis {
+                    true => prepare::prepare(tx, basis),
+                    false => Ok(None),
+                }
+            })
         })?
         else {
             // Nothing to build: production is the staged version's. Held all the same, so
@@ -899,9 +903,12 @@ impl Store {
         let still = |tx: &mut dyn Tx| -> Result<bool> {
             Ok(prepare::restage_basis(tx, clock::now_us())? == Some(basis))
         };
-        let Some(mut built) = self.read(|tx| match still(tx)? {
-            true => prepare::prepare_restage(tx, basis),
-            false => Ok(None),
+        // Encoded at background priority: this runs just after T, as the farm checks in.
+        let Some(mut built) = crate::background::lowered("build", || {
+            self.read(|tx| match still(tx)? {
+                true => prepare::prepare_restage(tx, basis),
+                false => Ok(None),
+            })
         })?
         else {
             return Ok(false);
