@@ -546,9 +546,11 @@ async fn sync_answer(state: &AppState, by: &str) -> ApiResult<(wire::SyncTable, 
     // wait here, on the runtime, rather than each on a blocking thread of its own: a thousand
     // threads started and parked at that instant would take the cores from the answers. The
     // rotating one holds the turn for writing; the others wait to read it, so they are all let
-    // go together when it ends, and each answers from the table it left. Only when the table
-    // says the time has passed: with nothing due, reads run side by side, and a database out
-    // of reach is waited for once per check-in, not once per check-in in turn.
+    // go together when it ends, and each answers from the table it left (or, if that is more
+    // than 50 ms old by then, takes the turn for a read of its own). Only when the table says
+    // the time has passed: with nothing due, reads run side by side, and a database out of
+    // reach is waited for by each check-in at once, not in turn. (With one due, the check-ins
+    // that wait behind a failed rotation fail at once: see `Store::rotate_if_due`.)
     let mut turn = None;
     if store.rotation_due(clock::now_us()) {
         drop(state.rotation_turn.read().await);

@@ -52,6 +52,9 @@ pub fn blob_key(secret: &[u8], name: &str) -> String {
 /// it being made await it without a blocking thread of their own, which store calls need.
 type Compressed = Arc<tokio::sync::OnceCell<Option<Bytes>>>;
 
+/// Compressions at once: each takes a core for a second or more at 100 MB.
+static ZSTD_POOL: crate::background::Pool = crate::background::Pool::new(2);
+
 /// The blob secret and the compressed blobs of this process.
 pub struct Blobs {
     secret: Vec<u8>,
@@ -115,26 +118,22 @@ impl Blobs {
                 }
             }
         };
-        // Requests that find it being compressed wait for it; one that finds no background
-        // turn free (deltas being made) is answered uncompressed rather than wait behind them,
-        // and a later one compresses.
-        cell.get_or_try_init(|| async move {
-            let turn = crate::background::try_turn().ok_or(())?;
+        cell.get_or_init(|| async move {
             // At background priority: the first downloads of a new staged version come with
             // the farm's check-ins of its activation time.
-            let made = crate::background::run_in(turn, "zstd", move || {
-                zstd::bulk::compress(&bytes, ZSTD_LEVEL)
-                    .ok()
-                    .filter(|z| z.len() < bytes.len())
-                    .map(Bytes::from)
-            })
-            .await;
-            Ok::<_, ()>(made.ok().flatten())
+            ZSTD_POOL
+                .run("zstd", move || {
+                    zstd::bulk::compress(&bytes, ZSTD_LEVEL)
+                        .ok()
+                        .filter(|z| z.len() < bytes.len())
+                        .map(Bytes::from)
+                })
+                .await
+                .ok()
+                .flatten()
         })
         .await
-        .ok()
-        .cloned()
-        .flatten()
+        .clone()
     }
 
     /// The answer for immutable bytes at a blob or delta URL: strong `ETag: "<etag>"`

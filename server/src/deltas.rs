@@ -34,6 +34,9 @@ const CACHED_DELTAS: usize = 8;
 /// process did not make (another instance's check-in answer, or one from before a restart).
 const BASES_SEARCHED: u64 = 8;
 
+/// Deltas made at once: each takes a core for seconds at a million keys.
+static DELTA_POOL: crate::background::Pool = crate::background::Pool::new(2);
+
 /// What a pair is known by: base checksum, target version, target checksum.
 type Pair = (u64, u64, u64);
 
@@ -123,30 +126,31 @@ async fn make(
     let made = cell
         .made
         .get_or_try_init(|| async {
-            crate::background::run("delta", move || {
-                let sync = store
-                    .sync_table()
-                    .map_err(|e| NotMade::Failed(e.to_string()))?;
-                if pair.1 != sync.staged_version && pair.1 != sync.active_version {
-                    return Err(NotMade::NotCurrent(format!(
-                        "no delta to version {}: deltas are made only to the staged or active \
+            DELTA_POOL
+                .run("delta", move || {
+                    let sync = store
+                        .sync_table()
+                        .map_err(|e| NotMade::Failed(e.to_string()))?;
+                    if pair.1 != sync.staged_version && pair.1 != sync.active_version {
+                        return Err(NotMade::NotCurrent(format!(
+                            "no delta to version {}: deltas are made only to the staged or active \
                          version; download it whole",
-                        pair.1
-                    )));
-                }
-                let base = match base_version {
-                    Some(base) => base,
-                    None => find_base(&store, pair.1, pair.0).ok_or_else(|| {
-                        NotMade::Failed(format!(
-                            "no version below {} here has checksum {:016x}",
-                            pair.1, pair.0
-                        ))
-                    })?,
-                };
-                compute(&store, base, pair).map_err(NotMade::Failed)
-            })
-            .await
-            .map_err(NotMade::Failed)?
+                            pair.1
+                        )));
+                    }
+                    let base = match base_version {
+                        Some(base) => base,
+                        None => find_base(&store, pair.1, pair.0).ok_or_else(|| {
+                            NotMade::Failed(format!(
+                                "no version below {} here has checksum {:016x}",
+                                pair.1, pair.0
+                            ))
+                        })?,
+                    };
+                    compute(&store, base, pair).map_err(NotMade::Failed)
+                })
+                .await
+                .map_err(NotMade::Failed)?
         })
         .await;
     match made {

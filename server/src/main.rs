@@ -744,12 +744,20 @@ fn start_prepare_thread(store: Arc<store::Store>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("prepare".into())
         .spawn(move || loop {
-            // First: a restage due is for the activation time the next build is for.
-            if let Err(e) = store.restage_stale(clock::now_us()) {
-                tracing::warn!("restaging production after a rotation failed: {e}");
-            }
-            if let Err(e) = store.prepare_next(clock::now_us()) {
-                tracing::debug!("building the next version ahead failed: {e}");
+            // A panic in one round (a bug) is logged and the next round runs: without this
+            // thread every rotation would keep the staged version.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // First: a restage due is for the activation time the next build is for.
+                if let Err(e) = store.restage_stale(clock::now_us()) {
+                    tracing::warn!("restaging production after a rotation failed: {e}");
+                }
+                if let Err(e) = store.prepare_next(clock::now_us()) {
+                    tracing::debug!("building the next version ahead failed: {e}");
+                }
+            }));
+            if round.is_err() {
+                tracing::error!("building the next version ahead panicked; trying again");
+                std::thread::sleep(Duration::from_secs(1));
             }
             store.prepare_wait(store.prepare_poll(clock::now_us()));
         })

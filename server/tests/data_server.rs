@@ -115,6 +115,10 @@ fn a_build_runs_at_background_priority_and_the_preparing_thread_does_not() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut edits = 0;
     let mut seen = std::collections::BTreeSet::new();
+    if thread_nices(s.child.id(), "prepare").0 >= 19 {
+        eprintln!("the data server runs at the lowest priority already: nothing to compare");
+        return;
+    }
     let requests = loop {
         let (main, build) = thread_nices(s.child.id(), "build");
         if build == [(main + 10).min(19)] {
