@@ -1524,11 +1524,15 @@ fn an_edit_made_after_the_next_version_was_built_ahead_is_staged_for_the_activat
         let entries: Vec<serde_json::Value> = (0..100_000)
             .map(|i| serde_json::json!({"key": format!("key:{i:08}"), "value": format!("{i:032}")}))
             .collect();
-        admin_post(
-            &s,
-            "/v1/admin/import",
-            serde_json::json!({ "entries": entries }),
-        );
+        // In parts: a debug build writes 100k rows to PostgreSQL one statement at a time, which
+        // on a loaded machine can take longer than one request may (30 s).
+        for part in entries.chunks(20_000) {
+            admin_post(
+                &s,
+                "/v1/admin/import",
+                serde_json::json!({ "entries": part }),
+            );
+        }
         put(&s, "price", "early");
         wait_active(&s, "price", "early");
         for round in 0..2 {
